@@ -1,0 +1,10 @@
+//! The `mxlimit.v1` API: protobuf messages and the tonic client and server of the
+//! `Limiter` service. Every other mxlimit crate and any custom MTA in Rust uses this crate.
+
+/// Generated code of the `mxlimit.v1` package.
+pub mod v1 {
+    tonic::include_proto!("mxlimit.v1");
+}
+
+/// The encoded file descriptor set, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("mxlimit_descriptor");
