@@ -1,0 +1,312 @@
+//! The TOML policy file: global limits, thresholds and defaults.
+//!
+//! Every field has a default a new operator can run with (see `examples/policy.toml`
+//! and the README); unknown keys are refused so that a typo never silently disables a
+//! limit.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::duration::Span;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Report would-be blocks (`shadow = true` in the verdict) but accept everything.
+    pub shadow: bool,
+    /// Access files in sendmail syntax, read in order after those given on the command
+    /// line. Relative paths are relative to the policy file.
+    pub access_files: Vec<PathBuf>,
+    pub network: NetworkSettings,
+    pub client_rate: RateSettings,
+    pub client_conn: ConnSettings,
+    pub bad_rcpt: BadRcptSettings,
+    pub envelope: EnvelopeSettings,
+    pub dns: DnsSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            shadow: false,
+            access_files: Vec::new(),
+            network: NetworkSettings::default(),
+            client_rate: RateSettings::default(),
+            client_conn: ConnSettings::default(),
+            bad_rcpt: BadRcptSettings::default(),
+            envelope: EnvelopeSettings::default(),
+            dns: DnsSettings::default(),
+        }
+    }
+}
+
+/// How addresses aggregate into networks.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSettings {
+    pub ipv4_prefix: Prefix<8, 32>,
+    pub ipv6_prefix: Prefix<16, 128>,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        NetworkSettings {
+            ipv4_prefix: Prefix(24),
+            ipv6_prefix: Prefix(64),
+        }
+    }
+}
+
+/// ClientRate: connections admitted per source in any window.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateSettings {
+    pub window: Span,
+    /// Per address, unless an access entry (`ClientRate:`) says otherwise. 0 = unlimited.
+    pub address: u32,
+    /// Per network, unless a `NetRate:` entry says otherwise. 0 = unlimited.
+    pub network: u32,
+}
+
+impl Default for RateSettings {
+    fn default() -> Self {
+        RateSettings {
+            window: Span::secs(60),
+            address: 60,
+            network: 300,
+        }
+    }
+}
+
+/// ClientConn: concurrent sessions per source.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnSettings {
+    /// Per address, unless an access entry (`ClientConn:`) says otherwise. 0 = unlimited.
+    pub address: u32,
+    /// Per network, unless a `NetConn:` entry says otherwise. 0 = unlimited.
+    pub network: u32,
+    /// How long a session's lease lives without a heartbeat.
+    pub lease_ttl: Span,
+}
+
+impl Default for ConnSettings {
+    fn default() -> Self {
+        ConnSettings {
+            address: 10,
+            network: 50,
+            lease_ttl: Span::secs(30),
+        }
+    }
+}
+
+/// What a ban answers at `Connect`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BanReply {
+    /// `421 4.7.1`: the sender retries later; a mistaken ban only delays mail.
+    Tempfail,
+    /// `554 5.7.1`: the sender gives up.
+    Reject,
+}
+
+/// Cluster-wide counting of rejected recipients.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BadRcptSettings {
+    /// The sliding window bad recipients are counted in.
+    pub window: Span,
+    /// Past this many bad recipients in the window, each further RCPT of the address is
+    /// delayed by `tarpit_delay`. 0 = off.
+    pub tarpit_after: u32,
+    /// Past this many, the address is banned on every MX. 0 = off.
+    pub block_after: u32,
+    /// The same thresholds for the whole network.
+    pub network_tarpit_after: u32,
+    pub network_block_after: u32,
+    pub tarpit_delay: Span,
+    /// The first ban's length; each repeat offence multiplies it by `escalation`.
+    pub block_for: Span,
+    pub escalation: f64,
+    pub max_block: Span,
+    /// How long offences are remembered for escalation.
+    pub remember: Span,
+    pub ban_reply: BanReply,
+}
+
+impl Default for BadRcptSettings {
+    fn default() -> Self {
+        BadRcptSettings {
+            window: Span::secs(3600),
+            tarpit_after: 5,
+            block_after: 20,
+            network_tarpit_after: 20,
+            network_block_after: 50,
+            tarpit_delay: Span::secs(2),
+            block_for: Span::secs(1800),
+            escalation: 2.0,
+            max_block: Span::secs(86_400),
+            remember: Span::secs(7 * 86_400),
+            ban_reply: BanReply::Tempfail,
+        }
+    }
+}
+
+/// Limits the caller enforces within one session, sent in `SessionPolicy`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvelopeSettings {
+    /// sendmail's `confMAX_RCPTS_PER_MESSAGE`: 452 4.5.3 past this many. 0 = unlimited.
+    pub max_rcpts_per_message: u32,
+    /// sendmail's `confBAD_RCPT_THROTTLE`: after this many bad RCPTs in one envelope,
+    /// each further RCPT waits `bad_rcpt_delay`. 0 = off.
+    pub bad_rcpt_throttle: u32,
+    pub bad_rcpt_delay: Span,
+    /// sendmail's `greet_pause`, unless a `GreetPause:` entry says otherwise.
+    pub greet_pause: Span,
+}
+
+impl Default for EnvelopeSettings {
+    fn default() -> Self {
+        EnvelopeSettings {
+            max_rcpts_per_message: 100,
+            bad_rcpt_throttle: 3,
+            bad_rcpt_delay: Span::secs(1),
+            greet_pause: Span::millis(0),
+        }
+    }
+}
+
+/// When reverse names are looked up.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsMode {
+    /// Only when some rule names a host or domain and the caller sent no name.
+    Auto,
+    /// Never: host and domain rules match only names the caller sends.
+    Off,
+}
+
+/// Reverse-name lookups (PTR, forward-confirmed) for host and domain rules.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSettings {
+    pub mode: DnsMode,
+    /// Name servers as `ip` or `ip:port`; empty = the system's resolv.conf.
+    pub servers: Vec<String>,
+    /// The longest a decision waits for a name; past it the decision goes on without
+    /// one while the lookup finishes in the background for the next session.
+    pub deadline: Span,
+    /// The longest a background lookup may take.
+    pub timeout: Span,
+    /// Names remembered (positive and negative).
+    pub cache_size: usize,
+    /// How long a failed or unconfirmed lookup is remembered.
+    pub negative_ttl: Span,
+    /// Longest a name is remembered, whatever its DNS TTL.
+    pub max_ttl: Span,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        DnsSettings {
+            mode: DnsMode::Auto,
+            servers: Vec::new(),
+            deadline: Span::millis(20),
+            timeout: Span::secs(2),
+            cache_size: 50_000,
+            negative_ttl: Span::secs(300),
+            max_ttl: Span::secs(3600),
+        }
+    }
+}
+
+/// A prefix length in `MIN..=MAX`, checked while the file is read so that the error
+/// carries its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix<const MIN: u8, const MAX: u8>(pub u8);
+
+impl<'de, const MIN: u8, const MAX: u8> Deserialize<'de> for Prefix<MIN, MAX> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = i64::deserialize(d)?;
+        if v < i64::from(MIN) || v > i64::from(MAX) {
+            return Err(serde::de::Error::custom(format!(
+                "prefix length {v} is out of range {MIN}..={MAX}"
+            )));
+        }
+        Ok(Prefix(v as u8))
+    }
+}
+
+impl Settings {
+    /// Checks relations between fields that serde cannot see. Returns the offending
+    /// key and why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let b = &self.bad_rcpt;
+        let err = |k: &str, m: String| Err((k.to_string(), m));
+        if self.client_rate.window.0.is_zero() {
+            return err("client_rate.window", "must be longer than 0".into());
+        }
+        if self.client_conn.lease_ttl.as_millis() < 1000 {
+            return err(
+                "client_conn.lease_ttl",
+                "must be at least 1s: agents must be able to renew leases in time".into(),
+            );
+        }
+        if b.window.0.is_zero() {
+            return err("bad_rcpt.window", "must be longer than 0".into());
+        }
+        if !(b.escalation.is_finite() && (1.0..=100.0).contains(&b.escalation)) {
+            return err(
+                "bad_rcpt.escalation",
+                format!(
+                    "{} is not in 1.0..=100.0 (1.0 = no escalation)",
+                    b.escalation
+                ),
+            );
+        }
+        if b.block_for.0.is_zero() && (b.block_after > 0 || b.network_block_after > 0) {
+            return err(
+                "bad_rcpt.block_for",
+                "must be longer than 0 while bans are on".into(),
+            );
+        }
+        if b.max_block < b.block_for {
+            return err(
+                "bad_rcpt.max_block",
+                format!(
+                    "{} is shorter than block_for ({})",
+                    b.max_block, b.block_for
+                ),
+            );
+        }
+        for (key, d) in [
+            ("bad_rcpt.tarpit_delay", b.tarpit_delay),
+            ("envelope.bad_rcpt_delay", self.envelope.bad_rcpt_delay),
+            ("envelope.greet_pause", self.envelope.greet_pause),
+        ] {
+            if d > Span::secs(60) {
+                return err(
+                    key,
+                    format!("{d} is longer than 60s; MTAs time out before that"),
+                );
+            }
+        }
+        if self.dns.deadline > Span::secs(1) {
+            return err(
+                "dns.deadline",
+                format!(
+                    "{} is longer than 1s; decisions must not wait on DNS",
+                    self.dns.deadline
+                ),
+            );
+        }
+        for s in &self.dns.servers {
+            if super::parse_dns_server(s).is_none() {
+                return err("dns.servers", format!("{s:?} is not an ip or ip:port"));
+            }
+        }
+        Ok(())
+    }
+}
