@@ -1,0 +1,356 @@
+//! The in-memory store on a hand-moved clock: windows and TTLs checked to the
+//! millisecond. (The same behaviours are checked over gRPC on every store by the
+//! integration suite.)
+
+use super::*;
+use crate::source::{Aggregation, Source};
+use crate::store::{Ban, BanPolicy, NetSessions};
+
+fn src(ip: &str) -> Source {
+    Source::new(ip.parse().unwrap(), Aggregation::default())
+}
+
+fn lease<'a>(session: &'a str) -> LeaseId<'a> {
+    LeaseId {
+        node: "mx1",
+        epoch: "e1",
+        session,
+    }
+}
+
+fn op<'a>(s: &'a Source, session: &'a str) -> ConnectOp<'a> {
+    ConnectOp {
+        source: s,
+        lease: lease(session),
+        rate: PerLevel::default(),
+        window_ms: 1000,
+        conn: PerLevel::default(),
+        lease_ttl_ms: 30_000,
+        shadow: false,
+    }
+}
+
+fn store() -> (MemoryStore, Clock) {
+    let clock = Clock::manual();
+    (
+        MemoryStore::with_clock(MemoryConfig::default(), clock.clone()),
+        clock,
+    )
+}
+
+fn rate2(o: ConnectOp<'_>) -> ConnectOp<'_> {
+    ConnectOp {
+        rate: PerLevel {
+            address: 2,
+            network: 0,
+        },
+        ..o
+    }
+}
+
+fn conn2(o: ConnectOp<'_>) -> ConnectOp<'_> {
+    ConnectOp {
+        conn: PerLevel {
+            address: 2,
+            network: 0,
+        },
+        lease_ttl_ms: 5000,
+        ..o
+    }
+}
+
+async fn admitted(st: &MemoryStore, o: ConnectOp<'_>) -> bool {
+    st.connect(&o).await.unwrap().refusal.is_none()
+}
+
+#[tokio::test]
+async fn client_rate_admits_at_most_n_in_any_window() {
+    let (st, clock) = store();
+    let s = &src("10.0.0.1");
+    let rate = rate2;
+    let ids = ["s0", "s1", "s2", "s3", "s4", "s5"];
+    assert!(admitted(&st, rate(op(s, ids[0]))).await); // t=0
+    clock.advance(600);
+    assert!(admitted(&st, rate(op(s, ids[1]))).await); // t=600
+    clock.advance(100);
+    assert!(!admitted(&st, rate(op(s, ids[2]))).await); // t=700: 2 in (−300, 700]
+    clock.advance(301);
+    // t=1001: the connection of t=0 has left the window, the one of t=600 has not.
+    // A fixed window starting at 1000 would admit two here.
+    assert!(admitted(&st, rate(op(s, ids[3]))).await);
+    assert!(!admitted(&st, rate(op(s, ids[4]))).await);
+    clock.advance(600);
+    assert!(admitted(&st, rate(op(s, ids[5]))).await); // t=1601
+}
+
+#[tokio::test]
+async fn network_rate_counts_every_address_of_the_network() {
+    let (st, _) = store();
+    let srcs: Vec<Source> = (1..=4).map(|i| src(&format!("10.0.0.{i}"))).collect();
+    let mut got = Vec::new();
+    for (i, s) in srcs.iter().enumerate() {
+        let id = format!("s{i}");
+        let o = ConnectOp {
+            rate: PerLevel {
+                address: 0,
+                network: 3,
+            },
+            ..op(s, &id)
+        };
+        got.push(st.connect(&o).await.unwrap().refusal);
+    }
+    assert_eq!(got[..3], [None, None, None]);
+    assert_eq!(
+        got[3],
+        Some(Refusal::Rate {
+            level: Level::Network,
+            count: 3
+        })
+    );
+}
+
+#[tokio::test]
+async fn leases_are_released_expire_and_retries_count_once() {
+    let (st, clock) = store();
+    let s = src("10.0.0.1");
+    let conn = conn2;
+    assert!(admitted(&st, conn(op(&s, "a"))).await);
+    // A retried Connect of the same session holds one lease, not two.
+    let again = st.connect(&conn(op(&s, "a"))).await.unwrap();
+    assert!(again.retry && again.refusal.is_none());
+    assert!(admitted(&st, conn(op(&s, "b"))).await);
+    assert_eq!(
+        st.connect(&conn(op(&s, "c"))).await.unwrap().refusal,
+        Some(Refusal::Conn {
+            level: Level::Address,
+            count: 2
+        })
+    );
+    st.disconnect(&s, lease("a")).await.unwrap();
+    st.disconnect(&s, lease("a")).await.unwrap(); // twice is harmless
+    assert!(admitted(&st, conn(op(&s, "c"))).await);
+    clock.advance(4999);
+    assert!(!admitted(&st, conn(op(&s, "d"))).await);
+    clock.advance(1);
+    assert!(
+        admitted(&st, conn(op(&s, "d"))).await,
+        "leases expire at their TTL"
+    );
+}
+
+#[tokio::test]
+async fn heartbeats_renew_listed_leases_and_a_new_epoch_frees_the_old() {
+    let (st, clock) = store();
+    let s = src("10.0.0.1");
+    let conn = conn2;
+    assert!(admitted(&st, conn(op(&s, "a"))).await);
+    assert!(admitted(&st, conn(op(&s, "b"))).await);
+    clock.advance(4000);
+    let hb = HeartbeatOp {
+        node: "mx1",
+        epoch: "e1",
+        by_net: vec![NetSessions {
+            source: s.clone(),
+            sessions: vec!["a"],
+        }],
+        bare: vec!["b"],
+        lease_ttl_ms: 5000,
+    };
+    let out = st.heartbeat(&hb).await.unwrap();
+    assert_eq!((out.renewed, out.freed), (2, 0));
+    clock.advance(4000); // 8000: both renewed at 4000 live to 9000
+    assert!(!admitted(&st, conn(op(&s, "c"))).await);
+    let restart = HeartbeatOp {
+        epoch: "e2",
+        by_net: vec![],
+        bare: vec![],
+        ..hb
+    };
+    let out = st.heartbeat(&restart).await.unwrap();
+    assert_eq!(out.freed, 2);
+    assert!(out.epoch_changed);
+    assert!(
+        admitted(&st, conn(op(&s, "c"))).await,
+        "old epoch's leases freed at once"
+    );
+}
+
+fn rcpt<'a>(s: &'a Source, event: &str, rejected: bool) -> RecipientOp<'a> {
+    RecipientOp {
+        source: s,
+        event: event.to_string(),
+        rejected,
+        window_ms: 10_000,
+        tarpit_after: PerLevel {
+            address: 2,
+            network: 5,
+        },
+        block_after: PerLevel {
+            address: 3,
+            network: 6,
+        },
+        ban: BanPolicy {
+            block_for_ms: 1000,
+            escalation: 2.0,
+            max_block_ms: 10_000,
+            remember_ms: 100_000,
+        },
+    }
+}
+
+#[tokio::test]
+async fn bad_recipients_ban_past_block_after_with_escalation() {
+    let (st, clock) = store();
+    let s = src("10.0.0.1");
+    // Network bans off here: this is about the address.
+    let rcpt = |s, e: &str, r| RecipientOp {
+        block_after: PerLevel {
+            address: 3,
+            network: 0,
+        },
+        ..rcpt(s, e, r)
+    };
+    for (i, want) in [1, 2, 3].into_iter().enumerate() {
+        let out = st
+            .recipient(&rcpt(&s, &format!("e{i}"), true))
+            .await
+            .unwrap();
+        assert_eq!((out.ban, out.bad.address), (None, want));
+    }
+    // A retried call counts once.
+    assert_eq!(
+        st.recipient(&rcpt(&s, "e2", true))
+            .await
+            .unwrap()
+            .bad
+            .address,
+        3
+    );
+    let out = st.recipient(&rcpt(&s, "e3", true)).await.unwrap();
+    assert_eq!(
+        out.ban,
+        Some(Ban {
+            level: Level::Address,
+            remaining_ms: 1000,
+            new: true,
+            offence: 1
+        })
+    );
+    let c = st.connect(&op(&s, "x")).await.unwrap();
+    assert_eq!(
+        c.refusal,
+        Some(Refusal::Banned {
+            level: Level::Address,
+            remaining_ms: 1000
+        })
+    );
+    clock.advance(1000);
+    assert!(admitted(&st, op(&s, "y")).await, "the ban is over");
+    for i in 10..14 {
+        st.recipient(&rcpt(&s, &format!("e{i}"), true))
+            .await
+            .unwrap();
+    }
+    let c = st.connect(&op(&s, "z")).await.unwrap();
+    assert_eq!(
+        c.refusal,
+        Some(Refusal::Banned {
+            level: Level::Address,
+            remaining_ms: 2000
+        }),
+        "second offence: twice as long"
+    );
+}
+
+#[tokio::test]
+async fn bad_recipients_of_many_addresses_ban_the_network() {
+    let (st, _) = store();
+    let mut last = None;
+    // One bad RCPT per address: no address goes past its limit, the network does.
+    for i in 1..=7 {
+        let s = src(&format!("10.0.0.{i}"));
+        last = st
+            .recipient(&rcpt(&s, &format!("e{i}"), true))
+            .await
+            .unwrap()
+            .ban;
+    }
+    assert_eq!(last.map(|b| b.level), Some(Level::Network));
+    let other = src("10.0.0.200");
+    assert_eq!(
+        st.connect(&op(&other, "n"))
+            .await
+            .unwrap()
+            .refusal
+            .map(|r| matches!(
+                r,
+                Refusal::Banned {
+                    level: Level::Network,
+                    ..
+                }
+            )),
+        Some(true)
+    );
+}
+
+#[tokio::test]
+async fn shadow_mode_admits_but_reports() {
+    let (st, _) = store();
+    let s = src("10.0.0.1");
+    let o = |id| ConnectOp {
+        rate: PerLevel {
+            address: 1,
+            network: 0,
+        },
+        shadow: true,
+        ..op(&s, id)
+    };
+    assert_eq!(st.connect(&o("a")).await.unwrap().refusal, None);
+    assert_eq!(
+        st.connect(&o("b")).await.unwrap().refusal,
+        Some(Refusal::Rate {
+            level: Level::Address,
+            count: 1
+        })
+    );
+    // Admitted anyway: its lease is held, so a retry is a retry.
+    assert!(st.connect(&o("b")).await.unwrap().retry);
+}
+
+#[tokio::test]
+async fn a_flood_of_distinct_ipv6_addresses_stays_within_max_entries() {
+    let clock = Clock::manual();
+    let st = MemoryStore::with_clock(
+        MemoryConfig {
+            max_entries: 64 * 100,
+        },
+        clock.clone(),
+    );
+    // A ban that must survive the flood.
+    let victim = src("2001:db8:ffff::1");
+    for i in 0..4 {
+        let mut r = rcpt(&victim, &format!("e{i}"), true);
+        r.ban.block_for_ms = 1_000_000;
+        r.ban.max_block_ms = 1_000_000;
+        st.recipient(&r).await.unwrap();
+    }
+    for i in 0..100_000u32 {
+        let s = src(&format!("2001:db8:{:x}:{:x}::1", i >> 16, i & 0xffff));
+        let o = ConnectOp {
+            lease_ttl_ms: 60_000,
+            ..op(&s, "s")
+        };
+        st.connect(&o).await.unwrap();
+        clock.advance(1);
+    }
+    assert!(st.entries() <= 64 * 100, "{} entries", st.entries());
+    assert!(st.evicted() > 0);
+    assert!(matches!(
+        st.connect(&op(&victim, "v")).await.unwrap().refusal,
+        Some(Refusal::Banned { .. })
+    ));
+    // Once everything has expired, a sweep empties the store.
+    clock.advance(10_000_000);
+    st.sweep();
+    assert_eq!(st.entries(), 0);
+}

@@ -1,0 +1,81 @@
+//! Store key names. All keys of one network share its hash tag, so that one script
+//! sees the address and the network together and Redis Cluster spreads networks over
+//! its shards; a node's own keys share the node's tag.
+
+use crate::source::Source;
+use crate::store::SEP;
+
+/// Key names of one source: `<prefix>:{n4:206.81.85.0/24}:<kind>[:<address>]`.
+pub struct NetKeys {
+    base: String,
+    ip: String,
+}
+
+impl NetKeys {
+    pub fn new(prefix: &str, source: &Source) -> NetKeys {
+        NetKeys {
+            base: net_base(prefix, &source.tag),
+            ip: source.ip_text.clone(),
+        }
+    }
+
+    /// A key of the address level.
+    pub fn addr(&self, kind: &str) -> String {
+        let mut k = String::with_capacity(self.base.len() + kind.len() + 1 + self.ip.len());
+        k.push_str(&self.base);
+        k.push_str(kind);
+        k.push(':');
+        k.push_str(&self.ip);
+        k
+    }
+
+    /// A key of the network level.
+    pub fn net(&self, kind: &str) -> String {
+        let mut k = String::with_capacity(self.base.len() + kind.len());
+        k.push_str(&self.base);
+        k.push_str(kind);
+        k
+    }
+}
+
+/// `<prefix>:{<tag>}:`
+pub fn net_base(prefix: &str, tag: &str) -> String {
+    format!("{prefix}:{{{tag}}}:")
+}
+
+/// The node's epoch and its registry of networks.
+pub fn node_keys(prefix: &str, node: &str) -> (String, String) {
+    (
+        format!("{prefix}:{{node:{node}}}:epoch"),
+        format!("{prefix}:{{node:{node}}}:nets"),
+    )
+}
+
+/// The id of one RCPT for idempotency: `node␟session␟index␟recipient`.
+pub fn rcpt_event(node: &str, session: &str, index: u32, recipient: &str) -> String {
+    format!("{node}{SEP}{session}{SEP}{index}{SEP}{recipient}")
+}
+
+// Kinds of keys, at both levels: bans, offences, admitted connections, leases, bad RCPTs.
+pub const BAN: &str = "x";
+pub const OFFENCES: &str = "o";
+pub const RATE: &str = "r";
+pub const LEASES: &str = "c";
+pub const BAD: &str = "b";
+/// The nodes that registered this network (network level only).
+pub const NODES: &str = "nodes";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Aggregation;
+
+    #[test]
+    fn keys_share_the_network_hash_tag() {
+        let s = Source::new("206.81.85.12".parse().unwrap(), Aggregation::default());
+        let k = NetKeys::new("mxl", &s);
+        assert_eq!(k.addr(RATE), "mxl:{n4:206.81.85.0/24}:r:206.81.85.12");
+        assert_eq!(k.net(LEASES), "mxl:{n4:206.81.85.0/24}:c");
+        assert_eq!(node_keys("mxl", "mx1").1, "mxl:{node:mx1}:nets");
+    }
+}

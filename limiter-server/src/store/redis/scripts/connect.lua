@@ -1,0 +1,100 @@
+-- connect: admit a new session, or say why not. One atomic step over both levels of
+-- one network (all keys share its hash tag). Time is Redis time.
+--
+-- KEYS: 1 ban:address  2 ban:network  3 rate:address  4 rate:network
+--       5 leases:address  6 leases:network  7 nodes registered in this network
+--       [8 the node's network registry: only when the server is not a cluster]
+-- ARGV: 1 lease member  2 rate limit address  3 rate limit network  4 window ms
+--       5 conn limit address  6 conn limit network  7 lease ttl ms  8 shadow (0/1)
+--       9 node  10 network tag  11 registry ttl ms
+-- Returns {code, level, value, register}:
+--   code 0 admitted, 1 retry of an admitted session, 2 banned, 3 rate, 4 conn;
+--   level 1 address, 2 network; value: ban ms left, or the count that refused;
+--   register 1: the caller must add this network to the node's registry.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local member = ARGV[1]
+local rate_a, rate_n = tonumber(ARGV[2]), tonumber(ARGV[3])
+local window = tonumber(ARGV[4])
+local conn_a, conn_n = tonumber(ARGV[5]), tonumber(ARGV[6])
+local ttl = tonumber(ARGV[7])
+local shadow = ARGV[8] == '1'
+
+local held = redis.call('ZSCORE', KEYS[6], member)
+if held and tonumber(held) > now then
+  return {1, 0, 0, 0}
+end
+
+local code, level, value = 0, 0, 0
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 then
+  code, level, value = 2, 1, left
+else
+  left = redis.call('PTTL', KEYS[2])
+  if left > 0 then code, level, value = 2, 2, left end
+end
+
+-- Sliding log of admitted connections: at most `limit` in ANY window.
+local function admitted_in_window(key)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  return redis.call('ZCARD', key)
+end
+local function live_leases(key)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  return redis.call('ZCARD', key)
+end
+if code == 0 and rate_a > 0 then
+  local c = admitted_in_window(KEYS[3])
+  if c >= rate_a then code, level, value = 3, 1, c end
+end
+if code == 0 and rate_n > 0 then
+  local c = admitted_in_window(KEYS[4])
+  if c >= rate_n then code, level, value = 3, 2, c end
+end
+if code == 0 and conn_a > 0 then
+  local c = live_leases(KEYS[5])
+  if c >= conn_a then code, level, value = 4, 1, c end
+end
+if code == 0 and conn_n > 0 then
+  local c = live_leases(KEYS[6])
+  if c >= conn_n then code, level, value = 4, 2, c end
+end
+if code ~= 0 and not shadow then
+  return {code, level, value, 0}
+end
+
+-- Admit. Logs never hold more than their limit: the newest `limit` entries are all
+-- that "fewer than limit in the window" needs.
+local function log(key, limit)
+  redis.call('ZADD', key, now, member)
+  local n = redis.call('ZCARD', key)
+  if n > limit then redis.call('ZREMRANGEBYRANK', key, 0, n - limit - 1) end
+  redis.call('PEXPIRE', key, window)
+end
+if rate_a > 0 then log(KEYS[3], rate_a) end
+if rate_n > 0 then log(KEYS[4], rate_n) end
+-- A lease set lives as long as its longest lease.
+local function lease(key)
+  redis.call('ZADD', key, now + ttl, member)
+  if redis.call('PEXPIRETIME', key) < now + ttl then
+    redis.call('PEXPIREAT', key, now + ttl)
+  end
+end
+lease(KEYS[5])
+lease(KEYS[6])
+
+-- The node's registry lets a heartbeat with a new epoch find this network again.
+local register = 0
+local reg_ttl = tonumber(ARGV[11])
+local last = redis.call('HGET', KEYS[7], ARGV[9])
+if not last or tonumber(last) <= now - ttl then
+  redis.call('HSET', KEYS[7], ARGV[9], now)
+  if KEYS[8] then
+    redis.call('ZADD', KEYS[8], now, ARGV[10])
+    redis.call('PEXPIRE', KEYS[8], reg_ttl)
+  else
+    register = 1
+  end
+end
+redis.call('PEXPIRE', KEYS[7], reg_ttl)
+return {code, level, value, register}
