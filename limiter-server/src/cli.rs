@@ -1,0 +1,90 @@
+//! Command-line flags; each also reads an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The mxlimit limiter: cluster-wide ClientRate, ClientConn and bad-recipient limits
+/// for a fleet of MX hosts, over gRPC (mxlimit.v1.Limiter).
+///
+/// With no flags it serves on 127.0.0.1:7525 from an in-memory store with the default
+/// policy. Rules reload on SIGHUP and when a file changes; a broken file is refused and
+/// the rules in force stay.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+pub struct Cli {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "MXLIMIT_LISTEN", default_value = limiter_server::DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Redis to keep the counters in: redis://host:port for one server (a cluster node
+    /// is detected), or comma-separated cluster seeds. Without it, counters live in this
+    /// process (one limiter only).
+    #[arg(
+        long,
+        env = "MXLIMIT_REDIS",
+        value_name = "URL[,URL...]",
+        hide_env_values = true
+    )]
+    pub redis: Option<String>,
+
+    /// Prefix of every Redis key, so that deployments can share a Redis.
+    #[arg(long, env = "MXLIMIT_REDIS_PREFIX", default_value = "mxl")]
+    pub redis_prefix: String,
+
+    /// Longest wait for one Redis reply; past it the call fails and agents fall back.
+    #[arg(long, env = "MXLIMIT_REDIS_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    pub redis_timeout: Duration,
+
+    /// TOML policy file (limits, thresholds, defaults). Without it the documented
+    /// defaults apply.
+    #[arg(long, env = "MXLIMIT_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// sendmail access file(s), read as is (Connect:, ClientRate:, ClientConn:,
+    /// GreetPause:, NetRate:, NetConn:). Repeat the flag, or separate with commas.
+    #[arg(
+        long,
+        env = "MXLIMIT_ACCESS",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    pub access: Vec<PathBuf>,
+
+    /// How often rule files are checked for changes.
+    #[arg(long, env = "MXLIMIT_RELOAD_INTERVAL", default_value = "2s", value_parser = duration)]
+    pub reload_interval: Duration,
+
+    /// Upper bound of any one request, whatever deadline the caller sent.
+    #[arg(long, env = "MXLIMIT_REQUEST_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub request_timeout: Duration,
+
+    /// Addresses and networks the in-memory store tracks at most (the coldest unbanned
+    /// go first past it).
+    #[arg(long, env = "MXLIMIT_MEMORY_MAX_ENTRIES", default_value_t = 1_000_000)]
+    pub memory_max_entries: usize,
+
+    /// Log format.
+    #[arg(long, env = "MXLIMIT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing syntax, e.g. "info" or "limiter_server=debug").
+    #[arg(long, env = "MXLIMIT_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Load the policy and access files, report problems, and exit (0 = valid).
+    #[arg(long)]
+    pub check: bool,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    limiter_server::policy::duration::parse(s)
+}

@@ -1,0 +1,332 @@
+//! The decision path, top to bottom: for each RPC, what the policy says about the
+//! source, one store operation, and the verdict.
+
+pub mod verdict;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use mxlimit_proto::v1::{ConnectReply, HeartbeatReply, RecipientReply, SessionPolicy, Verdict};
+
+use crate::names::NameResolver;
+use crate::policy::access::{ConnectAction, Value};
+use crate::policy::reload::PolicyHandle;
+use crate::policy::{ClientRules, Policy};
+use crate::source::{Level, Source};
+use crate::store::{
+    BanPolicy, ConnectOp, HeartbeatOp, LeaseId, NetSessions, PerLevel, RecipientOp, Refusal, Store,
+    StoreError,
+};
+use verdict::reason;
+
+/// A validated `Connect`.
+#[derive(Debug, Clone, Copy)]
+pub struct Connect<'a> {
+    pub lease: LeaseId<'a>,
+    pub ip: IpAddr,
+    pub client_name: Option<&'a str>,
+}
+
+/// A validated `Recipient`.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipient<'a> {
+    pub node: &'a str,
+    pub session: &'a str,
+    pub ip: IpAddr,
+    pub client_name: Option<&'a str>,
+    pub recipient: &'a str,
+    pub rejected: bool,
+    pub envelope_rcpts: u32,
+    pub envelope_bad_rcpts: u32,
+}
+
+/// A validated `Heartbeat`.
+#[derive(Debug, Clone)]
+pub struct Heartbeat<'a> {
+    pub node: &'a str,
+    pub epoch: &'a str,
+    pub leases: Vec<(&'a str, IpAddr)>,
+    pub bare: Vec<&'a str>,
+}
+
+/// Decides. Generic over the store so that each backend is compiled in, not boxed.
+pub struct Engine<S> {
+    store: S,
+    policy: Arc<PolicyHandle>,
+    names: NameResolver,
+}
+
+impl<S: Store> Engine<S> {
+    pub fn new(store: S, policy: Arc<PolicyHandle>) -> Engine<S> {
+        Engine {
+            store,
+            policy,
+            names: NameResolver::default(),
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn policy(&self) -> &Arc<PolicyHandle> {
+        &self.policy
+    }
+
+    /// The name host and domain rules match: the caller's, else (only when such rules
+    /// exist) the verified reverse name, within the DNS deadline.
+    async fn client_name(
+        &self,
+        policy: &Policy,
+        ip: IpAddr,
+        given: Option<&str>,
+    ) -> Option<Arc<str>> {
+        if let Some(n) = given {
+            return Some(n.trim_end_matches('.').to_ascii_lowercase().into());
+        }
+        if !policy.has_name_rules
+            || policy.settings.dns.mode == crate::policy::settings::DnsMode::Off
+        {
+            return None;
+        }
+        self.names.name(ip, &policy.settings.dns).await
+    }
+
+    pub async fn connect(&self, req: &Connect<'_>) -> Result<ConnectReply, StoreError> {
+        let policy = self.policy.get();
+        let s = &policy.settings;
+        let source = policy.source(req.ip);
+        let name = self.client_name(&policy, req.ip, req.client_name).await;
+        let rules = policy.client_rules(&source, name.as_deref());
+        let reply = |verdict: Verdict| ConnectReply {
+            verdict: Some(finish(&policy, verdict)),
+            policy: Some(session_policy(&policy, &rules)),
+            lease_ttl_ms: s.client_conn.lease_ttl.as_millis(),
+        };
+
+        // 1. The access file: OK/RELAY skip everything; a refusal needs no counting.
+        let access = match rules.connect.map(|e| (&e.value, e.rule.as_str())) {
+            Some((Value::Connect(ConnectAction::Exempt), rule)) => {
+                return Ok(reply(verdict::exempt(rule)));
+            }
+            Some((
+                Value::Connect(ConnectAction::Refuse {
+                    code,
+                    enhanced,
+                    text,
+                }),
+                rule,
+            )) => Some(verdict::access(*code, enhanced, text, rule)),
+            _ => None,
+        };
+        if let Some(v) = &access
+            && !s.shadow
+        {
+            return Ok(reply(v.clone()));
+        }
+
+        // 2. Bans, ClientRate and ClientConn at both levels: one store operation.
+        let op = ConnectOp {
+            source: &source,
+            lease: req.lease,
+            rate: PerLevel {
+                address: rules.rate.value,
+                network: rules.net_rate.value,
+            },
+            window_ms: s.client_rate.window.as_millis(),
+            conn: PerLevel {
+                address: rules.conn.value,
+                network: rules.net_conn.value,
+            },
+            lease_ttl_ms: s.client_conn.lease_ttl.as_millis(),
+            shadow: s.shadow,
+        };
+        let outcome = self.store.connect(&op).await?;
+
+        // 3. The verdict.
+        let v = match (access, outcome.refusal) {
+            (Some(v), _) => v,
+            (None, None) => verdict::accept(rules.rate.rule),
+            (None, Some(Refusal::Banned { level, .. })) => verdict::banned_at_connect(
+                s.bad_rcpt.ban_reply,
+                level,
+                &verdict::ban_rule(&source.at(level)),
+            ),
+            (None, Some(Refusal::Rate { level, .. })) => verdict::client_rate(match level {
+                Level::Address => rules.rate.rule,
+                Level::Network => rules.net_rate.rule,
+            }),
+            (None, Some(Refusal::Conn { level, .. })) => verdict::client_conn(match level {
+                Level::Address => rules.conn.rule,
+                Level::Network => rules.net_conn.rule,
+            }),
+        };
+        let r = reply(v);
+        log_refusal("connect", req.lease.node, &source, r.verdict.as_ref());
+        Ok(r)
+    }
+
+    pub async fn recipient(&self, req: &Recipient<'_>) -> Result<RecipientReply, StoreError> {
+        let policy = self.policy.get();
+        let s = &policy.settings;
+        let b = &s.bad_rcpt;
+        let env = &s.envelope;
+        let source = policy.source(req.ip);
+        let name = self.client_name(&policy, req.ip, req.client_name).await;
+        let rules = policy.client_rules(&source, name.as_deref());
+
+        // 1. Count the bad recipient cluster-wide (and learn of bans): one store
+        //    operation. Exempt sources are neither counted nor banned.
+        let outcome = if rules.exempt() {
+            Default::default()
+        } else {
+            let op = RecipientOp {
+                source: &source,
+                event: crate::store::redis::rcpt_event(
+                    req.node,
+                    req.session,
+                    req.envelope_rcpts,
+                    req.recipient,
+                ),
+                rejected: req.rejected,
+                window_ms: b.window.as_millis(),
+                tarpit_after: PerLevel {
+                    address: b.tarpit_after,
+                    network: b.network_tarpit_after,
+                },
+                block_after: PerLevel {
+                    address: b.block_after,
+                    network: b.network_block_after,
+                },
+                ban: ban_policy(&policy),
+            };
+            self.store.recipient(&op).await?
+        };
+
+        // 2. The verdict, strongest first: ban, too many recipients, tarpit, throttle.
+        let prior_bad = req
+            .envelope_bad_rcpts
+            .saturating_sub(u32::from(req.rejected));
+        let v = if let Some(ban) = outcome.ban {
+            verdict::banned_in_session(ban.level, &verdict::ban_rule(&source.at(ban.level)))
+        } else if env.max_rcpts_per_message > 0 && req.envelope_rcpts > env.max_rcpts_per_message {
+            verdict::max_rcpts("policy:envelope.max_rcpts_per_message")
+        } else if b.tarpit_after > 0 && outcome.bad.address > b.tarpit_after {
+            verdict::delay(
+                ms(b.tarpit_delay.as_millis()),
+                "policy:bad_rcpt.tarpit_after",
+                reason::BAD_RCPT,
+            )
+        } else if b.network_tarpit_after > 0 && outcome.bad.network > b.network_tarpit_after {
+            verdict::delay(
+                ms(b.tarpit_delay.as_millis()),
+                "policy:bad_rcpt.network_tarpit_after",
+                reason::BAD_RCPT,
+            )
+        } else if env.bad_rcpt_throttle > 0 && prior_bad >= env.bad_rcpt_throttle {
+            verdict::delay(
+                ms(env.bad_rcpt_delay.as_millis()),
+                "policy:envelope.bad_rcpt_throttle",
+                reason::BAD_RCPT_THROTTLE,
+            )
+        } else {
+            verdict::accept("policy:bad_rcpt")
+        };
+        let v = finish(&policy, v);
+        log_refusal("recipient", req.node, &source, Some(&v));
+        Ok(RecipientReply { verdict: Some(v) })
+    }
+
+    pub async fn disconnect(&self, ip: IpAddr, lease: LeaseId<'_>) -> Result<(), StoreError> {
+        let policy = self.policy.get();
+        self.store.disconnect(&policy.source(ip), lease).await
+    }
+
+    pub async fn heartbeat(&self, req: &Heartbeat<'_>) -> Result<HeartbeatReply, StoreError> {
+        let policy = self.policy.get();
+        let lease_ttl_ms = policy.settings.client_conn.lease_ttl.as_millis();
+        let mut by_net: HashMap<IpNet, NetSessions<'_>> = HashMap::new();
+        for (session, ip) in &req.leases {
+            let source = policy.source(*ip);
+            by_net
+                .entry(source.net)
+                .or_insert_with(|| NetSessions {
+                    source,
+                    sessions: Vec::new(),
+                })
+                .sessions
+                .push(session);
+        }
+        let op = HeartbeatOp {
+            node: req.node,
+            epoch: req.epoch,
+            by_net: by_net.into_values().collect(),
+            bare: req.bare.clone(),
+            lease_ttl_ms,
+        };
+        let out = self.store.heartbeat(&op).await?;
+        if out.freed > 0 {
+            tracing::info!(
+                node = req.node,
+                epoch = req.epoch,
+                freed = out.freed,
+                "leases of an earlier epoch freed"
+            );
+        }
+        Ok(HeartbeatReply { lease_ttl_ms })
+    }
+}
+
+fn ban_policy(p: &Policy) -> BanPolicy {
+    let b = &p.settings.bad_rcpt;
+    BanPolicy {
+        block_for_ms: b.block_for.as_millis(),
+        escalation: b.escalation,
+        max_block_ms: b.max_block.as_millis(),
+        remember_ms: b.remember.as_millis(),
+    }
+}
+
+fn session_policy(p: &Policy, rules: &ClientRules<'_>) -> SessionPolicy {
+    let env = &p.settings.envelope;
+    SessionPolicy {
+        max_rcpts_per_message: env.max_rcpts_per_message,
+        bad_rcpt_throttle: env.bad_rcpt_throttle,
+        bad_rcpt_delay_ms: ms(env.bad_rcpt_delay.as_millis()),
+        greet_pause_ms: rules.greet_pause_ms,
+    }
+}
+
+fn finish(p: &Policy, v: Verdict) -> Verdict {
+    if p.settings.shadow {
+        verdict::shadow(v)
+    } else {
+        v
+    }
+}
+
+fn ms(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// One log line per refusal (or would-be refusal): source, rule, reason, node.
+fn log_refusal(rpc: &str, node: &str, source: &Source, v: Option<&Verdict>) {
+    if let Some(v) = v
+        && verdict::is_block(v)
+    {
+        tracing::info!(
+            rpc,
+            node,
+            source = %source,
+            network = %source.net,
+            rule = %v.rule,
+            reason = %v.reason,
+            code = v.smtp_code,
+            delay_ms = v.delay_ms,
+            shadow = v.shadow,
+            "refused"
+        );
+    }
+}

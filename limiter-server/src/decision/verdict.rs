@@ -1,0 +1,171 @@
+//! Verdicts, with sendmail's reply texts where sendmail has one.
+
+use mxlimit_proto::v1::{Action, Verdict};
+
+use crate::policy::settings::BanReply;
+use crate::source::Level;
+
+/// The `reason` of verdicts.
+pub mod reason {
+    pub const OK: &str = "ok";
+    pub const ACCESS: &str = "access";
+    pub const EXEMPT: &str = "exempt";
+    pub const BANNED: &str = "banned";
+    pub const CLIENT_RATE: &str = "client_rate";
+    pub const CLIENT_CONN: &str = "client_conn";
+    pub const BAD_RCPT: &str = "bad_rcpt";
+    pub const BAD_RCPT_THROTTLE: &str = "bad_rcpt_throttle";
+    pub const MAX_RCPTS: &str = "max_rcpts";
+}
+
+fn verdict(
+    action: Action,
+    code: u32,
+    enhanced: &str,
+    text: &str,
+    rule: &str,
+    reason: &str,
+) -> Verdict {
+    Verdict {
+        action: action as i32,
+        smtp_code: code,
+        enhanced_code: enhanced.to_string(),
+        text: text.to_string(),
+        delay_ms: 0,
+        rule: rule.to_string(),
+        reason: reason.to_string(),
+        shadow: false,
+    }
+}
+
+/// Go on; `rule` names the limit that governs the source.
+pub fn accept(rule: &str) -> Verdict {
+    verdict(Action::Accept, 0, "", "", rule, reason::OK)
+}
+
+/// `Connect:... OK` or `RELAY`: accepted without limits.
+pub fn exempt(rule: &str) -> Verdict {
+    verdict(Action::Accept, 0, "", "", rule, reason::EXEMPT)
+}
+
+/// A `Connect:` refusal from the access file: 421 closes, other 4xx tempfail, 5xx reject.
+pub fn access(code: u16, enhanced: &str, text: &str, rule: &str) -> Verdict {
+    let action = match code {
+        421 => Action::Disconnect,
+        400..=499 => Action::Tempfail,
+        _ => Action::Reject,
+    };
+    verdict(
+        action,
+        u32::from(code),
+        enhanced,
+        text,
+        rule,
+        reason::ACCESS,
+    )
+}
+
+/// sendmail: "421 4.3.2 Connection rate limit exceeded."
+pub fn client_rate(rule: &str) -> Verdict {
+    verdict(
+        Action::Disconnect,
+        421,
+        "4.3.2",
+        "Connection rate limit exceeded.",
+        rule,
+        reason::CLIENT_RATE,
+    )
+}
+
+/// sendmail: "421 4.3.2 Too many open connections."
+pub fn client_conn(rule: &str) -> Verdict {
+    verdict(
+        Action::Disconnect,
+        421,
+        "4.3.2",
+        "Too many open connections.",
+        rule,
+        reason::CLIENT_CONN,
+    )
+}
+
+/// The rule of a ban: the banned source, `Ban:206.81.85.0/24`.
+pub fn ban_rule(source: &str) -> String {
+    format!("Ban:{source}")
+}
+
+fn ban_text(level: Level) -> &'static str {
+    match level {
+        Level::Address => "Too many invalid recipients from your address; try again later.",
+        Level::Network => "Too many invalid recipients from your network; try again later.",
+    }
+}
+
+/// A banned source at `Connect`: 421 (the sender retries later) or 554, as configured.
+pub fn banned_at_connect(reply: BanReply, level: Level, rule: &str) -> Verdict {
+    match reply {
+        BanReply::Tempfail => verdict(
+            Action::Disconnect,
+            421,
+            "4.7.1",
+            ban_text(level),
+            rule,
+            reason::BANNED,
+        ),
+        BanReply::Reject => verdict(
+            Action::Reject,
+            554,
+            "5.7.1",
+            ban_text(level),
+            rule,
+            reason::BANNED,
+        ),
+    }
+}
+
+/// A banned source in the middle of a session: the session is closed.
+pub fn banned_in_session(level: Level, rule: &str) -> Verdict {
+    verdict(
+        Action::Disconnect,
+        421,
+        "4.7.1",
+        ban_text(level),
+        rule,
+        reason::BANNED,
+    )
+}
+
+/// sendmail: "452 4.5.3 Too many recipients"
+pub fn max_rcpts(rule: &str) -> Verdict {
+    verdict(
+        Action::Tempfail,
+        452,
+        "4.5.3",
+        "Too many recipients",
+        rule,
+        reason::MAX_RCPTS,
+    )
+}
+
+/// A tarpit: go on after `delay_ms`.
+pub fn delay(delay_ms: u32, rule: &str, reason: &str) -> Verdict {
+    let mut v = verdict(Action::Delay, 0, "", "", rule, reason);
+    v.delay_ms = delay_ms;
+    v
+}
+
+/// Shadow mode: a would-be block is reported, with its code, rule and reason, but the
+/// action is ACCEPT and nothing is delayed.
+pub fn shadow(mut v: Verdict) -> Verdict {
+    if v.action != Action::Accept as i32 {
+        v.action = Action::Accept as i32;
+        v.delay_ms = 0;
+        v.shadow = true;
+    }
+    v
+}
+
+/// Whether a verdict refuses or delays something (for logs and metrics).
+pub fn is_block(v: &Verdict) -> bool {
+    v.shadow || v.action != Action::Accept as i32
+}

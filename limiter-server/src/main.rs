@@ -1,0 +1,109 @@
+//! `limiter-server`: wires the command line to the policy, the store and the server.
+
+mod cli;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use limiter_server::decision::Engine;
+use limiter_server::policy::reload::{PolicyHandle, PolicySource};
+use limiter_server::server::{self, ServeOptions};
+use limiter_server::store::Store;
+use limiter_server::store::memory::{MemoryConfig, MemoryStore};
+use limiter_server::store::redis::{RedisConfig, RedisStore};
+use tokio::net::TcpListener;
+
+use cli::{Cli, LogFormat};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli)?;
+
+    let source = PolicySource {
+        policy_file: cli.policy.clone(),
+        access_files: cli.access.clone(),
+    };
+    if cli.check {
+        let p = source.load().context("policy check failed")?;
+        for w in &p.warnings {
+            eprintln!("warning: {w}");
+        }
+        println!("ok: {p}");
+        return Ok(());
+    }
+    let policy = Arc::new(PolicyHandle::open(source).context("cannot load the policy")?);
+    tokio::spawn(
+        policy
+            .clone()
+            .watch(cli.reload_interval, server::shutdown_signal()),
+    );
+
+    let listener = TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let options = ServeOptions {
+        request_timeout: cli.request_timeout,
+        ..Default::default()
+    };
+
+    match &cli.redis {
+        Some(urls) => {
+            let mut config = RedisConfig::new(urls.split(',').map(str::to_string).collect());
+            config.prefix = cli.redis_prefix.clone();
+            config.response_timeout = cli.redis_timeout;
+            let store = RedisStore::connect(&config)
+                .await
+                .with_context(|| format!("cannot use Redis at {}", redact(urls)))?;
+            run(store, policy, listener, options, &cli).await
+        }
+        None => {
+            let store = Arc::new(MemoryStore::new(MemoryConfig {
+                max_entries: cli.memory_max_entries,
+            }));
+            store.sweeper(std::time::Duration::from_secs(10));
+            run(store, policy, listener, options, &cli).await
+        }
+    }
+}
+
+async fn run<S: Store>(
+    store: S,
+    policy: Arc<PolicyHandle>,
+    listener: TcpListener,
+    options: ServeOptions,
+    cli: &Cli,
+) -> Result<()> {
+    tracing::info!(listen = %cli.listen, store = store.kind(), "limiter serving");
+    let engine = Arc::new(Engine::new(store, policy));
+    server::serve(engine, listener, options, server::shutdown_signal())
+        .await
+        .context("gRPC server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_logging(cli: &Cli) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .with_context(|| format!("bad --log filter {:?}", cli.log))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+/// URLs without their passwords, for messages.
+fn redact(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}***{}", &u[..s + 3], &u[at..]),
+            _ => u.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}

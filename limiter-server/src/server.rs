@@ -1,0 +1,133 @@
+//! The gRPC server: the `Limiter` service, gRPC health (per service: the limiter is
+//! NOT_SERVING while its store is unreachable) and reflection, and graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mxlimit_proto::v1::limiter_server::LimiterServer;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::decision::Engine;
+use crate::grpc::LimiterService;
+use crate::store::Store;
+
+/// The health-check name of the limiter service.
+pub const SERVICE_NAME: &str = "mxlimit.v1.Limiter";
+
+/// Server settings beyond the engine.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Upper bound of any one request, whatever deadline the caller sent.
+    pub request_timeout: Duration,
+    /// How often the store is pinged for the health status.
+    pub health_interval: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            request_timeout: Duration::from_secs(2),
+            health_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves, then stops taking calls and lets the ones in
+/// flight finish.
+pub async fn serve<S: Store>(
+    engine: Arc<Engine<S>>,
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(mxlimit_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+
+    // The limiter is ready only while its store answers.
+    let watcher = {
+        let engine = engine.clone();
+        let health = health.clone();
+        let every = options.health_interval;
+        tokio::spawn(async move {
+            let mut last = true;
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let ok = match tokio::time::timeout(every, engine.store().ping()).await {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) => {
+                        if last {
+                            tracing::error!(error = %e, "store unreachable; reporting NOT_SERVING");
+                        }
+                        false
+                    }
+                    Err(_) => {
+                        if last {
+                            tracing::error!("store ping timed out; reporting NOT_SERVING");
+                        }
+                        false
+                    }
+                };
+                if ok && !last {
+                    tracing::info!("store reachable again; reporting SERVING");
+                }
+                if ok != last {
+                    let status = if ok {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    health.set_service_status(SERVICE_NAME, status).await;
+                    last = ok;
+                }
+            }
+        })
+    };
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let result = tonic::transport::Server::builder()
+        .timeout(options.request_timeout)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(LimiterServer::new(LimiterService::new(engine)))
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing calls in flight");
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health
+                .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+                .await;
+        })
+        .await;
+    watcher.abort();
+    result
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
