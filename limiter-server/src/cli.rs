@@ -67,6 +67,11 @@ pub struct Cli {
     #[arg(long, env = "MXLIMIT_REQUEST_TIMEOUT", default_value = "2s", value_parser = duration)]
     pub request_timeout: Duration,
 
+    /// On SIGTERM, how long calls in flight may take to finish before the server exits
+    /// (callers' deadlines are far shorter; this only bounds clients that never hang up).
+    #[arg(long, env = "MXLIMIT_SHUTDOWN_GRACE", default_value = "5s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+
     /// Addresses and networks the in-memory store tracks at most (the coldest unbanned
     /// go first past it).
     #[arg(long, env = "MXLIMIT_MEMORY_MAX_ENTRIES", default_value_t = 1_000_000)]

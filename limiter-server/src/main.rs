@@ -34,17 +34,26 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     let policy = Arc::new(PolicyHandle::open(source).context("cannot load the policy")?);
-    tokio::spawn(
-        policy
-            .clone()
-            .watch(cli.reload_interval, server::shutdown_signal()),
-    );
+    // One signal stops everything: the rule watcher and the server.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        server::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = move || {
+        let mut rx = stopped.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn(policy.clone().watch(cli.reload_interval, until_stopped()));
 
     let listener = TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let options = ServeOptions {
         request_timeout: cli.request_timeout,
+        shutdown_grace: cli.shutdown_grace,
         ..Default::default()
     };
 
@@ -56,14 +65,14 @@ async fn main() -> Result<()> {
             let store = RedisStore::connect(&config)
                 .await
                 .with_context(|| format!("cannot use Redis at {}", redact(urls)))?;
-            run(store, policy, listener, options, &cli).await
+            run(store, policy, listener, options, &cli, until_stopped()).await
         }
         None => {
             let store = Arc::new(MemoryStore::new(MemoryConfig {
                 max_entries: cli.memory_max_entries,
             }));
             store.sweeper(std::time::Duration::from_secs(10));
-            run(store, policy, listener, options, &cli).await
+            run(store, policy, listener, options, &cli, until_stopped()).await
         }
     }
 }
@@ -74,10 +83,11 @@ async fn run<S: Store>(
     listener: TcpListener,
     options: ServeOptions,
     cli: &Cli,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     tracing::info!(listen = %cli.listen, store = store.kind(), "limiter serving");
     let engine = Arc::new(Engine::new(store, policy));
-    server::serve(engine, listener, options, server::shutdown_signal())
+    server::serve(engine, listener, options, shutdown)
         .await
         .context("gRPC server failed")?;
     tracing::info!("stopped");
@@ -87,8 +97,11 @@ async fn run<S: Store>(
 fn init_logging(cli: &Cli) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .with_context(|| format!("bad --log filter {:?}", cli.log))?;
+    // Colours only for a person at a terminal, never in files or journald.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.init(),

@@ -23,6 +23,9 @@ pub struct ServeOptions {
     pub request_timeout: Duration,
     /// How often the store is pinged for the health status.
     pub health_interval: Duration,
+    /// After shutdown begins, how long open connections may stay before the server
+    /// returns anyway (hyper can wait forever on a client that never hangs up).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServeOptions {
@@ -30,6 +33,7 @@ impl Default for ServeOptions {
         ServeOptions {
             request_timeout: Duration::from_secs(2),
             health_interval: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -95,7 +99,8 @@ pub async fn serve<S: Store>(
     };
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let result = tonic::transport::Server::builder()
+    let (began, draining) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .timeout(options.request_timeout)
         .add_service(health_service)
         .add_service(reflection)
@@ -109,8 +114,22 @@ pub async fn serve<S: Store>(
             health
                 .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
                 .await;
-        })
-        .await;
+            let _ = began.send(());
+        });
+    let grace = options.shutdown_grace;
+    let result = tokio::select! {
+        r = server => r,
+        _ = async {
+            if draining.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(?grace, "connections still open after the shutdown grace; closing them");
+            Ok(())
+        }
+    };
     watcher.abort();
     result
 }

@@ -105,7 +105,10 @@ impl Inner {
                 .await
                 .unwrap_or(None);
             let (name, ttl) = match found {
-                Some((name, valid_for)) => (Some(name), valid_for.min(self.settings.max_ttl.0)),
+                Some((name, valid_for)) => (
+                    Some(name),
+                    valid_for.clamp(self.settings.min_ttl.0, self.settings.max_ttl.0),
+                ),
                 None => (None, self.settings.negative_ttl.0),
             };
             self.store(ip, name.clone(), ttl);

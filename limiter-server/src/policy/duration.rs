@@ -31,7 +31,7 @@ impl fmt::Display for Span {
             ("m", 60_000),
             ("s", 1000),
         ] {
-            if ms >= size && ms % size == 0 {
+            if ms >= size && ms.is_multiple_of(size) {
                 return write!(f, "{}{unit}", ms / size);
             }
         }

@@ -521,8 +521,10 @@ mod tests {
     fn the_example_policy_file_is_valid_and_spells_out_the_defaults() {
         let text = include_str!("../../../examples/policy.toml");
         let s = parse_settings(text, Path::new("examples/policy.toml")).unwrap();
-        let mut expected = Settings::default();
-        expected.access_files = vec!["access".into()];
+        let expected = Settings {
+            access_files: vec!["access".into()],
+            ..Settings::default()
+        };
         assert_eq!(s, expected, "examples/policy.toml must show the defaults");
     }
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::duration::Span;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Report would-be blocks (`shadow = true` in the verdict) but accept everything.
@@ -24,21 +24,6 @@ pub struct Settings {
     pub bad_rcpt: BadRcptSettings,
     pub envelope: EnvelopeSettings,
     pub dns: DnsSettings,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            shadow: false,
-            access_files: Vec::new(),
-            network: NetworkSettings::default(),
-            client_rate: RateSettings::default(),
-            client_conn: ConnSettings::default(),
-            bad_rcpt: BadRcptSettings::default(),
-            envelope: EnvelopeSettings::default(),
-            dns: DnsSettings::default(),
-        }
-    }
 }
 
 /// How addresses aggregate into networks.
@@ -204,6 +189,8 @@ pub struct DnsSettings {
     pub cache_size: usize,
     /// How long a failed or unconfirmed lookup is remembered.
     pub negative_ttl: Span,
+    /// Shortest a name is remembered, whatever its DNS TTL (many PTR zones say 0).
+    pub min_ttl: Span,
     /// Longest a name is remembered, whatever its DNS TTL.
     pub max_ttl: Span,
 }
@@ -217,6 +204,7 @@ impl Default for DnsSettings {
             timeout: Span::secs(2),
             cache_size: 50_000,
             negative_ttl: Span::secs(300),
+            min_ttl: Span::secs(60),
             max_ttl: Span::secs(3600),
         }
     }
@@ -299,6 +287,15 @@ impl Settings {
                 format!(
                     "{} is longer than 1s; decisions must not wait on DNS",
                     self.dns.deadline
+                ),
+            );
+        }
+        if self.dns.min_ttl > self.dns.max_ttl {
+            return err(
+                "dns.min_ttl",
+                format!(
+                    "{} is longer than max_ttl ({})",
+                    self.dns.min_ttl, self.dns.max_ttl
                 ),
             );
         }

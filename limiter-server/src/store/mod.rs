@@ -24,6 +24,8 @@ pub enum StoreError {
     Redis(#[from] ::redis::RedisError),
     #[error("store reply not understood: {0}")]
     Reply(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// One session's lease: unique per node and session, tagged with the node's epoch.

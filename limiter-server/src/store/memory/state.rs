@@ -9,6 +9,9 @@ use super::split_member;
 use crate::source::Level;
 use crate::store::{Ban, BanPolicy};
 
+/// A lease renewed until the given time, or freed (`None`).
+type LeaseChange = (Arc<str>, Option<u64>);
+
 /// One level (an address, or a whole network).
 #[derive(Debug, Default)]
 pub struct LevelState {
@@ -124,7 +127,7 @@ impl LevelState {
         sessions: &[&str],
         now: u64,
         ttl: u64,
-    ) -> (u64, u64, Vec<(Arc<str>, Option<u64>)>) {
+    ) -> (u64, u64, Vec<LeaseChange>) {
         let (mut renewed, mut freed) = (0, 0);
         let mut changes = Vec::new();
         for (m, exp) in self.leases.iter_mut() {

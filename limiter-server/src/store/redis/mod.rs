@@ -101,7 +101,7 @@ impl RedisStore {
             .collect();
         let cluster = match urls.as_slice() {
             [] => {
-                return Err(StoreError::Reply("no Redis URL given".into()));
+                return Err(StoreError::Config("no Redis URL given".into()));
             }
             [one] => is_cluster_node(one, config.connect_timeout).await?,
             _ => true,
@@ -158,7 +158,7 @@ impl RedisStore {
             .and_then(|m| m.parse().ok())
             .unwrap_or(0);
         if major < 7 {
-            return Err(StoreError::Reply(format!(
+            return Err(StoreError::Config(format!(
                 "Redis {version} is too old: mxlimit needs Redis 7.0 or newer"
             )));
         }

@@ -1,0 +1,741 @@
+//! The behaviour of the limiter over gRPC, with two limiter instances on one store,
+//! on every store: in memory, one real redis-server, and a real 3-primary Redis Cluster.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use mxlimit_proto::v1::{Action, HeartbeatRequest, Lease};
+use support::*;
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Memory).await }
+        )* }
+        mod redis { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Redis).await }
+        )* }
+        mod cluster { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Cluster).await }
+        )* }
+    };
+}
+
+suite!(
+    client_rate_holds_across_instances_and_the_network,
+    client_rate_window_slides,
+    client_conn_leases_hold_across_instances_and_free_on_disconnect,
+    leases_expire_without_heartbeat_and_live_with_it,
+    a_new_epoch_frees_the_old_leases_at_once,
+    retried_calls_count_once,
+    bad_recipients_spread_over_a_network_tarpit_then_ban_everywhere,
+    bad_recipients_of_one_address_escalate,
+    envelope_limits,
+    access_rules,
+    shadow_mode_reports_without_blocking,
+    bad_input_is_invalid_argument,
+);
+
+/// Generous windows: only the sliding-window and lease tests depend on time.
+const BASE: &str = "[bad_rcpt]\nnetwork_block_after = 0\nblock_after = 0\ntarpit_after = 0\nnetwork_tarpit_after = 0\n";
+
+async fn client_rate_holds_across_instances_and_the_network(backend: Backend) {
+    let toml = "[client_rate]\nwindow = \"1h\"\naddress = 3\nnetwork = 5\n[client_conn]\naddress = 0\nnetwork = 0\n";
+    let mut p = Pair::start(backend, policy(toml, "")).await;
+    // Address level: 3 per window, whichever instance is asked.
+    let mut got = Vec::new();
+    for i in 0..5 {
+        got.push(connect(p.inst(i), "mx1", &format!("a{i}"), "10.1.1.5").await);
+    }
+    assert!(
+        got[..3].iter().all(|v| action(v) == Action::Accept),
+        "{got:?}"
+    );
+    for v in &got[3..] {
+        assert_eq!(action(v), Action::Disconnect);
+        assert_eq!(
+            (v.smtp_code, v.enhanced_code.as_str(), v.text.as_str()),
+            (421, "4.3.2", "Connection rate limit exceeded.")
+        );
+        assert_eq!(
+            (v.rule.as_str(), v.reason.as_str()),
+            ("policy:client_rate.address", "client_rate")
+        );
+    }
+    // Network level: the 3 admitted above count for 10.1.1.0/24; 2 more addresses of it
+    // get in, then every address of the network is refused.
+    let mut got = Vec::new();
+    for i in 0..4 {
+        got.push(
+            connect(
+                p.inst(i),
+                "mx2",
+                &format!("n{i}"),
+                &format!("10.1.1.{}", 100 + i),
+            )
+            .await,
+        );
+    }
+    assert_eq!(
+        got.iter().map(action).collect::<Vec<_>>(),
+        [
+            Action::Accept,
+            Action::Accept,
+            Action::Disconnect,
+            Action::Disconnect
+        ]
+    );
+    assert_eq!(got[2].rule, "policy:client_rate.network");
+    // Another network is untouched.
+    assert_eq!(
+        action(&connect(&mut p.a, "mx1", "other", "10.1.2.1").await),
+        Action::Accept
+    );
+}
+
+/// "At most N in ANY window of W": fixed windows, which admit 2N across a boundary,
+/// fail this test.
+async fn client_rate_window_slides(backend: Backend) {
+    const W: Duration = Duration::from_millis(1500);
+    let toml = "[client_rate]\nwindow = \"1500ms\"\naddress = 2\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n";
+    let mut p = Pair::start(backend, policy(toml, "")).await;
+    let ip = "10.9.9.9";
+    let t_a = Instant::now();
+    assert_eq!(
+        action(&connect(&mut p.a, "mx1", "a", ip).await),
+        Action::Accept
+    );
+    let r_a = Instant::now();
+    tokio::time::sleep_until((t_a + Duration::from_millis(700)).into()).await;
+    let t_b = Instant::now();
+    assert_eq!(
+        action(&connect(&mut p.b, "mx2", "b", ip).await),
+        Action::Accept
+    );
+    assert_eq!(
+        action(&connect(&mut p.a, "mx1", "c", ip).await),
+        Action::Disconnect
+    );
+    assert!(
+        t_a.elapsed() < W,
+        "the machine stalled for {:?}; the window test is inconclusive",
+        t_a.elapsed()
+    );
+    // Once `a` has surely left the window, one connection fits again, not two: `b` is
+    // still in the window that ends now.
+    tokio::time::sleep_until((r_a + W + Duration::from_millis(50)).into()).await;
+    assert_eq!(
+        action(&connect(&mut p.b, "mx2", "d", ip).await),
+        Action::Accept
+    );
+    let second = connect(&mut p.a, "mx1", "e", ip).await;
+    assert!(
+        t_b.elapsed() < W,
+        "the machine stalled; the window test is inconclusive"
+    );
+    assert_eq!(
+        action(&second),
+        Action::Disconnect,
+        "2 connections in a window that ends now"
+    );
+}
+
+async fn client_conn_leases_hold_across_instances_and_free_on_disconnect(backend: Backend) {
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 2\nnetwork = 3\n";
+    let mut p = Pair::start(backend, policy(toml, "")).await;
+    let ip = "10.3.3.3";
+    assert_eq!(
+        action(&connect(&mut p.a, "mx1", "s1", ip).await),
+        Action::Accept
+    );
+    assert_eq!(
+        action(&connect(&mut p.b, "mx2", "s2", ip).await),
+        Action::Accept
+    );
+    let v = connect(&mut p.a, "mx1", "s3", ip).await;
+    assert_eq!(
+        (action(&v), v.smtp_code, v.text.as_str()),
+        (Action::Disconnect, 421, "Too many open connections.")
+    );
+    assert_eq!(
+        (v.rule.as_str(), v.reason.as_str()),
+        ("policy:client_conn.address", "client_conn")
+    );
+    // mx1's session ends; the Disconnect may reach either instance.
+    disconnect(&mut p.b, "mx1", "s1", ip).await;
+    assert_eq!(
+        action(&connect(&mut p.a, "mx1", "s3", ip).await),
+        Action::Accept
+    );
+    // Network level: s2, s3 hold 2 of 3.
+    assert_eq!(
+        action(&connect(&mut p.b, "mx2", "s4", "10.3.3.4").await),
+        Action::Accept
+    );
+    let v = connect(&mut p.a, "mx1", "s5", "10.3.3.5").await;
+    assert_eq!(
+        (action(&v), v.rule.as_str()),
+        (Action::Disconnect, "policy:client_conn.network")
+    );
+}
+
+async fn leases_expire_without_heartbeat_and_live_with_it(backend: Backend) {
+    const TTL: Duration = Duration::from_secs(1);
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 1\nnetwork = 0\nlease_ttl = \"1s\"\n";
+    let mut p = Pair::start(backend, policy(toml, "")).await;
+    let reply =
+        p.a.connect(connect_req("mx1", "kept", "10.5.5.1"))
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(reply.lease_ttl_ms, 1000);
+    let t_kept = Instant::now();
+    let r =
+        p.b.connect(connect_req("mx2", "dropped", "10.5.5.2"))
+            .await
+            .unwrap()
+            .into_inner();
+    let r_dropped = Instant::now();
+    assert_eq!(action(&r.verdict.unwrap()), Action::Accept);
+    // mx1 renews "kept" every 300 ms through either instance; nobody renews "dropped".
+    let mut i = 0;
+    while t_kept.elapsed() < TTL + Duration::from_millis(500) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        p.inst(i)
+            .heartbeat(HeartbeatRequest {
+                node: "mx1".into(),
+                epoch: "e1".into(),
+                leases: vec![Lease {
+                    session_id: "kept".into(),
+                    client_ip: "10.5.5.1".into(),
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        i += 1;
+    }
+    tokio::time::sleep_until((r_dropped + TTL + Duration::from_millis(50)).into()).await;
+    assert_eq!(
+        action(&connect(&mut p.a, "mx1", "again", "10.5.5.2").await),
+        Action::Accept,
+        "an unrenewed lease expires"
+    );
+    assert_eq!(
+        action(&connect(&mut p.b, "mx2", "nope", "10.5.5.1").await),
+        Action::Disconnect,
+        "a renewed lease lives on"
+    );
+}
+
+async fn a_new_epoch_frees_the_old_leases_at_once(backend: Backend) {
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 2\nnetwork = 0\nlease_ttl = \"1h\"\n";
+    let mut p = Pair::start(backend, policy(toml, "")).await;
+    let ip = "10.6.6.6";
+    assert_eq!(
+        action(&connect(&mut p.a, "mx9", "old1", ip).await),
+        Action::Accept
+    );
+    assert_eq!(
+        action(&connect(&mut p.b, "mx9", "old2", ip).await),
+        Action::Accept
+    );
+    assert_eq!(
+        action(&connect(&mut p.a, "mx8", "x", ip).await),
+        Action::Disconnect
+    );
+    // mx9 restarts: its first heartbeat carries a new epoch and no sessions.
+    p.b.heartbeat(HeartbeatRequest {
+        node: "mx9".into(),
+        epoch: "e2".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        action(&connect(&mut p.a, "mx8", "x", ip).await),
+        Action::Accept
+    );
+    let mut new = connect_req("mx9", "new1", ip);
+    new.epoch = "e2".into();
+    assert_eq!(
+        action(
+            &p.a.connect(new)
+                .await
+                .unwrap()
+                .into_inner()
+                .verdict
+                .unwrap()
+        ),
+        Action::Accept
+    );
+    // The new epoch's own heartbeat keeps the new lease.
+    p.a.heartbeat(HeartbeatRequest {
+        node: "mx9".into(),
+        epoch: "e2".into(),
+        session_ids: vec!["new1".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        action(&connect(&mut p.b, "mx8", "y", ip).await),
+        Action::Disconnect
+    );
+}
+
+async fn retried_calls_count_once(backend: Backend) {
+    let toml = "[client_rate]\nwindow = \"1h\"\naddress = 2\nnetwork = 0\n[client_conn]\naddress = 2\nnetwork = 0\n\
+                [bad_rcpt]\ntarpit_after = 0\nnetwork_tarpit_after = 0\nblock_after = 2\nnetwork_block_after = 0\n";
+    let mut p = Pair::start(backend, policy(toml, "")).await;
+    let ip = "10.7.7.7";
+    // The same Connect sent three times (a retry after a lost reply) counts once.
+    for i in 0..3 {
+        assert_eq!(
+            action(&connect(p.inst(i), "mx1", "s1", ip).await),
+            Action::Accept
+        );
+    }
+    assert_eq!(
+        action(&connect(&mut p.a, "mx1", "s2", ip).await),
+        Action::Accept
+    );
+    assert_eq!(
+        action(&connect(&mut p.a, "mx1", "s3", ip).await),
+        Action::Disconnect
+    );
+    // The same bad RCPT retried counts once: two distinct ones, then the ban on the third.
+    for i in 0..3 {
+        assert_eq!(
+            action(&bad_rcpt(p.inst(i), "mx1", "s1", ip, "nobody@example.org").await),
+            Action::Accept
+        );
+    }
+    assert_eq!(
+        action(&bad_rcpt(&mut p.b, "mx1", "s2", ip, "nobody@example.org").await),
+        Action::Accept
+    );
+    assert_eq!(
+        action(&bad_rcpt(&mut p.a, "mx1", "s2", ip, "nobody2@example.org").await),
+        Action::Disconnect
+    );
+}
+
+async fn bad_recipients_spread_over_a_network_tarpit_then_ban_everywhere(backend: Backend) {
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n\
+                [bad_rcpt]\ntarpit_after = 2\nblock_after = 100\nnetwork_tarpit_after = 4\nnetwork_block_after = 6\n\
+                tarpit_delay = \"1500ms\"\nblock_for = \"1h\"\n";
+    let mut p = Pair::start(backend, policy(toml, "")).await;
+    // A dictionary attack: one unknown user from each of 7 addresses of 10.4.4.0/24,
+    // over two MX nodes and both limiter instances.
+    let mut got = Vec::new();
+    for i in 0..7 {
+        let ip = format!("10.4.4.{}", i + 1);
+        let node = if i % 2 == 0 { "mx1" } else { "mx2" };
+        assert_eq!(
+            action(&connect(p.inst(i), node, &format!("s{i}"), &ip).await),
+            Action::Accept
+        );
+        got.push(
+            bad_rcpt(
+                p.inst(i + 1),
+                node,
+                &format!("s{i}"),
+                &ip,
+                &format!("user{i}@example.org"),
+            )
+            .await,
+        );
+    }
+    let actions: Vec<Action> = got.iter().map(action).collect();
+    assert_eq!(
+        actions,
+        [
+            Action::Accept,
+            Action::Accept,
+            Action::Accept,
+            Action::Accept,
+            Action::Delay,
+            Action::Delay,
+            Action::Disconnect
+        ]
+    );
+    assert_eq!(
+        (
+            got[4].delay_ms,
+            got[4].reason.as_str(),
+            got[4].rule.as_str()
+        ),
+        (1500, "bad_rcpt", "policy:bad_rcpt.network_tarpit_after")
+    );
+    let ban = &got[6];
+    assert_eq!(
+        (
+            ban.smtp_code,
+            ban.enhanced_code.as_str(),
+            ban.reason.as_str(),
+            ban.rule.as_str()
+        ),
+        (421, "4.7.1", "banned", "Ban:10.4.4.0/24")
+    );
+    // Both instances now refuse every address of the network at Connect.
+    for (i, ip) in ["10.4.4.1", "10.4.4.200", "10.4.4.201"].iter().enumerate() {
+        let v = connect(p.inst(i), "mx3", &format!("later{i}"), ip).await;
+        assert_eq!(
+            (action(&v), v.smtp_code, v.reason.as_str(), v.rule.as_str()),
+            (Action::Disconnect, 421, "banned", "Ban:10.4.4.0/24")
+        );
+        assert_eq!(
+            v.text,
+            "Too many invalid recipients from your network; try again later."
+        );
+    }
+    // Another network is not touched.
+    assert_eq!(
+        action(&connect(&mut p.a, "mx3", "ok", "10.4.5.1").await),
+        Action::Accept
+    );
+}
+
+async fn bad_recipients_of_one_address_escalate(backend: Backend) {
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n\
+                [bad_rcpt]\ntarpit_after = 1\nblock_after = 2\nnetwork_tarpit_after = 0\nnetwork_block_after = 0\n\
+                tarpit_delay = \"2s\"\nblock_for = \"1s\"\nescalation = 3.0\nmax_block = \"1h\"\nban_reply = \"reject\"\n";
+    let mut p = Pair::start(backend, policy(toml, "")).await;
+    let ip = "10.8.8.8";
+    let v: Vec<Action> = [
+        bad_rcpt(&mut p.a, "mx1", "s", ip, "a@x").await,
+        bad_rcpt(&mut p.b, "mx1", "s", ip, "b@x").await,
+        bad_rcpt(&mut p.a, "mx1", "s", ip, "c@x").await,
+    ]
+    .iter()
+    .map(action)
+    .collect();
+    assert_eq!(v, [Action::Accept, Action::Delay, Action::Disconnect]);
+    let banned = connect(&mut p.b, "mx1", "t", ip).await;
+    assert_eq!(
+        (
+            action(&banned),
+            banned.smtp_code,
+            banned.enhanced_code.as_str()
+        ),
+        (Action::Reject, 554, "5.7.1"),
+        "ban_reply = reject"
+    );
+    assert_eq!(banned.rule, "Ban:10.8.8.8");
+    // The first ban lasts 1s; the second offence 3s.
+    let over = Instant::now() + Duration::from_millis(1100);
+    tokio::time::sleep_until(over.into()).await;
+    assert_eq!(
+        action(&connect(&mut p.a, "mx1", "u", ip).await),
+        Action::Accept
+    );
+    for r in ["d@x", "e@x", "f@x"] {
+        bad_rcpt(&mut p.a, "mx1", "u", ip, r).await;
+    }
+    let second = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        action(&connect(&mut p.b, "mx1", "w", ip).await),
+        Action::Reject,
+        "a repeat offence is banned longer"
+    );
+    assert!(
+        second.elapsed() < Duration::from_secs(3),
+        "stalled; inconclusive"
+    );
+}
+
+async fn envelope_limits(backend: Backend) {
+    let toml = "[envelope]\nmax_rcpts_per_message = 3\nbad_rcpt_throttle = 2\nbad_rcpt_delay = \"1s\"\n\
+                [bad_rcpt]\ntarpit_after = 0\nnetwork_tarpit_after = 0\nblock_after = 0\nnetwork_block_after = 0\n";
+    let mut p = Pair::start(backend, policy(toml, "")).await;
+    let reply =
+        p.a.connect(connect_req("mx1", "s", "10.10.0.1"))
+            .await
+            .unwrap()
+            .into_inner();
+    let sp = reply.policy.unwrap();
+    assert_eq!(
+        (
+            sp.max_rcpts_per_message,
+            sp.bad_rcpt_throttle,
+            sp.bad_rcpt_delay_ms
+        ),
+        (3, 2, 1000)
+    );
+    let r = |n, bad, rejected| {
+        rcpt_req(
+            "mx1",
+            "s",
+            "10.10.0.1",
+            &format!("r{n}@x"),
+            rejected,
+            n,
+            bad,
+        )
+    };
+    let v =
+        p.a.recipient(r(4, 0, false))
+            .await
+            .unwrap()
+            .into_inner()
+            .verdict
+            .unwrap();
+    assert_eq!(
+        (
+            action(&v),
+            v.smtp_code,
+            v.enhanced_code.as_str(),
+            v.text.as_str()
+        ),
+        (Action::Tempfail, 452, "4.5.3", "Too many recipients")
+    );
+    assert_eq!(v.reason, "max_rcpts");
+    // Two bad RCPTs in this envelope: the third RCPT (bad or not) waits bad_rcpt_delay.
+    let v =
+        p.b.recipient(r(2, 2, true))
+            .await
+            .unwrap()
+            .into_inner()
+            .verdict
+            .unwrap();
+    assert_eq!(action(&v), Action::Accept);
+    let v =
+        p.b.recipient(r(3, 2, false))
+            .await
+            .unwrap()
+            .into_inner()
+            .verdict
+            .unwrap();
+    assert_eq!(
+        (action(&v), v.delay_ms, v.reason.as_str()),
+        (Action::Delay, 1000, "bad_rcpt_throttle")
+    );
+}
+
+const SENDMAIL_ACCESS: &str = "Connect:206.81.85\tREJECT\nClientRate:67.92.16\t2\nClientConn:61.191.231\t2\n\
+ClientRate:\t10\nClientConn:\t5\nClientRate:customerdomain.com\t0\nGreetPause:okslammer.com\t0\nGreetPause:127.0.0.1\t0\n\
+Connect:192.0.2.1\tOK\nConnect:192.0.2.2\tERROR:4.7.0:421 Closing for maintenance\n";
+
+async fn access_rules(backend: Backend) {
+    let toml = format!(
+        "{BASE}[client_rate]\nwindow = \"1h\"\nnetwork = 0\n[client_conn]\nnetwork = 0\n[envelope]\ngreet_pause = \"3s\"\n"
+    );
+    let mut p = Pair::start(backend, policy(&toml, SENDMAIL_ACCESS)).await;
+    // Connect: REJECT, as sendmail: 550 5.7.1 Access denied.
+    let v = connect(&mut p.a, "mx1", "r", "206.81.85.9").await;
+    assert_eq!(
+        (
+            action(&v),
+            v.smtp_code,
+            v.enhanced_code.as_str(),
+            v.text.as_str()
+        ),
+        (Action::Reject, 550, "5.7.1", "Access denied")
+    );
+    assert_eq!(
+        (v.rule.as_str(), v.reason.as_str()),
+        ("Connect:206.81.85", "access")
+    );
+    let v = connect(&mut p.b, "mx1", "m", "192.0.2.2").await;
+    assert_eq!(
+        (action(&v), v.smtp_code, v.text.as_str()),
+        (Action::Disconnect, 421, "Closing for maintenance")
+    );
+    // Per-prefix override: 2 for 67.92.16.x ...
+    let got: Vec<Action> = futures(&mut p, "67.92.16.7", 3).await;
+    assert_eq!(got, [Action::Accept, Action::Accept, Action::Disconnect]);
+    let v = connect(&mut p.a, "mx1", "x", "67.92.16.7").await;
+    assert_eq!(v.rule, "ClientRate:67.92.16");
+    // ... the wildcard (10) elsewhere ...
+    let got = futures(&mut p, "198.18.0.1", 11).await;
+    assert_eq!(got.iter().filter(|a| **a == Action::Accept).count(), 10);
+    assert_eq!(
+        connect(&mut p.a, "mx1", "y", "198.18.0.1").await.rule,
+        "ClientRate:"
+    );
+    // ... and 0 (unlimited) for the verified name, even inside 67.92.16.
+    for i in 0..12 {
+        let mut req = connect_req("mx2", &format!("c{i}"), "67.92.16.8");
+        req.client_name = "mail.customerdomain.com".into();
+        let v = p
+            .inst(i)
+            .connect(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .verdict
+            .unwrap();
+        assert_eq!(action(&v), Action::Accept, "connection {i}: {v:?}");
+        disconnect(p.inst(i), "mx2", &format!("c{i}"), "67.92.16.8").await;
+    }
+    // ClientConn per prefix (2) and wildcard (5); OK exempts from everything.
+    for i in 0..3 {
+        let v = connect(&mut p.a, "mx1", &format!("k{i}"), "61.191.231.1").await;
+        assert_eq!(action(&v) == Action::Accept, i < 2, "{v:?}");
+    }
+    for i in 0..20 {
+        let v = connect(p.inst(i), "mx1", &format!("ok{i}"), "192.0.2.1").await;
+        assert_eq!(
+            (action(&v), v.reason.as_str(), v.rule.as_str()),
+            (Action::Accept, "exempt", "Connect:192.0.2.1")
+        );
+    }
+    // GreetPause: 0 for 127.0.0.1 and okslammer.com, the default (3s) elsewhere.
+    let gp = |r: mxlimit_proto::v1::ConnectReply| r.policy.unwrap().greet_pause_ms;
+    assert_eq!(
+        gp(p.a
+            .connect(connect_req("mx1", "g1", "127.0.0.1"))
+            .await
+            .unwrap()
+            .into_inner()),
+        0
+    );
+    assert_eq!(
+        gp(p.a
+            .connect(connect_req("mx1", "g2", "127.0.0.2"))
+            .await
+            .unwrap()
+            .into_inner()),
+        3000
+    );
+    let mut req = connect_req("mx1", "g3", "198.18.1.1");
+    req.client_name = "smtp.okslammer.com".into();
+    assert_eq!(gp(p.b.connect(req).await.unwrap().into_inner()), 0);
+}
+
+/// `n` sessions from `ip`, each disconnected at once (so only ClientRate counts).
+async fn futures(p: &mut Pair, ip: &str, n: usize) -> Vec<Action> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let id = format!("{ip}-{i}");
+        out.push(action(&connect(p.inst(i), "mx1", &id, ip).await));
+        disconnect(p.inst(i + 1), "mx1", &id, ip).await;
+    }
+    out
+}
+
+async fn shadow_mode_reports_without_blocking(backend: Backend) {
+    let toml = "shadow = true\n[client_rate]\nwindow = \"1h\"\naddress = 1\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n\
+                [bad_rcpt]\ntarpit_after = 1\nblock_after = 2\nnetwork_tarpit_after = 0\nnetwork_block_after = 0\n";
+    let mut p = Pair::start(backend, policy(toml, "Connect:203.0.113.9 REJECT\n")).await;
+    let first = connect(&mut p.a, "mx1", "s1", "10.11.0.1").await;
+    assert_eq!((action(&first), first.shadow), (Action::Accept, false));
+    let v = connect(&mut p.b, "mx1", "s2", "10.11.0.1").await;
+    assert_eq!(
+        (action(&v), v.shadow, v.reason.as_str(), v.smtp_code),
+        (Action::Accept, true, "client_rate", 421)
+    );
+    let v = connect(&mut p.a, "mx1", "s3", "203.0.113.9").await;
+    assert_eq!(
+        (action(&v), v.shadow, v.reason.as_str()),
+        (Action::Accept, true, "access")
+    );
+    let tarpit = [
+        bad_rcpt(&mut p.a, "mx1", "s1", "10.11.0.1", "a@x").await,
+        bad_rcpt(&mut p.b, "mx1", "s1", "10.11.0.1", "b@x").await,
+        bad_rcpt(&mut p.a, "mx1", "s1", "10.11.0.1", "c@x").await,
+    ];
+    assert_eq!(
+        tarpit
+            .iter()
+            .map(|v| (action(v), v.shadow, v.delay_ms))
+            .collect::<Vec<_>>(),
+        [
+            (Action::Accept, false, 0),
+            (Action::Accept, true, 0),
+            (Action::Accept, true, 0)
+        ]
+    );
+    assert_eq!(tarpit[2].reason, "banned");
+    let v = connect(&mut p.b, "mx1", "s4", "10.11.0.1").await;
+    assert_eq!(
+        (action(&v), v.shadow, v.reason.as_str()),
+        (Action::Accept, true, "banned")
+    );
+}
+
+async fn bad_input_is_invalid_argument(backend: Backend) {
+    let mut p = Pair::start(backend, policy("", "")).await;
+    let check = |r: Result<tonic::Response<_>, tonic::Status>, needle: &str| {
+        let s = r.map(|_: tonic::Response<()>| ()).unwrap_err();
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+        assert!(
+            s.message().contains(needle),
+            "{:?} does not say {needle:?}",
+            s.message()
+        );
+    };
+    let unit = |r: Result<tonic::Response<mxlimit_proto::v1::ConnectReply>, tonic::Status>| {
+        r.map(|x| x.map(|_| ()))
+    };
+    check(
+        unit(p.a.connect(connect_req("mx1", "s", "1.2.3")).await),
+        "client_ip: \"1.2.3\" is not an IPv4 or IPv6 address",
+    );
+    check(
+        unit(p.a.connect(connect_req("mx1", "s", "")).await),
+        "client_ip: must not be empty",
+    );
+    check(
+        unit(p.a.connect(connect_req("mx1", "", "1.2.3.4")).await),
+        "session_id: must not be empty",
+    );
+    check(
+        unit(p.a.connect(connect_req("", "s", "1.2.3.4")).await),
+        "node: must not be empty",
+    );
+    check(
+        unit(
+            p.a.connect(connect_req("mx1", &"s".repeat(1 << 20), "1.2.3.4"))
+                .await,
+        ),
+        "session_id: 1048576 bytes, at most 128",
+    );
+    let mut req = connect_req("mx1", "s", "1.2.3.4");
+    req.helo = "h".repeat(3 << 20);
+    check(unit(p.b.connect(req).await), "helo: 3145728 bytes");
+    let mut req = connect_req("mx1", "s", "1.2.3.4");
+    req.client_name = "not a name".into();
+    check(unit(p.b.connect(req).await), "client_name");
+    let r =
+        p.a.recipient(rcpt_req(
+            "mx1",
+            "s",
+            "1.2.3.4",
+            &"r".repeat(100_000),
+            true,
+            1,
+            1,
+        ))
+        .await
+        .map(|x| x.map(|_| ()));
+    check(r, "recipient: 100000 bytes, at most 512");
+    let r =
+        p.a.recipient(rcpt_req("mx1", "s", "::ffff:zz", "a@b", true, 1, 1))
+            .await
+            .map(|x| x.map(|_| ()));
+    check(r, "client_ip");
+    let r =
+        p.b.heartbeat(HeartbeatRequest {
+            node: "mx1".into(),
+            leases: vec![Lease {
+                session_id: "s".into(),
+                client_ip: "nope".into(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .map(|x| x.map(|_| ()));
+    check(r, "leases.client_ip");
+    // The server is still fine.
+    assert_eq!(
+        action(&connect(&mut p.a, "mx1", "fine", "1.2.3.4").await),
+        Action::Accept
+    );
+}

@@ -1,0 +1,364 @@
+//! The `limiter-server` binary as an operator runs it: flags, the embedded default,
+//! health, reloads, a broken file, SIGTERM.
+
+mod support;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mxlimit_proto::v1::Action;
+use support::*;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_limiter-server");
+
+struct Server {
+    child: Child,
+    addr: String,
+    stderr_path: std::path::PathBuf,
+}
+
+impl Server {
+    fn start(args: &[&str], dir: &Path) -> Server {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        Server::start_at(&addr, args, dir, true)
+    }
+
+    fn start_at(addr: &str, args: &[&str], dir: &Path, with_listen: bool) -> Server {
+        let stderr_path = dir.join(format!("stderr-{}.log", addr.replace(':', "_")));
+        let mut cmd = Command::new(BIN);
+        if with_listen {
+            cmd.args(["--listen", addr]);
+        }
+        let child = cmd
+            .args(args)
+            .env_remove("MXLIMIT_REDIS")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap();
+        Server {
+            child,
+            addr: addr.to_string(),
+            stderr_path,
+        }
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(ch) = tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+            {
+                let mut h = HealthClient::new(ch);
+                if let Ok(r) = h
+                    .check(HealthCheckRequest {
+                        service: "mxlimit.v1.Limiter".into(),
+                    })
+                    .await
+                    && r.into_inner().status == ServingStatus::Serving as i32
+                {
+                    return;
+                }
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("limiter-server exited with {st}: {}", self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "limiter-server not ready: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    async fn client(
+        &self,
+    ) -> mxlimit_proto::v1::limiter_client::LimiterClient<tonic::transport::Channel> {
+        mxlimit_proto::v1::limiter_client::LimiterClient::new(
+            channel(self.addr.parse().unwrap()).await,
+        )
+    }
+
+    /// Waits without blocking the runtime, so that dropped clients really hang up.
+    async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "limiter-server did not exit: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn help_explains_every_flag_and_its_environment_variable() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for (flag, env) in [
+        ("--listen", "MXLIMIT_LISTEN"),
+        ("--redis", "MXLIMIT_REDIS"),
+        ("--redis-prefix", "MXLIMIT_REDIS_PREFIX"),
+        ("--redis-timeout", "MXLIMIT_REDIS_TIMEOUT"),
+        ("--policy", "MXLIMIT_POLICY"),
+        ("--access", "MXLIMIT_ACCESS"),
+        ("--reload-interval", "MXLIMIT_RELOAD_INTERVAL"),
+        ("--request-timeout", "MXLIMIT_REQUEST_TIMEOUT"),
+        ("--memory-max-entries", "MXLIMIT_MEMORY_MAX_ENTRIES"),
+        ("--shutdown-grace", "MXLIMIT_SHUTDOWN_GRACE"),
+        ("--log-format", "MXLIMIT_LOG_FORMAT"),
+        ("--log ", "MXLIMIT_LOG"),
+        ("--check", ""),
+    ] {
+        assert!(help.contains(flag), "--help does not mention {flag}");
+        assert!(help.contains(env), "--help does not mention {env}");
+    }
+    assert!(help.contains("127.0.0.1:7525"));
+    // A secret in the environment never shows in --help.
+    let out = Command::new(BIN)
+        .arg("--help")
+        .env("MXLIMIT_REDIS", "redis://:s3cret@db:6379")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
+}
+
+#[tokio::test]
+async fn with_no_flags_it_serves_the_default_policy_in_memory_on_the_documented_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start_at(limiter_server::DEFAULT_LISTEN, &[], dir.path(), false);
+    s.wait_ready().await;
+    let mut c = s.client().await;
+    let reply = c
+        .connect(connect_req("mx1", "s1", "192.0.2.7"))
+        .await
+        .unwrap()
+        .into_inner();
+    let v = reply.verdict.unwrap();
+    assert_eq!(
+        (action(&v), v.rule.as_str()),
+        (Action::Accept, "policy:client_rate.address")
+    );
+    assert_eq!(reply.lease_ttl_ms, 30_000);
+    assert!(
+        s.stderr().contains("store=\"memory\"") || s.stderr().contains("store=memory"),
+        "{}",
+        s.stderr()
+    );
+    // SIGTERM: a graceful stop, exit status 0, even with a client that stays connected.
+    s.signal("-TERM");
+    let st = s.wait_exit().await;
+    assert!(st.success(), "exit {st}: {}", s.stderr());
+    assert!(s.stderr().contains("shutting down"), "{}", s.stderr());
+}
+
+#[tokio::test]
+async fn rules_reload_on_change_and_on_sighup_and_a_broken_file_keeps_the_old_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&access, "Connect:198.51.100\tOK\n").unwrap();
+    std::fs::write(&policy, "[client_rate]\naddress = 0\n").unwrap();
+    let mut s = Server::start(
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--access",
+            access.to_str().unwrap(),
+            "--reload-interval",
+            "100ms",
+        ],
+        dir.path(),
+    );
+    s.wait_ready().await;
+    let mut c = s.client().await;
+    let reason = |v: mxlimit_proto::v1::Verdict| v.reason;
+    assert_eq!(
+        reason(connect(&mut c, "mx1", "a", "198.51.100.1").await),
+        "exempt"
+    );
+
+    // A changed file is picked up.
+    std::fs::write(&access, "# now refused\nConnect:198.51.100\tREJECT\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reason(connect(&mut c, "mx1", "b", "198.51.100.1").await) != "access" {
+        assert!(
+            Instant::now() < deadline,
+            "the change was never loaded: {}",
+            s.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A broken file is refused with file, line and reason; the rules in force stay.
+    std::fs::write(&access, "Connect:198.51.100\tOK\nClientRate:10.0.0\tlots\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let want = format!(
+        "{}:2: ClientRate value \\\"lots\\\" is not a whole number",
+        access.display()
+    );
+    let want_plain = format!(
+        "{}:2: ClientRate value \"lots\" is not a whole number",
+        access.display()
+    );
+    while !(s.stderr().contains(&want) || s.stderr().contains(&want_plain)) {
+        assert!(
+            Instant::now() < deadline,
+            "no error for the broken file: {}",
+            s.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(s.stderr().contains("previous rules stay in force"));
+    assert_eq!(
+        reason(connect(&mut c, "mx1", "c", "198.51.100.1").await),
+        "access"
+    );
+    // With the client gone, SIGTERM stops the server at once.
+    drop(c);
+    s.signal("-TERM");
+    let stopped = Instant::now();
+    assert!(s.wait_exit().await.success());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(4),
+        "a clean stop waited for the shutdown grace"
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access");
+    std::fs::write(&access, "Connect:198.51.100\tREJECT\n").unwrap();
+    let mut s = Server::start(
+        &[
+            "--access",
+            access.to_str().unwrap(),
+            "--reload-interval",
+            "1h",
+        ],
+        dir.path(),
+    );
+    s.wait_ready().await;
+    let mut c = s.client().await;
+    assert_eq!(
+        connect(&mut c, "mx1", "a", "198.51.100.1").await.reason,
+        "access"
+    );
+    std::fs::write(&access, "Connect:198.51.100\tOK\n").unwrap();
+    s.signal("-HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connect(&mut c, "mx1", "b", "198.51.100.1").await.reason != "exempt" {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload: {}",
+            s.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(s.stderr().contains("SIGHUP"));
+}
+
+#[test]
+fn check_reports_every_broken_line_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access");
+    std::fs::write(
+        &access,
+        "ClientRate:1.2.3\tmany\nConnect:1.2.3.4\tPERHAPS\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--check", "--access", access.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:1: ClientRate value \"many\"",
+            access.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{}:2: \"PERHAPS\" is not a connect action",
+            access.display()
+        )),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args(["--check", "--policy", "../examples/policy.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 10 access entries"));
+}
+
+#[test]
+fn an_unreachable_redis_stops_the_start_with_a_clear_error_and_no_password() {
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--redis",
+            &format!("redis://:hunter2@127.0.0.1:{port}"),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let st = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!st.success());
+    assert!(
+        err.contains(&format!("cannot use Redis at redis://***@127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}

@@ -1,0 +1,186 @@
+//! The Redis store against real servers: bounded memory under floods, and a Redis that
+//! goes away and comes back.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use limiter_server::policy::reload::PolicyHandle;
+use limiter_server::store::redis::{RedisConfig, RedisStore};
+use mxlimit_proto::v1::{Action, HeartbeatRequest};
+use support::*;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+async fn one_limiter(redis: &RedisServer, toml: &str) -> Limiter {
+    let store = RedisStore::connect(&RedisConfig::new(vec![redis.url()]))
+        .await
+        .unwrap();
+    Limiter::start(store, Arc::new(PolicyHandle::fixed(policy(toml, "")))).await
+}
+
+/// Every key with its PTTL.
+fn keys_with_ttl(redis: &RedisServer) -> Vec<(String, i64)> {
+    redis
+        .cmd(&["KEYS", "*"])
+        .lines()
+        .filter(|k| !k.is_empty())
+        .map(|k| {
+            (
+                k.to_string(),
+                redis
+                    .cmd(&["PTTL", k])
+                    .trim_start_matches(':')
+                    .parse()
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_distinct_ipv6_addresses_does_not_grow_redis() {
+    let redis = RedisServer::start();
+    let toml = "[client_rate]\nwindow = \"1h\"\naddress = 5\nnetwork = 50\n[client_conn]\naddress = 0\nnetwork = 0\nlease_ttl = \"1h\"\n\
+                [bad_rcpt]\nblock_after = 0\nnetwork_block_after = 0\n";
+    let l = one_limiter(&redis, toml).await;
+    let mut c = l.client().await;
+    // 5000 addresses of one /64, each connecting once and sending one bad RCPT.
+    let mut admitted = 0;
+    for i in 0..5000u32 {
+        let ip = format!("2001:db8:1:2:{:x}:{:x}::1", i >> 16, i & 0xffff);
+        if action(&connect(&mut c, "mx1", &format!("s{i}"), &ip).await) == Action::Accept {
+            admitted += 1;
+            bad_rcpt(&mut c, "mx1", &format!("s{i}"), &ip, "x@y").await;
+        }
+    }
+    assert_eq!(admitted, 50, "the network limit holds");
+    let keys = keys_with_ttl(&redis);
+    // Per admitted address: its rate log, its leases, its bad-RCPT log; then a few
+    // network keys. Refused connections leave nothing behind.
+    assert!(
+        keys.len() <= 3 * 50 + 10,
+        "{} keys after the flood",
+        keys.len()
+    );
+    for (k, ttl) in &keys {
+        assert!(*ttl > 0, "{k} has no expiry (PTTL {ttl})");
+        assert!(*ttl <= 3_600_000 * 4, "{k} lives {ttl} ms");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_expires_when_networks_are_unlimited() {
+    let redis = RedisServer::start();
+    let toml = "[client_rate]\nwindow = \"2s\"\naddress = 3\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\nlease_ttl = \"1s\"\n";
+    let l = one_limiter(&redis, toml).await;
+    let mut c = l.client().await;
+    for i in 0..500u32 {
+        let ip = format!("2001:db8:{:x}::1", i + 1);
+        connect(&mut c, "mx1", &format!("s{i}"), &ip).await;
+        bad_rcpt(&mut c, "mx1", &format!("s{i}"), &ip, "x@y").await;
+    }
+    c.heartbeat(HeartbeatRequest {
+        node: "mx1".into(),
+        epoch: "e1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let keys = keys_with_ttl(&redis);
+    assert!(
+        keys.len() > 500,
+        "the flood left state, as it should while it lasts"
+    );
+    for (k, ttl) in &keys {
+        assert!(*ttl > 0, "{k} has no expiry (PTTL {ttl})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_goes_away_fails_calls_fast_and_recovers() {
+    let mut redis = RedisServer::start();
+    let l = one_limiter(&redis, "").await;
+    let mut c = l.client().await;
+    let mut health = HealthClient::new(channel(l.addr).await);
+    let status = |h: &mut HealthClient<tonic::transport::Channel>| {
+        let mut h = h.clone();
+        async move {
+            h.check(HealthCheckRequest {
+                service: limiter_server::server::SERVICE_NAME.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+        }
+    };
+    assert_eq!(
+        action(&connect(&mut c, "mx1", "before", "10.1.1.1").await),
+        Action::Accept
+    );
+    assert_eq!(status(&mut health).await, ServingStatus::Serving as i32);
+
+    redis.kill();
+    let started = Instant::now();
+    let err = c
+        .connect(connect_req("mx1", "during", "10.1.1.1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().starts_with("store unavailable"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a dead Redis held the call {:?}",
+        started.elapsed()
+    );
+    // Readiness follows the store.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&mut health).await != ServingStatus::NotServing as i32 {
+        assert!(Instant::now() < deadline, "health never turned NOT_SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Redis comes back empty (no scripts loaded): the limiter reconnects and reloads them.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match c.connect(connect_req("mx1", "after", "10.1.1.1")).await {
+            Ok(r) => {
+                assert_eq!(action(&r.into_inner().verdict.unwrap()), Action::Accept);
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}"),
+        }
+        assert!(Instant::now() < deadline, "the limiter never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&mut health).await != ServingStatus::Serving as i32 {
+        assert!(
+            Instant::now() < deadline,
+            "health never turned SERVING again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_redis_or_no_redis_is_a_clear_error() {
+    let port = free_port();
+    let err = RedisStore::connect(&RedisConfig::new(vec![format!("redis://127.0.0.1:{port}")]))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().starts_with("redis:"), "{err}");
+    let err = RedisStore::connect(&RedisConfig::new(vec![]))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.to_string(), "no Redis URL given");
+}

@@ -1,0 +1,236 @@
+//! Real `redis-server` processes: one server, or a Redis Cluster of N primaries.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{free_port, require};
+
+/// One `redis-server` on a free loopback port, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        for _ in 0..5 {
+            let port = free_port();
+            if let Some(child) = spawn(port, dir.path().to_path_buf(), &extra) {
+                return RedisServer {
+                    port,
+                    child,
+                    dir,
+                    extra,
+                };
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs one command and returns the reply in RESP (for checks of the keyspace).
+    pub fn cmd(&self, args: &[&str]) -> String {
+        resp_command(self.port, args)
+    }
+
+    /// Stops the server (as a crash would: SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(child) = spawn(self.port, self.dir.path().to_path_buf(), &self.extra) {
+                self.child = child;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `redis-server` and waits until it answers PING; None if the port was taken.
+// Every path reaps the child: `try_wait` did when it returns None here.
+#[allow(clippy::zombie_processes)]
+fn spawn(port: u16, dir: PathBuf, extra: &[String]) -> Option<Child> {
+    let bin = require("redis-server", "redis-server");
+    let mut child = Command::new(bin)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None; // exited: port taken
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && resp_command(port, &["PING"]).contains("PONG")
+        {
+            return Some(child);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("redis-server on port {port} did not answer within 10s");
+}
+
+/// Sends one command in RESP and reads one reply (whole, for simple replies and arrays).
+pub fn resp_command(port: u16, args: &[&str]) -> String {
+    let mut s = match TcpStream::connect(("127.0.0.1", port)) {
+        Ok(s) => s,
+        Err(e) => return format!("-ERR {e}"),
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    read_reply(&mut r)
+}
+
+fn read_reply(r: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    if r.read_line(&mut line).unwrap_or(0) == 0 {
+        return String::new();
+    }
+    let line = line.trim_end().to_string();
+    match line.chars().next() {
+        Some('$') => {
+            let n: i64 = line[1..].parse().unwrap();
+            if n < 0 {
+                return "(nil)".into();
+            }
+            let mut buf = vec![0; n as usize + 2];
+            r.read_exact(&mut buf).unwrap();
+            String::from_utf8_lossy(&buf[..n as usize]).into_owned()
+        }
+        Some('*') => {
+            let n: i64 = line[1..].parse().unwrap();
+            (0..n.max(0))
+                .map(|_| read_reply(r))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        _ => line,
+    }
+}
+
+/// A Redis Cluster of `n` primaries, created with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ])
+            })
+            .collect();
+        let cli = require("redis-cli", "redis-tools");
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|r| format!("127.0.0.1:{}", r.port))
+            .collect();
+        let out = Command::new(cli)
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // Every node must see the whole cluster before clients use it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            loop {
+                let info = node.cmd(&["CLUSTER", "INFO"]);
+                if info.contains("cluster_state:ok")
+                    && info.contains(&format!("cluster_known_nodes:{n}"))
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster not ok within 20s: {info}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url()).collect()
+    }
+
+    /// All keys on all primaries.
+    pub fn keys(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flat_map(|n| {
+                n.cmd(&["KEYS", "*"])
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|k| !k.is_empty())
+            .collect()
+    }
+}
