@@ -186,6 +186,28 @@ async fn with_no_flags_it_serves_the_default_policy_in_memory_on_the_documented_
     assert!(s.stderr().contains("shutting down"), "{}", s.stderr());
 }
 
+async fn list_services(addr: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut c = ServerReflectionClient::new(channel(addr.parse().unwrap()).await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = c
+        .server_reflection_info(futures_util::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    match reply.message_response.unwrap() {
+        MessageResponse::ListServicesResponse(l) => l.service.into_iter().map(|s| s.name).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn rules_reload_on_change_and_on_sighup_and_a_broken_file_keeps_the_old_rules() {
     let dir = tempfile::tempdir().unwrap();
