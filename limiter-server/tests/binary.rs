@@ -179,6 +179,11 @@ async fn with_no_flags_it_serves_the_default_policy_in_memory_on_the_documented_
         "{}",
         s.stderr()
     );
+    // Reflection lists the services, for grpcurl and friends.
+    let services = list_services(&s.addr).await;
+    for want in ["mxlimit.v1.Limiter", "grpc.health.v1.Health"] {
+        assert!(services.iter().any(|x| x == want), "{services:?}");
+    }
     // SIGTERM: a graceful stop, exit status 0, even with a client that stays connected.
     s.signal("-TERM");
     let st = s.wait_exit().await;
