@@ -31,6 +31,7 @@ suite!(
     client_conn_leases_hold_across_instances_and_free_on_disconnect,
     leases_expire_without_heartbeat_and_live_with_it,
     a_new_epoch_frees_the_old_leases_at_once,
+    a_caller_without_epochs_keeps_its_leases_by_session_id,
     retried_calls_count_once,
     bad_recipients_spread_over_a_network_tarpit_then_ban_everywhere,
     bad_recipients_of_one_address_escalate,
@@ -285,6 +286,58 @@ async fn a_new_epoch_frees_the_old_leases_at_once(backend: Backend) {
     assert_eq!(
         action(&connect(&mut p.b, "mx8", "y", ip).await),
         Action::Disconnect
+    );
+}
+
+/// A caller that follows the design contract sends no epoch on Connect but one on
+/// Heartbeat, and renews by `session_ids` alone; its leases must live as long as it
+/// renews them (past the node registry's TTL of 4 lease TTLs) and not be freed.
+async fn a_caller_without_epochs_keeps_its_leases_by_session_id(backend: Backend) {
+    const TTL: Duration = Duration::from_secs(1);
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 1\nnetwork = 0\nlease_ttl = \"1s\"\n";
+    let mut p = Pair::start(backend, policy(toml, "")).await;
+    let ip = "10.12.0.1";
+    let mut req = connect_req("mta1", "q1", ip);
+    req.epoch.clear();
+    assert_eq!(
+        action(
+            &p.a.connect(req)
+                .await
+                .unwrap()
+                .into_inner()
+                .verdict
+                .unwrap()
+        ),
+        Action::Accept
+    );
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < 5 * TTL + Duration::from_millis(500) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        p.inst(i)
+            .heartbeat(HeartbeatRequest {
+                node: "mta1".into(),
+                epoch: "boot-1".into(),
+                session_ids: vec!["q1".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        i += 1;
+    }
+    let mut other = connect_req("mta2", "x", ip);
+    other.epoch.clear();
+    let v =
+        p.b.connect(other)
+            .await
+            .unwrap()
+            .into_inner()
+            .verdict
+            .unwrap();
+    assert_eq!(
+        (action(&v), v.reason.as_str()),
+        (Action::Disconnect, "client_conn"),
+        "the renewed lease still holds"
     );
 }
 

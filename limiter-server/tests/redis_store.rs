@@ -94,7 +94,7 @@ async fn every_key_expires_when_networks_are_unlimited() {
         "the flood left state, as it should while it lasts"
     );
     for (k, ttl) in &keys {
-        assert!(*ttl > 0, "{k} has no expiry (PTTL {ttl})");
+        assert!(*ttl > 0 || *ttl == -2, "{k} has no expiry (PTTL {ttl})"); // -2: expired since KEYS
     }
 }
 
@@ -183,4 +183,75 @@ async fn an_old_redis_or_no_redis_is_a_clear_error() {
         .err()
         .unwrap();
     assert_eq!(err.to_string(), "no Redis URL given");
+}
+
+/// Sessions that never send Disconnect (Postfix policy delegation cannot) must not pile
+/// up in the lease sets while nothing limits concurrency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_sets_hold_only_live_sessions_without_a_limit() {
+    let redis = RedisServer::start();
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\nlease_ttl = \"1s\"\n";
+    let l = one_limiter(&redis, toml).await;
+    let mut c = l.client().await;
+    for i in 0..300 {
+        connect(&mut c, "mx1", &format!("s{i}"), "10.20.0.1").await;
+    }
+    let key = "mxl:{n4:10.20.0.0/24}:c";
+    assert_eq!(redis.cmd(&["ZCARD", key]), ":300");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    connect(&mut c, "mx1", "last", "10.20.0.1").await;
+    assert_eq!(
+        redis.cmd(&["ZCARD", key]),
+        ":1",
+        "expired leases are dropped"
+    );
+    assert_eq!(redis.cmd(&["ZCARD", "mxl:{n4:10.20.0.0/24}:l"]), ":1");
+}
+
+/// One decision, one store round trip: a single EVALSHA per Connect, Recipient and
+/// Disconnect, on one server and on a cluster (once the node's registry knows the network).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_evalsha_per_decision_on_a_server_and_on_a_cluster() {
+    for backend in [Backend::Redis, Backend::Cluster] {
+        let mut p = Pair::start(backend, policy("", "")).await;
+        let ports: Vec<u16> = match (&p.redis, &p.cluster) {
+            (Some(r), _) => vec![r.port],
+            (_, Some(c)) => c.nodes.iter().map(|n| n.port).collect(),
+            _ => unreachable!(),
+        };
+        let monitors: Vec<support::redis::Monitor> = ports
+            .iter()
+            .map(|p| support::redis::Monitor::start(*p))
+            .collect();
+        let seen = |m: &[support::redis::Monitor]| {
+            // MONITOR lines arrive asynchronously; the commands were answered already,
+            // so they are on their way: wait until the count settles.
+            let mut last = usize::MAX;
+            loop {
+                std::thread::sleep(Duration::from_millis(100));
+                let all: Vec<String> = m.iter().flat_map(|x| x.commands()).collect();
+                if all.len() == last {
+                    m.iter().for_each(|x| x.clear());
+                    return all;
+                }
+                last = all.len();
+            }
+        };
+        // The first Connect of a node in a network also writes the node's registry (on a
+        // cluster at the same time, on another shard; on one server in the same script).
+        connect(&mut p.a, "mx1", "warm", "10.30.0.1").await;
+        let warm = seen(&monitors);
+        let want_warm = if backend == Backend::Cluster { 2 } else { 1 };
+        assert_eq!(
+            warm,
+            vec!["EVALSHA".to_string(); want_warm],
+            "{backend:?}: first Connect"
+        );
+        connect(&mut p.a, "mx1", "s1", "10.30.0.2").await;
+        assert_eq!(seen(&monitors), ["EVALSHA"], "{backend:?}: Connect");
+        bad_rcpt(&mut p.a, "mx1", "s1", "10.30.0.2", "nobody@x").await;
+        assert_eq!(seen(&monitors), ["EVALSHA"], "{backend:?}: Recipient");
+        disconnect(&mut p.a, "mx1", "s1", "10.30.0.2").await;
+        assert_eq!(seen(&monitors), ["EVALSHA"], "{backend:?}: Disconnect");
+    }
 }

@@ -201,6 +201,7 @@ impl<S: Store> Engine<S> {
                     network: b.network_block_after,
                 },
                 ban: ban_policy(&policy),
+                shadow: s.shadow,
             };
             self.store.recipient(&op).await?
         };

@@ -40,12 +40,13 @@ pub struct LeaseId<'a> {
 pub const SEP: char = '\x1f';
 
 impl LeaseId<'_> {
-    /// The member that stands for this lease in the store: `node␟epoch␟session␟ip`.
+    /// The member that stands for this lease in the store: `ip␟node␟epoch␟session`.
+    /// The address comes first so that one address's leases are one lexical range.
     pub fn member(&self, ip: &str) -> String {
         let mut m = String::with_capacity(
             self.node.len() + self.epoch.len() + self.session.len() + ip.len() + 3,
         );
-        for (i, part) in [self.node, self.epoch, self.session, ip].iter().enumerate() {
+        for (i, part) in [ip, self.node, self.epoch, self.session].iter().enumerate() {
             if i > 0 {
                 m.push(SEP);
             }
@@ -82,7 +83,8 @@ pub struct ConnectOp<'a> {
     /// Concurrent sessions; 0 = unlimited.
     pub conn: PerLevel<u32>,
     pub lease_ttl_ms: u64,
-    /// Admit even when a limit says no (the refusal is still reported).
+    /// Admit even when a limit says no (the refusal is still reported), and look at
+    /// shadow mode's bans.
     pub shadow: bool,
 }
 
@@ -134,6 +136,8 @@ pub struct RecipientOp<'a> {
     pub tarpit_after: PerLevel<u32>,
     pub block_after: PerLevel<u32>,
     pub ban: BanPolicy,
+    /// Count and ban in shadow mode's own keys: would-be bans never bite.
+    pub shadow: bool,
 }
 
 impl RecipientOp<'_> {
@@ -257,9 +261,9 @@ impl<T: Store> Store for std::sync::Arc<T> {
 }
 
 /// How long a node's list of networks and its epoch are remembered: well past the
-/// last lease it could hold.
+/// last lease it could hold. Heartbeats (every third of the lease TTL) refresh it.
 pub fn registry_ttl_ms(lease_ttl_ms: u64) -> u64 {
-    (lease_ttl_ms * 4).max(60_000)
+    lease_ttl_ms.saturating_mul(4)
 }
 
 #[cfg(test)]
@@ -287,6 +291,6 @@ mod tests {
             epoch: "e1",
             session: "s1",
         };
-        assert_eq!(l.member("1.2.3.4"), "mx1\x1fe1\x1fs1\x1f1.2.3.4");
+        assert_eq!(l.member("1.2.3.4"), "1.2.3.4\x1fmx1\x1fe1\x1fs1");
     }
 }

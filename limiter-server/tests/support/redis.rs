@@ -234,3 +234,45 @@ impl RedisCluster {
             .collect()
     }
 }
+
+/// Watches the commands clients send to one server (Redis `MONITOR`), leaving out those
+/// run by scripts and the health checks' PINGs.
+pub struct Monitor {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Monitor {
+    pub fn start(port: u16) -> Monitor {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"*1\r\n$7\r\nMONITOR\r\n").unwrap();
+        let mut r = BufReader::new(s);
+        let mut ok = String::new();
+        r.read_line(&mut ok).unwrap();
+        assert!(ok.starts_with("+OK"), "MONITOR: {ok}");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                sink.lock().unwrap().push(std::mem::take(&mut line));
+            }
+        });
+        Monitor { lines }
+    }
+
+    /// Client commands seen so far, by name.
+    pub fn commands(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| !l.contains(" lua]"))
+            .filter_map(|l| l.split('"').nth(1).map(str::to_ascii_uppercase))
+            .filter(|c| c != "PING" && c != "INFO")
+            .collect()
+    }
+
+    pub fn clear(&self) {
+        self.lines.lock().unwrap().clear();
+    }
+}

@@ -8,16 +8,16 @@
 mod clock;
 mod state;
 
-use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::IpNet;
 
 pub use clock::Clock;
-use state::NetState;
+use state::{LevelState, NetState};
 
 use super::{
     ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, PerLevel, RecipientOp,
@@ -45,16 +45,17 @@ impl Default for MemoryConfig {
 #[derive(Default)]
 struct Shard {
     nets: HashMap<IpNet, NetState>,
-    /// Networks plus addresses held.
+    /// Networks plus addresses held, kept equal to the maps' sizes.
     entries: usize,
     evicted: u64,
 }
 
-#[derive(Default)]
 struct NodeState {
     epoch: Option<String>,
     /// Networks the node took leases in, with when it last did.
     nets: HashMap<IpNet, u64>,
+    registry_ttl: u64,
+    seen: u64,
 }
 
 /// The in-memory store.
@@ -63,6 +64,12 @@ pub struct MemoryStore {
     nodes: Mutex<HashMap<String, NodeState>>,
     clock: Clock,
     shard_cap: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means a panic elsewhere mid-update of plain counters; the
+    // data is still usable, and refusing all decisions would be worse.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl MemoryStore {
@@ -79,48 +86,57 @@ impl MemoryStore {
         }
     }
 
-    fn shard(&self, net: &IpNet) -> std::sync::MutexGuard<'_, Shard> {
+    fn shard(&self, net: &IpNet) -> MutexGuard<'_, Shard> {
         let mut h = DefaultHasher::new();
         net.hash(&mut h);
-        let i = (h.finish() as usize) % SHARDS;
-        // A poisoned shard only means a panic elsewhere mid-update of plain counters;
-        // the data is still usable, and refusing all decisions would be worse.
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.shards[(h.finish() as usize) % SHARDS])
     }
 
-    /// Addresses and networks held now (for tests and metrics).
+    /// Addresses and networks held now, as counted (for tests and metrics).
     pub fn entries(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).entries).sum()
+    }
+
+    /// Addresses and networks held now, counted in the maps themselves.
+    pub fn entries_held(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).entries)
+            .map(|s| {
+                lock(s)
+                    .nets
+                    .values()
+                    .map(|n| 1 + n.addrs.len())
+                    .sum::<usize>()
+            })
             .sum()
     }
 
-    /// State dropped to stay within `max_entries`.
+    /// Networks dropped to stay within `max_entries`.
     pub fn evicted(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).evicted)
-            .sum()
+        self.shards.iter().map(|s| lock(s).evicted).sum()
+    }
+
+    /// Nodes remembered.
+    pub fn nodes(&self) -> usize {
+        lock(&self.nodes).len()
     }
 
     /// Drops expired state everywhere; runs periodically (see `sweeper`).
     pub fn sweep(&self) {
         let now = self.clock.now_ms();
         for s in self.shards.iter() {
-            let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
-            sweep_shard(&mut s, now);
+            sweep_shard(&mut lock(s), now);
         }
-        let ttl_cut = now.saturating_sub(registry_ttl_ms(0));
-        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        for n in nodes.values_mut() {
-            n.nets.retain(|_, t| *t > ttl_cut);
-        }
+        lock(&self.nodes).retain(|_, n| {
+            let cut = now.saturating_sub(n.registry_ttl);
+            n.nets.retain(|_, t| *t > cut);
+            !n.nets.is_empty() || n.seen > cut
+        });
     }
 
     /// Sweeps expired state every `every` until the store is dropped.
-    pub fn sweeper(self: &std::sync::Arc<Self>, every: std::time::Duration) {
-        let weak = std::sync::Arc::downgrade(self);
+    pub fn sweeper(self: &Arc<Self>, every: std::time::Duration) {
+        let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
@@ -133,54 +149,64 @@ impl MemoryStore {
         });
     }
 
-    fn register(&self, node: &str, net: IpNet, now: u64) {
-        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        match nodes.get_mut(node) {
-            Some(n) => {
-                n.nets.insert(net, now);
-            }
-            None => {
-                let mut n = NodeState::default();
-                n.nets.insert(net, now);
-                nodes.insert(node.to_string(), n);
-            }
+    fn node<'a>(
+        nodes: &'a mut HashMap<String, NodeState>,
+        node: &str,
+        now: u64,
+        lease_ttl: u64,
+    ) -> &'a mut NodeState {
+        if !nodes.contains_key(node) {
+            nodes.insert(
+                node.to_string(),
+                NodeState {
+                    epoch: None,
+                    nets: HashMap::new(),
+                    registry_ttl: 0,
+                    seen: now,
+                },
+            );
         }
+        let n = nodes.get_mut(node).expect("inserted above");
+        n.registry_ttl = registry_ttl_ms(lease_ttl);
+        n.seen = now;
+        n
     }
 }
 
 fn sweep_shard(s: &mut Shard, now: u64) {
-    let mut dropped = 0;
+    let mut held = 0;
     s.nets.retain(|_, n| {
-        let before = 1 + n.addrs.len();
+        n.leases.prune(now);
         n.addrs.retain(|_, a| a.expires > now);
-        let keep = n.expires(now);
-        dropped += if keep {
-            before - 1 - n.addrs.len()
-        } else {
-            before
-        };
+        let keep = n.alive(now);
+        if keep {
+            held += 1 + n.addrs.len();
+        }
         keep
     });
-    s.entries -= dropped;
+    s.entries = held;
 }
 
-/// Makes room for `need` more entries: expired state first, then the coldest
-/// unbanned networks (an eighth of the shard at a time, so the cost is amortised).
-fn make_room(s: &mut Shard, cap: usize, need: usize, now: u64) {
-    if s.entries + need <= cap {
+/// Makes room for up to two more entries (a network and an address). Expired state
+/// goes first, then the coldest unbanned networks other than `keep` (an eighth of the
+/// shard at a time, so the cost is amortised), then cold addresses of `keep` itself
+/// (a flood inside one network).
+fn make_room(s: &mut Shard, cap: usize, keep: &IpNet, now: u64) {
+    if s.entries + 2 <= cap {
         return;
     }
     sweep_shard(s, now);
-    if s.entries + need <= cap {
+    if s.entries + 2 <= cap {
         return;
     }
+    let target = cap.saturating_sub(2 + cap / 8);
     let mut order: Vec<(bool, u64, IpNet)> = s
         .nets
         .iter()
+        .filter(|(k, _)| *k != keep)
         .map(|(k, n)| (n.banned(now), n.touched, *k))
         .collect();
     order.sort_unstable();
-    let target = cap.saturating_sub(need).saturating_sub(cap / 8);
     for (_, _, k) in order {
         if s.entries <= target {
             break;
@@ -190,6 +216,41 @@ fn make_room(s: &mut Shard, cap: usize, need: usize, now: u64) {
             s.evicted += 1;
         }
     }
+    if s.entries + 2 > cap
+        && let Some(n) = s.nets.get_mut(keep)
+    {
+        let mut addrs: Vec<(bool, u64, IpAddr)> = n
+            .addrs
+            .iter()
+            .filter(|(ip, _)| n.leases.count_addr(ip) == 0)
+            .map(|(ip, a)| (a.banned(now), a.expires, *ip))
+            .collect();
+        addrs.sort_unstable();
+        for (_, _, ip) in addrs {
+            if s.entries <= target {
+                break;
+            }
+            n.addrs.remove(&ip);
+            s.entries -= 1;
+        }
+    }
+}
+
+/// The network and address state for a write, created (and counted) as needed.
+fn entry<'a>(s: &'a mut Shard, cap: usize, src: &Source, now: u64) -> (&'a mut NetState, bool) {
+    make_room(s, cap, &src.net, now);
+    let entries = &mut s.entries;
+    let net = s.nets.entry(src.net).or_insert_with(|| {
+        *entries += 1;
+        NetState::default()
+    });
+    net.touched = now;
+    let fresh_addr = !net.addrs.contains_key(&src.ip);
+    if fresh_addr {
+        net.addrs.insert(src.ip, LevelState::default());
+        *entries += 1;
+    }
+    (net, fresh_addr)
 }
 
 impl Store for MemoryStore {
@@ -197,59 +258,44 @@ impl Store for MemoryStore {
         let now = self.clock.now_ms();
         let src = op.source;
         let member = op.lease.member(&src.ip_text);
-        let (outcome, admitted) = {
+        let outcome = {
             let mut shard = self.shard(&src.net);
-            let (outcome, admit) = match shard.nets.get_mut(&src.net) {
-                None => (
-                    ConnectOutcome {
-                        refusal: None,
-                        retry: false,
-                    },
-                    true,
-                ),
+            let refusal = match shard.nets.get_mut(&src.net) {
+                None => None,
                 Some(net) => {
                     net.touched = now;
-                    if net.level.has_live_lease(&member, now) {
+                    if net.leases.is_live(&member, now) {
                         return Ok(ConnectOutcome {
                             refusal: None,
                             retry: true,
                         });
                     }
-                    let refusal = connect_refusal(net, op, now);
-                    (
-                        ConnectOutcome {
-                            refusal,
-                            retry: false,
-                        },
-                        refusal.is_none() || op.shadow,
-                    )
+                    net.leases.prune(now);
+                    connect_refusal(net, op, now)
                 }
             };
-            if admit {
-                let cap = self.shard_cap;
-                let shard = &mut *shard;
-                let need = usize::from(!shard.nets.contains_key(&src.net))
-                    + usize::from(
-                        shard
-                            .nets
-                            .get(&src.net)
-                            .is_none_or(|n| !n.addrs.contains_key(&src.ip)),
-                    );
-                make_room(shard, cap, need, now);
-                shard.entries += need;
-                let net = shard.nets.entry(src.net).or_default();
-                net.touched = now;
-                let addr = net.addrs.entry(src.ip).or_default();
-                let m: std::sync::Arc<str> = member.into();
-                addr.admit(&m, now, op.rate.address, op.window_ms, op.lease_ttl_ms);
-                net.level
-                    .admit(&m, now, op.rate.network, op.window_ms, op.lease_ttl_ms);
+            if refusal.is_some() && !op.shadow {
+                return Ok(ConnectOutcome {
+                    refusal,
+                    retry: false,
+                });
             }
-            (outcome, admit)
+            let (net, _) = entry(&mut shard, self.shard_cap, src, now);
+            let m: Arc<str> = member.into();
+            let addr = net.addrs.get_mut(&src.ip).expect("entry() made it");
+            addr.log_admission(&m, now, op.rate.address, op.window_ms);
+            net.level
+                .log_admission(&m, now, op.rate.network, op.window_ms);
+            net.leases.insert(m, now + op.lease_ttl_ms, src.ip);
+            ConnectOutcome {
+                refusal,
+                retry: false,
+            }
         };
-        if admitted {
-            self.register(op.lease.node, src.net, now);
-        }
+        let mut nodes = lock(&self.nodes);
+        MemoryStore::node(&mut nodes, op.lease.node, now, op.lease_ttl_ms)
+            .nets
+            .insert(src.net, now);
         Ok(outcome)
     }
 
@@ -257,17 +303,18 @@ impl Store for MemoryStore {
         let now = self.clock.now_ms();
         let src = op.source;
         let mut shard = self.shard(&src.net);
-        let existing = shard.nets.get(&src.net).and_then(|n| {
-            n.addrs
+        if let Some(n) = shard.nets.get(&src.net) {
+            let existing = n
+                .addrs
                 .get(&src.ip)
-                .and_then(|a| a.ban(now, Level::Address))
-                .or_else(|| n.level.ban(now, Level::Network))
-        });
-        if let Some(ban) = existing {
-            return Ok(RecipientOutcome {
-                ban: Some(ban),
-                bad: PerLevel::default(),
-            });
+                .and_then(|a| a.penalty(op.shadow).ban(now, Level::Address))
+                .or_else(|| n.level.penalty(op.shadow).ban(now, Level::Network));
+            if let Some(ban) = existing {
+                return Ok(RecipientOutcome {
+                    ban: Some(ban),
+                    bad: PerLevel::default(),
+                });
+            }
         }
         if !op.rejected {
             let bad = shard
@@ -277,35 +324,44 @@ impl Store for MemoryStore {
                     address: n
                         .addrs
                         .get(&src.ip)
-                        .map_or(0, |a| a.peek_bad(now, op.window_ms)),
-                    network: n.level.peek_bad(now, op.window_ms),
+                        .map_or(0, |a| a.penalty(op.shadow).peek_bad(now, op.window_ms)),
+                    network: n.level.penalty(op.shadow).peek_bad(now, op.window_ms),
                 });
             return Ok(RecipientOutcome { ban: None, bad });
         }
-        let cap = self.shard_cap;
-        let shard = &mut *shard;
-        let need = usize::from(!shard.nets.contains_key(&src.net))
-            + usize::from(
-                shard
-                    .nets
-                    .get(&src.net)
-                    .is_none_or(|n| !n.addrs.contains_key(&src.ip)),
-            );
-        make_room(shard, cap, need, now);
-        shard.entries += need;
-        let net = shard.nets.entry(src.net).or_default();
-        net.touched = now;
-        let addr = net.addrs.entry(src.ip).or_default();
+        let (net, _) = entry(&mut shard, self.shard_cap, src, now);
+        let addr = net.addrs.get_mut(&src.ip).expect("entry() made it");
+        let (bad_a, live_a) = addr.penalty_mut(op.shadow).count_bad(
+            &op.event,
+            now,
+            op.window_ms,
+            op.cap(Level::Address),
+        );
+        addr.extend(live_a);
+        let (bad_n, live_n) = net.level.penalty_mut(op.shadow).count_bad(
+            &op.event,
+            now,
+            op.window_ms,
+            op.cap(Level::Network),
+        );
+        net.level.extend(live_n);
         let bad = PerLevel {
-            address: addr.count_bad(&op.event, now, op.window_ms, op.cap(Level::Address)),
-            network: net
-                .level
-                .count_bad(&op.event, now, op.window_ms, op.cap(Level::Network)),
+            address: bad_a,
+            network: bad_n,
         };
         let ban = if op.block_after.address > 0 && bad.address > op.block_after.address {
-            Some(addr.impose_ban(now, &op.ban, Level::Address))
+            let (ban, live) = addr
+                .penalty_mut(op.shadow)
+                .impose_ban(now, &op.ban, Level::Address);
+            addr.extend(live);
+            Some(ban)
         } else if op.block_after.network > 0 && bad.network > op.block_after.network {
-            Some(net.level.impose_ban(now, &op.ban, Level::Network))
+            let (ban, live) =
+                net.level
+                    .penalty_mut(op.shadow)
+                    .impose_ban(now, &op.ban, Level::Network);
+            net.level.extend(live);
+            Some(ban)
         } else {
             None
         };
@@ -314,12 +370,8 @@ impl Store for MemoryStore {
 
     async fn disconnect(&self, source: &Source, lease: LeaseId<'_>) -> Result<(), StoreError> {
         let member = lease.member(&source.ip_text);
-        let mut shard = self.shard(&source.net);
-        if let Some(net) = shard.nets.get_mut(&source.net) {
-            net.level.leases.remove(member.as_str());
-            if let Some(a) = net.addrs.get_mut(&source.ip) {
-                a.leases.remove(member.as_str());
-            }
+        if let Some(net) = self.shard(&source.net).nets.get_mut(&source.net) {
+            net.leases.remove(&member);
         }
         Ok(())
     }
@@ -328,39 +380,52 @@ impl Store for MemoryStore {
         let now = self.clock.now_ms();
         let mut out = HeartbeatOutcome::default();
         // Which networks to visit, decided under the node lock, visited after it.
-        let visit: Vec<(IpNet, Vec<&str>)> = {
-            let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-            let node = nodes.entry(op.node.to_string()).or_default();
+        let visit: Vec<(IpNet, HashSet<&str>, bool)> = {
+            let mut nodes = lock(&self.nodes);
+            let node = MemoryStore::node(&mut nodes, op.node, now, op.lease_ttl_ms);
             let changed = node.epoch.as_deref() != Some(op.epoch);
             out.epoch_changed = changed && node.epoch.is_some();
             node.epoch = Some(op.epoch.to_string());
-            let cut = now.saturating_sub(registry_ttl_ms(op.lease_ttl_ms));
+            let cut = now.saturating_sub(node.registry_ttl);
             node.nets.retain(|_, t| *t > cut);
-            let mut visit: HashMap<IpNet, Vec<&str>> = HashMap::new();
+            let mut visit: HashMap<IpNet, (HashSet<&str>, bool)> = HashMap::new();
             for ns in &op.by_net {
                 node.nets.insert(ns.source.net, now);
                 visit
                     .entry(ns.source.net)
                     .or_default()
+                    .0
                     .extend(ns.sessions.iter().copied());
             }
             if changed || !op.bare.is_empty() {
                 for net in node.nets.keys() {
-                    visit
-                        .entry(*net)
-                        .or_default()
-                        .extend(op.bare.iter().copied());
+                    let v = visit.entry(*net).or_default();
+                    v.0.extend(op.bare.iter().copied());
+                    v.1 = !op.bare.is_empty();
                 }
             }
-            visit.into_iter().collect()
+            visit.into_iter().map(|(n, (s, b))| (n, s, b)).collect()
         };
-        for (net, sessions) in visit {
+        let mut refresh = Vec::new();
+        for (net, sessions, bare) in visit {
             let mut shard = self.shard(&net);
             if let Some(state) = shard.nets.get_mut(&net) {
                 let (renewed, freed) =
-                    state.sweep_node(op.node, op.epoch, &sessions, now, op.lease_ttl_ms);
+                    state
+                        .leases
+                        .sweep_node(op.node, op.epoch, &sessions, now, op.lease_ttl_ms);
                 out.renewed += renewed;
                 out.freed += freed;
+                if bare && renewed > 0 {
+                    refresh.push(net);
+                }
+            }
+        }
+        if !refresh.is_empty() {
+            let mut nodes = lock(&self.nodes);
+            let node = MemoryStore::node(&mut nodes, op.node, now, op.lease_ttl_ms);
+            for net in refresh {
+                node.nets.insert(net, now);
             }
         }
         Ok(out)
@@ -377,15 +442,18 @@ impl Store for MemoryStore {
 
 /// The first limit that refuses, in the order the Redis script checks them.
 fn connect_refusal(net: &mut NetState, op: &ConnectOp<'_>, now: u64) -> Option<Refusal> {
-    let ip: IpAddr = op.source.ip;
+    let ip = op.source.ip;
     let mut addr = net.addrs.get_mut(&ip);
-    if let Some(b) = addr.as_ref().and_then(|a| a.ban(now, Level::Address)) {
+    if let Some(b) = addr
+        .as_ref()
+        .and_then(|a| a.penalty(op.shadow).ban(now, Level::Address))
+    {
         return Some(Refusal::Banned {
             level: Level::Address,
             remaining_ms: b.remaining_ms,
         });
     }
-    if let Some(b) = net.level.ban(now, Level::Network) {
+    if let Some(b) = net.level.penalty(op.shadow).ban(now, Level::Network) {
         return Some(Refusal::Banned {
             level: Level::Network,
             remaining_ms: b.remaining_ms,
@@ -410,7 +478,7 @@ fn connect_refusal(net: &mut NetState, op: &ConnectOp<'_>, now: u64) -> Option<R
         }
     }
     if op.conn.address > 0 {
-        let c = addr.as_mut().map_or(0, |a| a.live_leases(now));
+        let c = net.leases.count_addr(&ip);
         if c >= op.conn.address {
             return Some(Refusal::Conn {
                 level: Level::Address,
@@ -419,7 +487,7 @@ fn connect_refusal(net: &mut NetState, op: &ConnectOp<'_>, now: u64) -> Option<R
         }
     }
     if op.conn.network > 0 {
-        let c = net.level.live_leases(now);
+        let c = net.leases.count();
         if c >= op.conn.network {
             return Some(Refusal::Conn {
                 level: Level::Network,
@@ -430,9 +498,9 @@ fn connect_refusal(net: &mut NetState, op: &ConnectOp<'_>, now: u64) -> Option<R
     None
 }
 
-/// Splits a lease member into node, epoch, session, address.
+/// Splits a lease member into address, node, epoch, session.
 pub(crate) fn split_member(m: &str) -> Option<(&str, &str, &str, &str)> {
-    let mut it = m.split(SEP);
+    let mut it = m.splitn(4, SEP);
     Some((it.next()?, it.next()?, it.next()?, it.next()?))
 }
 

@@ -195,6 +195,7 @@ fn rcpt<'a>(s: &'a Source, event: &str, rejected: bool) -> RecipientOp<'a> {
             max_block_ms: 10_000,
             remember_ms: 100_000,
         },
+        shadow: false,
     }
 }
 
@@ -344,6 +345,11 @@ async fn a_flood_of_distinct_ipv6_addresses_stays_within_max_entries() {
         clock.advance(1);
     }
     assert!(st.entries() <= 64 * 100, "{} entries", st.entries());
+    assert_eq!(
+        st.entries(),
+        st.entries_held(),
+        "the count is the maps' size"
+    );
     assert!(st.evicted() > 0);
     assert!(matches!(
         st.connect(&op(&victim, "v")).await.unwrap().refusal,
@@ -353,4 +359,182 @@ async fn a_flood_of_distinct_ipv6_addresses_stays_within_max_entries() {
     clock.advance(10_000_000);
     st.sweep();
     assert_eq!(st.entries(), 0);
+}
+
+#[tokio::test]
+async fn a_flood_inside_one_network_stays_within_max_entries_and_counts_right() {
+    let clock = Clock::manual();
+    let st = MemoryStore::with_clock(
+        MemoryConfig {
+            max_entries: 64 * 100,
+        },
+        clock.clone(),
+    );
+    for i in 0..20_000u32 {
+        let s = src(&format!("2001:db8:1:2::{:x}:{:x}", i >> 16, i & 0xffff));
+        st.connect(&ConnectOp {
+            lease_ttl_ms: 1,
+            ..op(&s, "s")
+        })
+        .await
+        .unwrap();
+        st.recipient(&rcpt(&s, &format!("e{i}"), true))
+            .await
+            .unwrap();
+        clock.advance(2);
+        assert_eq!(st.entries(), st.entries_held(), "after {i}");
+    }
+    assert!(st.entries() <= 64 * 100, "{} entries", st.entries());
+}
+
+#[tokio::test]
+async fn leases_of_unlimited_sources_expire_too() {
+    let (st, clock) = store();
+    let s = src("10.0.0.1");
+    for i in 0..1000 {
+        st.connect(&ConnectOp {
+            lease_ttl_ms: 1000,
+            ..op(&s, &format!("s{i}"))
+        })
+        .await
+        .unwrap();
+    }
+    clock.advance(1000);
+    st.connect(&ConnectOp {
+        lease_ttl_ms: 1000,
+        ..op(&s, "last")
+    })
+    .await
+    .unwrap();
+    let shard = st.shard(&s.net);
+    assert_eq!(
+        shard.nets[&s.net].leases.count(),
+        1,
+        "expired leases are dropped without a limit too"
+    );
+}
+
+#[tokio::test]
+async fn bare_session_ids_keep_leases_past_the_registry_ttl() {
+    let (st, clock) = store();
+    let s = src("10.0.0.1");
+    let o = |id| ConnectOp {
+        conn: PerLevel {
+            address: 1,
+            network: 0,
+        },
+        lease_ttl_ms: 1000,
+        ..op(&s, id)
+    };
+    assert!(admitted(&st, o("a")).await);
+    // Heartbeats every 300 ms with only the session id, for ten lease TTLs (2.5 registry TTLs).
+    for _ in 0..34 {
+        clock.advance(300);
+        let hb = HeartbeatOp {
+            node: "mx1",
+            epoch: "e1",
+            by_net: vec![],
+            bare: vec!["a"],
+            lease_ttl_ms: 1000,
+        };
+        assert_eq!(st.heartbeat(&hb).await.unwrap().renewed, 1);
+    }
+    assert!(
+        !admitted(&st, o("b")).await,
+        "the renewed lease still holds"
+    );
+}
+
+#[tokio::test]
+async fn leases_taken_without_an_epoch_are_renewed_not_freed() {
+    let (st, _) = store();
+    let s = src("10.0.0.1");
+    let no_epoch = LeaseId {
+        node: "mx1",
+        epoch: "",
+        session: "a",
+    };
+    let o = ConnectOp {
+        lease: no_epoch,
+        conn: PerLevel {
+            address: 1,
+            network: 0,
+        },
+        ..op(&s, "a")
+    };
+    assert!(admitted(&st, o).await);
+    let hb = HeartbeatOp {
+        node: "mx1",
+        epoch: "boot-7",
+        by_net: vec![],
+        bare: vec!["a"],
+        lease_ttl_ms: 30_000,
+    };
+    let out = st.heartbeat(&hb).await.unwrap();
+    assert_eq!((out.renewed, out.freed), (1, 0));
+    assert!(
+        !admitted(
+            &st,
+            ConnectOp {
+                conn: PerLevel {
+                    address: 1,
+                    network: 0
+                },
+                ..op(&s, "b")
+            }
+        )
+        .await
+    );
+}
+
+#[tokio::test]
+async fn shadow_bans_are_kept_apart_and_never_bite() {
+    let (st, _) = store();
+    let s = src("10.0.0.1");
+    for i in 0..4 {
+        let r = RecipientOp {
+            shadow: true,
+            ..rcpt(&s, &format!("e{i}"), true)
+        };
+        st.recipient(&r).await.unwrap();
+    }
+    let shadowed = st
+        .connect(&ConnectOp {
+            shadow: true,
+            ..op(&s, "a")
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(shadowed.refusal, Some(Refusal::Banned { .. })),
+        "reported in shadow mode"
+    );
+    assert_eq!(
+        st.connect(&op(&s, "b")).await.unwrap().refusal,
+        None,
+        "not a ban outside shadow mode"
+    );
+}
+
+#[tokio::test]
+async fn nodes_are_forgotten_when_idle() {
+    let (st, clock) = store();
+    let s = src("10.0.0.1");
+    for i in 0..50 {
+        st.connect(&ConnectOp {
+            lease: LeaseId {
+                node: &format!("n{i}"),
+                epoch: "",
+                session: "s",
+            },
+            lease_ttl_ms: 1000,
+            ..op(&s, "s")
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(st.nodes(), 50);
+    clock.advance(4001);
+    st.sweep();
+    assert_eq!(st.nodes(), 0);
 }

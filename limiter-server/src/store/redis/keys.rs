@@ -56,14 +56,40 @@ pub fn rcpt_event(node: &str, session: &str, index: u32, recipient: &str) -> Str
     format!("{node}{SEP}{session}{SEP}{index}{SEP}{recipient}")
 }
 
-// Kinds of keys, at both levels: bans, offences, admitted connections, leases, bad RCPTs.
-pub const BAN: &str = "x";
-pub const OFFENCES: &str = "o";
+// Kinds of keys. Admitted connections exist at both levels; leases only at network
+// level (an address's leases are a lexical range of the index).
 pub const RATE: &str = "r";
 pub const LEASES: &str = "c";
-pub const BAD: &str = "b";
-/// The nodes that registered this network (network level only).
+pub const INDEX: &str = "l";
+/// The nodes that registered this network.
 pub const NODES: &str = "nodes";
+
+/// Bans, offences and bad-RCPT logs, at both levels. Shadow mode keeps its own, so that
+/// would-be bans never bite when shadow mode is switched off.
+pub struct PenaltyKinds {
+    pub ban: &'static str,
+    pub offences: &'static str,
+    pub bad: &'static str,
+}
+
+pub const PENALTIES: PenaltyKinds = PenaltyKinds {
+    ban: "x",
+    offences: "o",
+    bad: "b",
+};
+pub const SHADOW_PENALTIES: PenaltyKinds = PenaltyKinds {
+    ban: "xs",
+    offences: "os",
+    bad: "bs",
+};
+
+pub fn penalties(shadow: bool) -> &'static PenaltyKinds {
+    if shadow {
+        &SHADOW_PENALTIES
+    } else {
+        &PENALTIES
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -75,6 +101,10 @@ mod tests {
         let s = Source::new("206.81.85.12".parse().unwrap(), Aggregation::default());
         let k = NetKeys::new("mxl", &s);
         assert_eq!(k.addr(RATE), "mxl:{n4:206.81.85.0/24}:r:206.81.85.12");
+        assert_eq!(
+            k.addr(penalties(true).ban),
+            "mxl:{n4:206.81.85.0/24}:xs:206.81.85.12"
+        );
         assert_eq!(k.net(LEASES), "mxl:{n4:206.81.85.0/24}:c");
         assert_eq!(node_keys("mxl", "mx1").1, "mxl:{node:mx1}:nets");
     }

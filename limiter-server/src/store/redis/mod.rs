@@ -3,7 +3,9 @@
 
 mod keys;
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
@@ -11,7 +13,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
 pub use keys::rcpt_event;
-use keys::{BAD, BAN, LEASES, NODES, NetKeys, OFFENCES, RATE, net_base, node_keys};
+use keys::{INDEX, LEASES, NODES, NetKeys, RATE, net_base, node_keys, penalties};
 
 use super::{
     Ban, ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, PerLevel, RecipientOp,
@@ -87,6 +89,41 @@ pub struct RedisStore {
     conn: Conn,
     prefix: String,
     scripts: Scripts,
+    registered: Registered,
+}
+
+/// On a cluster, which (node, network) this instance put in the node's registry
+/// lately, so that the registry write goes out with a Connect only once per lease TTL.
+#[derive(Default)]
+struct Registered(Mutex<HashMap<(String, String), Instant>>);
+
+impl Registered {
+    const MAX: usize = 100_000;
+
+    /// Whether to write the registry now (and remember that it is being written).
+    fn claim(&self, node: &str, tag: &str, ttl: Duration) -> bool {
+        let now = Instant::now();
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if m.get(&(node.to_string(), tag.to_string()))
+            .is_some_and(|t| now.duration_since(*t) < ttl)
+        {
+            return false;
+        }
+        if m.len() >= Self::MAX {
+            m.retain(|_, t| now.duration_since(*t) < ttl);
+            if m.len() >= Self::MAX {
+                m.clear();
+            }
+        }
+        m.insert((node.to_string(), tag.to_string()), now);
+        true
+    }
+
+    /// The write failed: the next Connect tries again.
+    fn forget(&self, node: &str, tag: &str) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(&(node.to_string(), tag.to_string()));
+    }
 }
 
 impl RedisStore {
@@ -120,10 +157,17 @@ impl RedisStore {
                 .set_max_delay(Duration::from_secs(2));
             Conn::Single(ConnectionManager::new_with_config(client, cfg).await?)
         };
+        if config.prefix.contains(['{', '}']) {
+            return Err(StoreError::Config(format!(
+                "key prefix {:?} must not contain braces: they would put every key in one cluster slot",
+                config.prefix
+            )));
+        }
         let store = RedisStore {
             conn,
             prefix: config.prefix.clone(),
             scripts: Scripts::new(),
+            registered: Registered::default(),
         };
         store.check_version().await?;
         for s in store.scripts.all() {
@@ -185,10 +229,10 @@ impl RedisStore {
     ) -> Result<(u64, u64), StoreError> {
         let base = net_base(&self.prefix, tag);
         let mut inv = self.scripts.sweep.key(format!("{base}{LEASES}"));
-        inv.arg(op.node)
+        inv.key(format!("{base}{INDEX}"))
+            .arg(op.node)
             .arg(op.epoch)
-            .arg(op.lease_ttl_ms)
-            .arg(format!("{base}{LEASES}:"));
+            .arg(op.lease_ttl_ms);
         for s in sessions {
             inv.arg(*s);
         }
@@ -197,6 +241,23 @@ impl RedisStore {
             [renewed, freed] => Ok((*renewed as u64, *freed as u64)),
             other => Err(StoreError::Reply(format!("sweep returned {other:?}"))),
         }
+    }
+
+    /// Adds networks to a node's registry.
+    async fn register(
+        &self,
+        node: &str,
+        tags: &[&str],
+        lease_ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let (_, registry) = node_keys(&self.prefix, node);
+        let mut inv = self.scripts.register.key(&registry);
+        inv.arg(registry_ttl_ms(lease_ttl_ms));
+        for t in tags {
+            inv.arg(*t);
+        }
+        let _: i64 = self.invoke(&inv).await?;
+        Ok(())
     }
 }
 
@@ -228,19 +289,24 @@ impl Store for RedisStore {
     async fn connect(&self, op: &ConnectOp<'_>) -> Result<ConnectOutcome, StoreError> {
         let k = NetKeys::new(&self.prefix, op.source);
         let (_, registry) = node_keys(&self.prefix, op.lease.node);
-        let reg_ttl = registry_ttl_ms(op.lease_ttl_ms);
-        let mut inv = self.scripts.connect.key(k.addr(BAN));
-        inv.key(k.net(BAN))
+        let ban = penalties(op.shadow).ban;
+        let mut inv = self.scripts.connect.key(k.addr(ban));
+        inv.key(k.net(ban))
             .key(k.addr(RATE))
             .key(k.net(RATE))
-            .key(k.addr(LEASES))
             .key(k.net(LEASES))
+            .key(k.net(INDEX))
             .key(k.net(NODES));
-        // One server: the registry is updated in the same script. A cluster keeps it
-        // on another shard, so it is written after, and only when the script asks.
-        if !self.is_cluster() {
+        // One server: the node's registry is kept by the same script. A cluster keeps it
+        // on another shard: it is written alongside (at the same time, not after), once
+        // per lease TTL per node and network.
+        let register = if self.is_cluster() {
+            let ttl = Duration::from_millis(op.lease_ttl_ms);
+            self.registered.claim(op.lease.node, &op.source.tag, ttl)
+        } else {
             inv.key(&registry);
-        }
+            false
+        };
         inv.arg(op.lease.member(&op.source.ip_text))
             .arg(op.rate.address)
             .arg(op.rate.network)
@@ -251,20 +317,27 @@ impl Store for RedisStore {
             .arg(if op.shadow { "1" } else { "0" })
             .arg(op.lease.node)
             .arg(&op.source.tag)
-            .arg(reg_ttl);
-        let r: Vec<i64> = self.invoke(&inv).await?;
-        let [code, lvl, value, register] = r[..] else {
-            return Err(StoreError::Reply(format!("connect returned {r:?}")));
-        };
-        if register == 1 {
-            let mut reg = self.scripts.register.key(&registry);
-            reg.arg(&op.source.tag).arg(reg_ttl);
-            if let Err(e) = self.invoke::<i64>(&reg).await {
-                // The lease stands; only an epoch change would miss it, and its TTL
-                // frees it then.
+            .arg(registry_ttl_ms(op.lease_ttl_ms))
+            .arg(&op.source.ip_text);
+        let r: Vec<i64> = if register {
+            let tags = [op.source.tag.as_str()];
+            let (r, reg) = futures_util::join!(
+                self.invoke(&inv),
+                self.register(op.lease.node, &tags, op.lease_ttl_ms)
+            );
+            if let Err(e) = reg {
+                // The lease stands; only an epoch change could miss it, and its TTL
+                // frees it then. The next Connect tries the registry again.
+                self.registered.forget(op.lease.node, &op.source.tag);
                 tracing::warn!(error = %e, node = op.lease.node, "node registry not updated");
             }
-        }
+            r?
+        } else {
+            self.invoke(&inv).await?
+        };
+        let [code, lvl, value] = r[..] else {
+            return Err(StoreError::Reply(format!("connect returned {r:?}")));
+        };
         let count = u32::try_from(value).unwrap_or(u32::MAX);
         let refusal = match code {
             0 | 1 => None,
@@ -290,12 +363,13 @@ impl Store for RedisStore {
 
     async fn recipient(&self, op: &RecipientOp<'_>) -> Result<RecipientOutcome, StoreError> {
         let k = NetKeys::new(&self.prefix, op.source);
-        let mut inv = self.scripts.recipient.key(k.addr(BAN));
-        inv.key(k.net(BAN))
-            .key(k.addr(BAD))
-            .key(k.net(BAD))
-            .key(k.addr(OFFENCES))
-            .key(k.net(OFFENCES))
+        let p = penalties(op.shadow);
+        let mut inv = self.scripts.recipient.key(k.addr(p.ban));
+        inv.key(k.net(p.ban))
+            .key(k.addr(p.bad))
+            .key(k.net(p.bad))
+            .key(k.addr(p.offences))
+            .key(k.net(p.offences))
             .arg(&op.event)
             .arg(if op.rejected { "1" } else { "0" })
             .arg(op.window_ms)
@@ -328,8 +402,8 @@ impl Store for RedisStore {
 
     async fn disconnect(&self, source: &Source, lease: LeaseId<'_>) -> Result<(), StoreError> {
         let k = NetKeys::new(&self.prefix, source);
-        let mut inv = self.scripts.release.key(k.addr(LEASES));
-        inv.key(k.net(LEASES)).arg(lease.member(&source.ip_text));
+        let mut inv = self.scripts.release.key(k.net(LEASES));
+        inv.key(k.net(INDEX)).arg(lease.member(&source.ip_text));
         let _: i64 = self.invoke(&inv).await?;
         Ok(())
     }
@@ -346,32 +420,48 @@ impl Store for RedisStore {
         }
         let (state, registered): (i64, Vec<String>) = self.invoke(&inv).await?;
 
-        // Every network to visit once, with the sessions to renew there.
-        let mut visit: Vec<(&str, Vec<&str>)> = Vec::new();
+        // Every network to visit once, with the sessions to renew there: its own leased
+        // sessions, plus (in every registered network) the sessions sent without address.
+        let mut visit: HashMap<&str, (Vec<&str>, bool)> = HashMap::new();
         for ns in &op.by_net {
-            match visit.iter_mut().find(|(t, _)| *t == ns.source.tag) {
-                Some((_, s)) => s.extend(ns.sessions.iter().copied()),
-                None => visit.push((&ns.source.tag, ns.sessions.clone())),
-            }
+            visit
+                .entry(&ns.source.tag)
+                .or_default()
+                .0
+                .extend(ns.sessions.iter().copied());
         }
         for tag in &registered {
-            match visit.iter_mut().find(|(t, _)| *t == tag.as_str()) {
-                Some((_, s)) => s.extend(op.bare.iter().copied()),
-                None => visit.push((tag, op.bare.clone())),
-            }
+            let v = visit.entry(tag.as_str()).or_default();
+            v.0.extend(op.bare.iter().copied());
+            v.1 = !op.bare.is_empty();
         }
         // The multiplexed connection pipelines these; they run concurrently.
-        let sweeps = visit
+        let visits: Vec<(&str, Vec<&str>, bool)> =
+            visit.into_iter().map(|(t, (s, b))| (t, s, b)).collect();
+        let sweeps = visits
             .iter()
-            .map(|(tag, sessions)| self.sweep(tag, op, sessions));
+            .map(|(tag, sessions, _)| self.sweep(tag, op, sessions));
         let mut out = HeartbeatOutcome {
             epoch_changed: state == 2,
             ..Default::default()
         };
-        for r in futures_util::future::join_all(sweeps).await {
+        let mut refresh = Vec::new();
+        for (r, (tag, _, bare)) in futures_util::future::join_all(sweeps)
+            .await
+            .into_iter()
+            .zip(&visits)
+        {
             let (renewed, freed) = r?;
             out.renewed += renewed;
             out.freed += freed;
+            // Networks found only through the registry stay in it while they hold live
+            // sessions (those with an address were registered by the first step).
+            if *bare && renewed > 0 {
+                refresh.push(*tag);
+            }
+        }
+        if !refresh.is_empty() {
+            self.register(op.node, &refresh, op.lease_ttl_ms).await?;
         }
         Ok(out)
     }

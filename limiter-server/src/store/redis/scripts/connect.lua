@@ -1,16 +1,19 @@
 -- connect: admit a new session, or say why not. One atomic step over both levels of
 -- one network (all keys share its hash tag). Time is Redis time.
 --
--- KEYS: 1 ban:address  2 ban:network  3 rate:address  4 rate:network
---       5 leases:address  6 leases:network  7 nodes registered in this network
+-- Leases live at network level in two sorted sets with the same members,
+-- "ip␟node␟epoch␟session": `leases` scored by expiry (to expire them), `index` all
+-- scored 0 (to count one address's leases by lexical range).
+--
+-- KEYS: 1 ban:address  2 ban:network  3 rate:address  4 rate:network  5 leases
+--       6 index  7 nodes registered in this network
 --       [8 the node's network registry: only when the server is not a cluster]
 -- ARGV: 1 lease member  2 rate limit address  3 rate limit network  4 window ms
 --       5 conn limit address  6 conn limit network  7 lease ttl ms  8 shadow (0/1)
---       9 node  10 network tag  11 registry ttl ms
--- Returns {code, level, value, register}:
+--       9 node  10 network tag  11 registry ttl ms  12 address
+-- Returns {code, level, value}:
 --   code 0 admitted, 1 retry of an admitted session, 2 banned, 3 rate, 4 conn;
---   level 1 address, 2 network; value: ban ms left, or the count that refused;
---   register 1: the caller must add this network to the node's registry.
+--   level 1 address, 2 network; value: ban ms left, or the count that refused.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local member = ARGV[1]
@@ -19,10 +22,20 @@ local window = tonumber(ARGV[4])
 local conn_a, conn_n = tonumber(ARGV[5]), tonumber(ARGV[6])
 local ttl = tonumber(ARGV[7])
 local shadow = ARGV[8] == '1'
+local ip = ARGV[12]
 
-local held = redis.call('ZSCORE', KEYS[6], member)
+local held = redis.call('ZSCORE', KEYS[5], member)
 if held and tonumber(held) > now then
-  return {1, 0, 0, 0}
+  return {1, 0, 0}
+end
+
+-- Expired leases go first, whatever the limits: the sets never outgrow live sessions.
+local gone = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)
+if #gone > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+  for i = 1, #gone, 500 do
+    redis.call('ZREM', KEYS[6], unpack(gone, i, math.min(i + 499, #gone)))
+  end
 end
 
 local code, level, value = 0, 0, 0
@@ -39,10 +52,6 @@ local function admitted_in_window(key)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   return redis.call('ZCARD', key)
 end
-local function live_leases(key)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  return redis.call('ZCARD', key)
-end
 if code == 0 and rate_a > 0 then
   local c = admitted_in_window(KEYS[3])
   if c >= rate_a then code, level, value = 3, 1, c end
@@ -52,15 +61,15 @@ if code == 0 and rate_n > 0 then
   if c >= rate_n then code, level, value = 3, 2, c end
 end
 if code == 0 and conn_a > 0 then
-  local c = live_leases(KEYS[5])
+  local c = redis.call('ZLEXCOUNT', KEYS[6], '[' .. ip .. '\031', '(' .. ip .. '\032')
   if c >= conn_a then code, level, value = 4, 1, c end
 end
 if code == 0 and conn_n > 0 then
-  local c = live_leases(KEYS[6])
+  local c = redis.call('ZCARD', KEYS[5])
   if c >= conn_n then code, level, value = 4, 2, c end
 end
 if code ~= 0 and not shadow then
-  return {code, level, value, 0}
+  return {code, level, value}
 end
 
 -- Admit. Logs never hold more than their limit: the newest `limit` entries are all
@@ -74,27 +83,24 @@ end
 if rate_a > 0 then log(KEYS[3], rate_a) end
 if rate_n > 0 then log(KEYS[4], rate_n) end
 -- A lease set lives as long as its longest lease.
-local function lease(key)
-  redis.call('ZADD', key, now + ttl, member)
-  if redis.call('PEXPIRETIME', key) < now + ttl then
-    redis.call('PEXPIREAT', key, now + ttl)
-  end
+local function extend(key, at)
+  if redis.call('PEXPIRETIME', key) < at then redis.call('PEXPIREAT', key, at) end
 end
-lease(KEYS[5])
-lease(KEYS[6])
+redis.call('ZADD', KEYS[5], now + ttl, member)
+redis.call('ZADD', KEYS[6], 0, member)
+extend(KEYS[5], now + ttl)
+extend(KEYS[6], now + ttl)
 
--- The node's registry lets a heartbeat with a new epoch find this network again.
-local register = 0
-local reg_ttl = tonumber(ARGV[11])
-local last = redis.call('HGET', KEYS[7], ARGV[9])
-if not last or tonumber(last) <= now - ttl then
-  redis.call('HSET', KEYS[7], ARGV[9], now)
-  if KEYS[8] then
+-- On one server the node's registry (which lets a heartbeat with a new epoch find this
+-- network again) is kept here, once per lease TTL per node and network.
+if KEYS[8] then
+  local reg_ttl = tonumber(ARGV[11])
+  local last = redis.call('HGET', KEYS[7], ARGV[9])
+  if not last or tonumber(last) <= now - ttl then
+    redis.call('HSET', KEYS[7], ARGV[9], now)
     redis.call('ZADD', KEYS[8], now, ARGV[10])
     redis.call('PEXPIRE', KEYS[8], reg_ttl)
-  else
-    register = 1
   end
+  redis.call('PEXPIRE', KEYS[7], reg_ttl)
 end
-redis.call('PEXPIRE', KEYS[7], reg_ttl)
-return {code, level, value, register}
+return {code, level, value}

@@ -1,8 +1,10 @@
--- register: add a network to a node's registry (on Redis Cluster, where the connect
--- script cannot reach the node's key).
--- KEYS: 1 the node's network registry   ARGV: 1 network tag  2 registry ttl ms
+-- register: add networks to a node's registry (on Redis Cluster, where the connect
+-- script cannot reach the node's key, and after a heartbeat renewed sessions there).
+-- KEYS: 1 the node's network registry   ARGV: 1 registry ttl ms  2.. network tags
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
-return 1
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], now, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+return #ARGV - 1
