@@ -123,16 +123,10 @@ pub fn banned_at_connect(reply: BanReply, level: Level, rule: &str) -> Verdict {
     }
 }
 
-/// A banned source in the middle of a session: the session is closed.
+/// A banned source in the middle of a session: the session is closed (421, whatever
+/// `ban_reply` says: a 5xx mid-session would not close it).
 pub fn banned_in_session(level: Level, rule: &str) -> Verdict {
-    verdict(
-        Action::Disconnect,
-        421,
-        "4.7.1",
-        ban_text(level),
-        rule,
-        reason::BANNED,
-    )
+    banned_at_connect(BanReply::Tempfail, level, rule)
 }
 
 /// sendmail: "452 4.5.3 Too many recipients"
