@@ -39,6 +39,7 @@ suite!(
     access_rules,
     shadow_mode_reports_without_blocking,
     bad_input_is_invalid_argument,
+    lookup_answers_bans_and_access_rules_without_counting,
 );
 
 /// Generous windows: only the sliding-window and lease tests depend on time.
@@ -791,4 +792,73 @@ async fn bad_input_is_invalid_argument(backend: Backend) {
         action(&connect(&mut p.a, "mx1", "fine", "1.2.3.4").await),
         Action::Accept
     );
+}
+
+async fn lookup_answers_bans_and_access_rules_without_counting(backend: Backend) {
+    use mxlimit_proto::v1::LookupRequest;
+    let toml = "[client_rate]\nwindow = \"1h\"\naddress = 1\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n\
+                [bad_rcpt]\ntarpit_after = 0\nblock_after = 1\nnetwork_tarpit_after = 0\nnetwork_block_after = 0\n";
+    let mut p = Pair::start(
+        backend,
+        policy(
+            toml,
+            "Connect:203.0.113\tREJECT\nConnect:198.51.100.1\tOK\n",
+        ),
+    )
+    .await;
+    let lookup = |ip: &str| LookupRequest {
+        client_ip: ip.into(),
+        ..Default::default()
+    };
+    // Counting nothing: many lookups, and the one connection ClientRate allows is still there.
+    for i in 0..5 {
+        let v = p
+            .inst(i)
+            .lookup(lookup("10.13.0.1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .verdict
+            .unwrap();
+        assert_eq!((action(&v), v.reason.as_str()), (Action::Accept, "ok"));
+    }
+    assert_eq!(
+        action(&connect(&mut p.a, "mx1", "s1", "10.13.0.1").await),
+        Action::Accept
+    );
+    let v =
+        p.b.lookup(lookup("203.0.113.5"))
+            .await
+            .unwrap()
+            .into_inner()
+            .verdict
+            .unwrap();
+    assert_eq!(
+        (action(&v), v.smtp_code, v.rule.as_str()),
+        (Action::Reject, 550, "Connect:203.0.113")
+    );
+    let v =
+        p.a.lookup(lookup("198.51.100.1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .verdict
+            .unwrap();
+    assert_eq!(v.reason, "exempt");
+    // A ban made through one instance is seen by the other's lookups.
+    bad_rcpt(&mut p.a, "mx1", "s1", "10.13.0.1", "a@x").await;
+    bad_rcpt(&mut p.a, "mx1", "s1", "10.13.0.1", "b@x").await;
+    let v =
+        p.b.lookup(lookup("10.13.0.1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .verdict
+            .unwrap();
+    assert_eq!(
+        (action(&v), v.smtp_code, v.reason.as_str(), v.rule.as_str()),
+        (Action::Disconnect, 421, "banned", "Ban:10.13.0.1")
+    );
+    let e = p.a.lookup(lookup("not-an-ip")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
 }

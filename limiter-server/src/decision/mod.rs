@@ -8,7 +8,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use mxlimit_proto::v1::{ConnectReply, HeartbeatReply, RecipientReply, SessionPolicy, Verdict};
+use mxlimit_proto::v1::{
+    ConnectReply, HeartbeatReply, LookupReply, RecipientReply, SessionPolicy, Verdict,
+};
 
 use crate::names::NameResolver;
 use crate::policy::access::{ConnectAction, Value};
@@ -238,6 +240,41 @@ impl<S: Store> Engine<S> {
         let v = finish(&policy, v);
         log_refusal("recipient", req.node, &source, Some(&v));
         Ok(RecipientReply { verdict: Some(v) })
+    }
+
+    /// What `connect` would answer from bans and access rules alone; counts nothing.
+    pub async fn lookup(
+        &self,
+        ip: IpAddr,
+        client_name: Option<&str>,
+    ) -> Result<LookupReply, StoreError> {
+        let policy = self.policy.get();
+        let s = &policy.settings;
+        let source = policy.source(ip);
+        let name = self.client_name(&policy, ip, client_name).await;
+        let rules = policy.client_rules(&source, name.as_deref());
+        let v = match rules.connect.map(|e| (&e.value, e.rule.as_str())) {
+            Some((Value::Connect(ConnectAction::Exempt), rule)) => verdict::exempt(rule),
+            Some((
+                Value::Connect(ConnectAction::Refuse {
+                    code,
+                    enhanced,
+                    text,
+                }),
+                rule,
+            )) => verdict::access(*code, enhanced, text, rule),
+            _ => match self.store.ban(&source, s.shadow).await? {
+                Some(ban) => verdict::banned_at_connect(
+                    s.bad_rcpt.ban_reply,
+                    ban.level,
+                    &verdict::ban_rule(&source.at(ban.level)),
+                ),
+                None => verdict::accept(rules.rate.rule),
+            },
+        };
+        Ok(LookupReply {
+            verdict: Some(finish(&policy, v)),
+        })
     }
 
     pub async fn disconnect(&self, ip: IpAddr, lease: LeaseId<'_>) -> Result<(), StoreError> {

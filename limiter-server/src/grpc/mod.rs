@@ -8,7 +8,7 @@ use std::sync::Arc;
 use mxlimit_proto::v1::limiter_server::Limiter;
 use mxlimit_proto::v1::{
     ConnectReply, ConnectRequest, DisconnectReply, DisconnectRequest, HeartbeatReply,
-    HeartbeatRequest, RecipientReply, RecipientRequest,
+    HeartbeatRequest, LookupReply, LookupRequest, RecipientReply, RecipientRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -121,6 +121,17 @@ impl<S: Store> Limiter for LimiterService<S> {
         };
         self.engine
             .heartbeat(&h)
+            .await
+            .map(Response::new)
+            .map_err(unavailable)
+    }
+
+    async fn lookup(&self, req: Request<LookupRequest>) -> Result<Response<LookupReply>, Status> {
+        let r = req.get_ref();
+        let ip = validate::client_ip("client_ip", &r.client_ip)?;
+        let name = validate::client_name(&r.client_name)?;
+        self.engine
+            .lookup(ip, name)
             .await
             .map(Response::new)
             .map_err(unavailable)

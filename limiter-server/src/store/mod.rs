@@ -217,6 +217,13 @@ pub trait Store: Send + Sync + 'static {
         op: &HeartbeatOp<'_>,
     ) -> impl Future<Output = Result<HeartbeatOutcome, StoreError>> + Send;
 
+    /// The ban in force on a source (address first, then network), counting nothing.
+    fn ban(
+        &self,
+        source: &Source,
+        shadow: bool,
+    ) -> impl Future<Output = Result<Option<Ban>, StoreError>> + Send;
+
     /// Whether the store answers (for health checks).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -251,6 +258,13 @@ impl<T: Store> Store for std::sync::Arc<T> {
         op: &HeartbeatOp<'_>,
     ) -> impl Future<Output = Result<HeartbeatOutcome, StoreError>> + Send {
         (**self).heartbeat(op)
+    }
+    fn ban(
+        &self,
+        source: &Source,
+        shadow: bool,
+    ) -> impl Future<Output = Result<Option<Ban>, StoreError>> + Send {
+        (**self).ban(source, shadow)
     }
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).ping()

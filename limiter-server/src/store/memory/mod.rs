@@ -431,6 +431,17 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
+    async fn ban(&self, source: &Source, shadow: bool) -> Result<Option<super::Ban>, StoreError> {
+        let now = self.clock.now_ms();
+        let shard = self.shard(&source.net);
+        Ok(shard.nets.get(&source.net).and_then(|n| {
+            n.addrs
+                .get(&source.ip)
+                .and_then(|a| a.penalty(shadow).ban(now, Level::Address))
+                .or_else(|| n.level.penalty(shadow).ban(now, Level::Network))
+        }))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

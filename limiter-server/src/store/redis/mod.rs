@@ -52,6 +52,7 @@ enum Conn {
 }
 
 struct Scripts {
+    bans: Script,
     connect: Script,
     recipient: Script,
     release: Script,
@@ -63,6 +64,7 @@ struct Scripts {
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
+            bans: Script::new(include_str!("scripts/bans.lua")),
             connect: Script::new(include_str!("scripts/connect.lua")),
             recipient: Script::new(include_str!("scripts/recipient.lua")),
             release: Script::new(include_str!("scripts/release.lua")),
@@ -464,6 +466,23 @@ impl Store for RedisStore {
             self.register(op.node, &refresh, op.lease_ttl_ms).await?;
         }
         Ok(out)
+    }
+
+    async fn ban(&self, source: &Source, shadow: bool) -> Result<Option<Ban>, StoreError> {
+        let k = NetKeys::new(&self.prefix, source);
+        let ban = penalties(shadow).ban;
+        let mut inv = self.scripts.bans.key(k.addr(ban));
+        inv.key(k.net(ban));
+        let r: Vec<i64> = self.invoke(&inv).await?;
+        let [lvl, left, offence] = r[..] else {
+            return Err(StoreError::Reply(format!("bans returned {r:?}")));
+        };
+        Ok((lvl != 0).then(|| Ban {
+            level: level(lvl),
+            remaining_ms: left.max(0) as u64,
+            new: false,
+            offence: offence.max(1) as u32,
+        }))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
