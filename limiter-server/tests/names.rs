@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use limiter_server::policy::reload::PolicyHandle;
 use limiter_server::store::memory::{MemoryConfig, MemoryStore};
 use mxlimit_proto::v1::Action;
-use support::dns::DnsServer;
+
 use support::*;
 
 const ACCESS: &str = "ClientRate:67.92.16\t2\nClientRate:customerdomain.com\t0\n";

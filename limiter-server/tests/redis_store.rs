@@ -219,11 +219,11 @@ async fn one_evalsha_per_decision_on_a_server_and_on_a_cluster() {
             (_, Some(c)) => c.nodes.iter().map(|n| n.port).collect(),
             _ => unreachable!(),
         };
-        let monitors: Vec<support::redis::Monitor> = ports
+        let monitors: Vec<testkit::redis::Monitor> = ports
             .iter()
-            .map(|p| support::redis::Monitor::start(*p))
+            .map(|p| testkit::redis::Monitor::start(*p))
             .collect();
-        let seen = |m: &[support::redis::Monitor]| {
+        let seen = |m: &[testkit::redis::Monitor]| {
             // MONITOR lines arrive asynchronously; the commands were answered already,
             // so they are on their way: wait until the count settles.
             let mut last = usize::MAX;

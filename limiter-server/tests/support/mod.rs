@@ -1,121 +1,18 @@
-//! Test harness: real servers on free ports, started by the tests themselves.
-//!
-//! `redis-server`, `redis-cli` and `dnsmasq` must be installed (`scripts/test` does it
-//! on Debian). A missing one FAILS the test with a message saying so; nothing is
-//! skipped.
+//! The limiter's test harness: two limiter instances over one store, and request
+//! helpers. The servers themselves come from the workspace's `testkit`.
 #![allow(dead_code)]
 
-pub mod dns;
-pub mod redis;
-
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use limiter_server::decision::Engine;
-use limiter_server::policy::access;
+use limiter_server::policy::Policy;
 use limiter_server::policy::reload::PolicyHandle;
-use limiter_server::policy::{Policy, parse_settings};
-use limiter_server::server::{ServeOptions, serve};
-use limiter_server::store::Store;
 use limiter_server::store::memory::{MemoryConfig, MemoryStore};
 use limiter_server::store::redis::{RedisConfig, RedisStore};
 use mxlimit_proto::v1::limiter_client::LimiterClient;
 use mxlimit_proto::v1::{Action, ConnectRequest, DisconnectRequest, RecipientRequest, Verdict};
-use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
-pub use self::redis::{RedisCluster, RedisServer};
-
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Fails with a clear message when a program the tests need is missing.
-pub fn require(program: &str, package: &str) -> std::path::PathBuf {
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-    {
-        let p = Path::new(dir).join(program);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "`{program}` is not installed: install Debian's `{package}` (scripts/test does). Tests never skip a missing server."
-    );
-}
-
-/// A policy from TOML and access-file text.
-pub fn policy(toml: &str, access_text: &str) -> Policy {
-    let settings = parse_settings(toml, Path::new("test-policy.toml")).expect("test policy");
-    let file = access::parse(access_text, Path::new("test-access")).expect("test access");
-    Policy::compile(settings, vec![file], vec![]).expect("test policy compiles")
-}
-
-/// One limiter-server, in this process, on a free port.
-pub struct Limiter {
-    pub addr: SocketAddr,
-    pub policy: Arc<PolicyHandle>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Limiter {
-    pub async fn start<S: Store>(store: S, policy: Arc<PolicyHandle>) -> Limiter {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let engine = Arc::new(Engine::new(store, policy.clone()));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let options = ServeOptions {
-            health_interval: Duration::from_millis(200),
-            ..Default::default()
-        };
-        let task = tokio::spawn(async move {
-            serve(engine, listener, options, async move {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("server");
-        });
-        Limiter {
-            addr,
-            policy,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    pub async fn client(&self) -> LimiterClient<Channel> {
-        LimiterClient::new(channel(self.addr).await)
-    }
-
-    /// Stops taking calls, finishes those in flight.
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await.unwrap();
-        }
-    }
-}
-
-pub async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect to limiter")
-}
+pub use testkit::*;
 
 /// Where the counters live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

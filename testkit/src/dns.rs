@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, require};
+use crate::{free_port, require};
 
 pub struct DnsServer {
     pub port: u16,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, require};
+use crate::{free_port, require};
 
 /// One `redis-server` on a free loopback port, killed on drop.
 pub struct RedisServer {
