@@ -106,7 +106,8 @@ pub fn parse_client_ip(text: &str) -> Option<IpAddr> {
     t.parse::<IpAddr>().ok().map(canonical)
 }
 
-pub(crate) fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+/// `s` without `prefix`, compared without case (`IPv6:`, `Connect:`).
+pub fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
         .then(|| &s[prefix.len()..])

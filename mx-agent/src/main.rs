@@ -1,1 +1,129 @@
-fn main() {}
+//! `mx-agent`: wires the command line and the config file to the agent.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use limiter_server::policy::duration::{Span, parse};
+use mx_agent::agent::Agent;
+use mx_agent::config::{AgentConfig, FailMode};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// mxlimit's agent for one MX host: a milter (sendmail, Postfix), a Postfix policy
+/// service and a socketmap, all asking the cluster-wide limiter and acting on its
+/// verdicts. When the limiter does not answer within the deadline, the agent decides
+/// with this host's own limits (or, with --fallback closed, answers a temporary failure).
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// TOML configuration file (see examples/mx-agent.toml); flags override it.
+    #[arg(long, env = "MXAGENT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// This host's node name in the cluster (default: the host name). One per process.
+    #[arg(long, env = "MXAGENT_NODE")]
+    node: Option<String>,
+    /// Limiter endpoints (http://host:port), comma-separated.
+    #[arg(long, env = "MXAGENT_LIMITER", value_delimiter = ',')]
+    limiter: Vec<String>,
+    /// Or a DNS name (name:port) whose A/AAAA records are the limiters.
+    #[arg(long, env = "MXAGENT_LIMITER_DNS")]
+    limiter_dns: Option<String>,
+    /// Deadline of every limiter call (e.g. 50ms).
+    #[arg(long, env = "MXAGENT_DEADLINE", value_parser = parse)]
+    deadline: Option<std::time::Duration>,
+    /// When the limiter does not answer: decide locally (open) or tempfail (closed).
+    #[arg(long, env = "MXAGENT_FALLBACK", value_enum)]
+    fallback: Option<FailMode>,
+    /// Milter listen address(es): inet:HOST:PORT, inet:PORT@HOST or unix:/path.
+    #[arg(long, env = "MXAGENT_MILTER", value_delimiter = ',')]
+    milter: Vec<String>,
+    /// Postfix policy service listen address(es).
+    #[arg(
+        long = "policy-service",
+        env = "MXAGENT_POLICY_SERVICE",
+        value_delimiter = ','
+    )]
+    policy_service: Vec<String>,
+    /// Socketmap (ban list) listen address(es).
+    #[arg(long, env = "MXAGENT_SOCKETMAP", value_delimiter = ',')]
+    socketmap: Vec<String>,
+    /// Log format.
+    #[arg(long, env = "MXAGENT_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log filter (tracing syntax).
+    #[arg(long, env = "MXAGENT_LOG", default_value = "info")]
+    log: String,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .with_context(|| format!("bad --log filter {:?}", cli.log))?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+
+    let mut cfg = match &cli.config {
+        Some(p) => AgentConfig::load(p).map_err(anyhow::Error::msg)?,
+        None => AgentConfig::default(),
+    };
+    if cli.node.is_some() {
+        cfg.node = cli.node.clone();
+    }
+    if !cli.limiter.is_empty() {
+        cfg.limiter.endpoints = cli.limiter.clone();
+    }
+    if cli.limiter_dns.is_some() {
+        cfg.limiter.dns = cli.limiter_dns.clone();
+    }
+    if let Some(d) = cli.deadline {
+        cfg.limiter.deadline = Span(d);
+    }
+    if let Some(f) = cli.fallback {
+        cfg.fallback.mode = f;
+    }
+    if !cli.milter.is_empty() {
+        cfg.milter.listen = cli.milter.clone();
+    }
+    if !cli.policy_service.is_empty() {
+        cfg.policy.listen = cli.policy_service.clone();
+    }
+    if !cli.socketmap.is_empty() {
+        cfg.socketmap.listen = cli.socketmap.clone();
+    }
+    cfg.validate()
+        .map_err(anyhow::Error::msg)
+        .context("invalid configuration")?;
+    if cfg.milter.listen.is_empty()
+        && cfg.policy.listen.is_empty()
+        && cfg.socketmap.listen.is_empty()
+    {
+        anyhow::bail!(
+            "nothing to serve: give --milter, --policy-service or --socketmap (or listen addresses in the config file)"
+        );
+    }
+    if cli.check {
+        println!("ok");
+        return Ok(());
+    }
+    let agent = Agent::start(&cfg).await.context("cannot start the agent")?;
+    limiter_server::server::shutdown_signal().await;
+    tracing::info!("stopping");
+    agent.stop().await;
+    Ok(())
+}

@@ -6,7 +6,9 @@
 //! saying so; nothing is skipped.
 
 pub mod dns;
+pub mod milter;
 pub mod redis;
+pub mod smtp;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
@@ -69,7 +71,16 @@ pub struct Limiter {
 
 impl Limiter {
     pub async fn start<S: Store>(store: S, policy: Arc<PolicyHandle>) -> Limiter {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Limiter::start_at(store, policy, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// On a given address (to come back where a stopped one was).
+    pub async fn start_at<S: Store>(
+        store: S,
+        policy: Arc<PolicyHandle>,
+        at: SocketAddr,
+    ) -> Limiter {
+        let listener = tokio::net::TcpListener::bind(at).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let engine = Arc::new(Engine::new(store, policy.clone()));
         let (stop, stopped) = oneshot::channel::<()>();

@@ -1,0 +1,365 @@
+//! The milter adapter (sendmail and Postfix, milter protocol v6, via indymilter).
+//!
+//! - connect: `Connect`; a refusal becomes the reply (421 closes the session); the
+//!   greet pause delays the greeting.
+//! - RCPT: the MTA also sends recipients it rejected (`SMFIP_RCPT_REJ`, macro
+//!   `{rcpt_mailer}` = `error`); each is a `Recipient` call (tarpit, 452, 421, ban).
+//!   Accepted ones are checked here against the session's limits (452 4.5.3 past
+//!   `max_rcpts_per_message`, the BAD_RCPT_THROTTLE delay, the tarpit once the source
+//!   is tarpitted) without a call.
+//! - close: `Disconnect`.
+//!
+//! Every delay is capped at `max_delay`, under the MTA's milter timeout.
+
+use std::ffi::{CStr, CString};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indymilter::{
+    Actions, Callbacks, Config, Context, MacroStage, NegotiateContext, ProtoOpts, SetErrorReply,
+    SocketInfo, Status,
+};
+use mxlimit_proto::v1::{Action, SessionPolicy, Verdict};
+
+use super::{capped, smtp_reply, verified_name};
+use crate::limiter::{Limiter, Rcpt, action};
+use crate::listen::Listener;
+
+/// One SMTP session, as the milter follows it.
+#[derive(Debug, Default)]
+pub struct Session {
+    id: String,
+    ip: Option<IpAddr>,
+    name: Option<String>,
+    admitted: bool,
+    policy: SessionPolicy,
+    /// RCPTs and rejected RCPTs in this envelope.
+    rcpts: u32,
+    bad: u32,
+    /// Set once the source is tarpitted: further RCPTs of the session wait this long.
+    tarpit_ms: u32,
+    /// Set once the session must end (a ban): every later command gets this reply.
+    closing: Option<Verdict>,
+}
+
+#[derive(Clone)]
+struct Milter {
+    limiter: Arc<Limiter>,
+    max_delay: Duration,
+}
+
+/// Serves the milter protocol on `listener` until `shutdown`.
+pub async fn serve(
+    listener: Listener,
+    limiter: Arc<Limiter>,
+    max_delay: Duration,
+    max_sessions: usize,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let callbacks = callbacks(Milter { limiter, max_delay });
+    let config = Config {
+        max_connections: max_sessions,
+        ..Default::default()
+    };
+    tracing::info!(listen = %listener.local_addr(), "milter listening");
+    match listener {
+        Listener::Tcp(l) => indymilter::run(l, callbacks, config, shutdown).await,
+        // The socket file goes when `_file` is dropped, after the milter stops.
+        Listener::Unix(l, _file) => indymilter::run(l, callbacks, config, shutdown).await,
+    }
+}
+
+fn callbacks(m: Milter) -> Callbacks<Session> {
+    let (c, r, mail, data, abort, close) =
+        (m.clone(), m.clone(), m.clone(), m.clone(), m.clone(), m);
+    Callbacks::new()
+        .on_negotiate(|cx, _actions, opts| Box::pin(negotiate(cx, opts)))
+        .on_connect(move |cx, host, info| {
+            let m = c.clone();
+            Box::pin(async move { m.connect(cx, host, info).await })
+        })
+        .on_mail(move |cx, _| {
+            let _ = &mail;
+            Box::pin(async move { new_envelope(cx) })
+        })
+        .on_rcpt(move |cx, args| {
+            let m = r.clone();
+            Box::pin(async move { m.rcpt(cx, args).await })
+        })
+        .on_data(move |cx| {
+            let _ = &data;
+            Box::pin(async move { still_open(cx) })
+        })
+        .on_abort(move |cx| {
+            let _ = &abort;
+            Box::pin(async move {
+                if let Some(s) = cx.data.as_mut() {
+                    s.rcpts = 0;
+                    s.bad = 0;
+                }
+                Status::Continue
+            })
+        })
+        .on_close(move |cx| {
+            let m = close.clone();
+            Box::pin(async move {
+                if let Some(s) = cx.data.take()
+                    && s.admitted
+                {
+                    m.limiter.disconnect(&s.id).await;
+                }
+                Status::Continue
+            })
+        })
+}
+
+async fn negotiate(cx: &mut NegotiateContext<Session>, offered: ProtoOpts) -> Status {
+    // Rejected recipients are what a dictionary attack is made of: without them the
+    // milter only sees the valid ones.
+    if offered.contains(ProtoOpts::REJECTED_RCPT) {
+        cx.requested_opts |= ProtoOpts::REJECTED_RCPT;
+    } else {
+        tracing::warn!(
+            "the MTA does not send rejected recipients to milters (SMFIP_RCPT_REJ); bad recipients are not counted"
+        );
+    }
+    // Nothing of the message itself is needed.
+    for skip in [
+        ProtoOpts::NO_HEADER,
+        ProtoOpts::NO_EOH,
+        ProtoOpts::NO_BODY,
+        ProtoOpts::NO_UNKNOWN,
+        ProtoOpts::NO_HELO,
+    ] {
+        if offered.contains(skip) {
+            cx.requested_opts |= skip;
+        }
+    }
+    cx.requested_actions = Actions::empty();
+    let want = |s: &str| CString::new(s).expect("no NUL in macro names");
+    cx.requested_macros
+        .insert(MacroStage::Connect, want("{client_resolve} {client_name}"));
+    cx.requested_macros.insert(
+        MacroStage::Rcpt,
+        want("{rcpt_mailer} {rcpt_host} {rcpt_addr}"),
+    );
+    Status::Continue
+}
+
+fn macro_str<'a>(cx: &'a Context<Session>, name: &CStr) -> Option<&'a str> {
+    cx.macros.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Sets the verdict's reply and returns the status that carries it.
+fn refuse(cx: &mut Context<Session>, v: &Verdict) -> Status {
+    let (code, enhanced, text) = smtp_reply(v);
+    let text = text.replace(['\r', '\n'], " ");
+    if cx
+        .reply
+        .set_error_reply(&code.to_string(), Some(&enhanced), [text.as_str()])
+        .is_err()
+    {
+        tracing::warn!(code, %enhanced, "reply not accepted by the milter library; the MTA's default applies");
+    }
+    if code >= 500 {
+        Status::Reject
+    } else {
+        Status::Tempfail
+    }
+}
+
+fn new_envelope(cx: &mut Context<Session>) -> Status {
+    if let Some(s) = cx.data.as_mut() {
+        s.rcpts = 0;
+        s.bad = 0;
+    }
+    still_open(cx)
+}
+
+/// A session that must end answers every command with its closing reply.
+fn still_open(cx: &mut Context<Session>) -> Status {
+    match cx.data.as_ref().and_then(|s| s.closing.clone()) {
+        Some(v) => refuse(cx, &v),
+        None => Status::Continue,
+    }
+}
+
+impl Milter {
+    async fn connect(&self, cx: &mut Context<Session>, host: CString, info: SocketInfo) -> Status {
+        let ip = match info {
+            SocketInfo::Inet(a) => limiter_server::source::canonical(a.ip()),
+            // A local (Unix socket) or unknown client has no address to limit.
+            _ => {
+                cx.data = Some(Session::default());
+                return Status::Continue;
+            }
+        };
+        // sendmail tells whether the name is forward-confirmed; Postfix's is already.
+        let resolved_ok = macro_str(cx, c"{client_resolve}").is_none_or(|r| r == "OK");
+        let name = host
+            .to_str()
+            .ok()
+            .and_then(verified_name)
+            .filter(|_| resolved_ok)
+            .map(str::to_string);
+        let id = self.limiter.new_session_id();
+        let adm = self.limiter.connect(&id, ip, name.as_deref(), "").await;
+        let admitted = adm.admitted();
+        let greet = capped(adm.policy.greet_pause_ms, self.max_delay);
+        cx.data = Some(Session {
+            id,
+            ip: Some(ip),
+            name,
+            admitted,
+            policy: adm.policy,
+            ..Default::default()
+        });
+        if !admitted {
+            return refuse(cx, &adm.verdict);
+        }
+        // The greeting waits for this reply: this is the greet pause.
+        if !greet.is_zero() {
+            tokio::time::sleep(greet).await;
+        }
+        Status::Continue
+    }
+
+    async fn rcpt(&self, cx: &mut Context<Session>, args: Vec<CString>) -> Status {
+        if let Some(st) = Some(still_open(cx)).filter(|s| *s != Status::Continue) {
+            return st;
+        }
+        let rejected = macro_str(cx, c"{rcpt_mailer}") == Some("error");
+        let code = macro_str(cx, c"{rcpt_host}")
+            .and_then(status_code)
+            .unwrap_or(if rejected { 550 } else { 250 });
+        let recipient = args
+            .first()
+            .and_then(|a| a.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let Some(s) = cx.data.as_mut() else {
+            return Status::Continue;
+        };
+        let Some(ip) = s.ip else {
+            return Status::Continue;
+        };
+        s.rcpts = s.rcpts.saturating_add(1);
+        if rejected {
+            s.bad = s.bad.saturating_add(1);
+        }
+        let p = s.policy;
+        let prior_bad = s.bad - u32::from(rejected);
+        let v = if rejected {
+            let rcpt = Rcpt {
+                recipient: &recipient,
+                rejected,
+                smtp_code: code,
+                envelope_rcpts: s.rcpts,
+                envelope_bad_rcpts: s.bad,
+            };
+            let (id, name) = (s.id.clone(), s.name.clone());
+            let (v, _) = self.limiter.recipient(&id, ip, name.as_deref(), rcpt).await;
+            v
+        } else {
+            // Accepted recipients are checked here, against the session's limits.
+            local_rcpt_verdict(&p, s.rcpts, prior_bad, s.tarpit_ms)
+        };
+        let Some(s) = cx.data.as_mut() else {
+            return Status::Continue;
+        };
+        match action(&v) {
+            Action::Accept | Action::Unspecified => Status::Continue,
+            Action::Delay => {
+                if v.reason == "bad_rcpt" {
+                    s.tarpit_ms = v.delay_ms;
+                }
+                tokio::time::sleep(capped(v.delay_ms, self.max_delay)).await;
+                Status::Continue
+            }
+            Action::Disconnect => {
+                s.closing = Some(v.clone());
+                refuse(cx, &v)
+            }
+            Action::Tempfail | Action::Reject => refuse(cx, &v),
+        }
+    }
+}
+
+/// The limits of one session for a recipient the MTA accepted.
+fn local_rcpt_verdict(p: &SessionPolicy, rcpts: u32, prior_bad: u32, tarpit_ms: u32) -> Verdict {
+    if p.max_rcpts_per_message > 0 && rcpts > p.max_rcpts_per_message {
+        return Verdict {
+            action: Action::Tempfail as i32,
+            smtp_code: 452,
+            enhanced_code: "4.5.3".into(),
+            text: "Too many recipients".into(),
+            rule: "policy:envelope.max_rcpts_per_message".into(),
+            reason: "max_rcpts".into(),
+            ..Default::default()
+        };
+    }
+    let throttle = if p.bad_rcpt_throttle > 0 && prior_bad >= p.bad_rcpt_throttle {
+        p.bad_rcpt_delay_ms
+    } else {
+        0
+    };
+    let delay = throttle.max(tarpit_ms);
+    if delay > 0 {
+        return Verdict {
+            action: Action::Delay as i32,
+            delay_ms: delay,
+            reason: "bad_rcpt_throttle".into(),
+            ..Default::default()
+        };
+    }
+    Verdict {
+        action: Action::Accept as i32,
+        ..Default::default()
+    }
+}
+
+/// `{rcpt_host}` of a rejected recipient holds its status: `5.1.1` or `550`.
+fn status_code(s: &str) -> Option<u32> {
+    let first = s.trim().split(['.', ' ']).next()?;
+    match first.parse::<u32>().ok()? {
+        c @ 400..=599 => Some(c),
+        4 => Some(450),
+        5 => Some(550),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_from_rcpt_host() {
+        assert_eq!(status_code("5.1.1"), Some(550));
+        assert_eq!(status_code("4.2.1"), Some(450));
+        assert_eq!(status_code("550"), Some(550));
+        assert_eq!(status_code("mx.example.com"), None);
+    }
+
+    #[test]
+    fn session_limits_for_accepted_recipients() {
+        let p = SessionPolicy {
+            max_rcpts_per_message: 3,
+            bad_rcpt_throttle: 2,
+            bad_rcpt_delay_ms: 1000,
+            greet_pause_ms: 0,
+        };
+        assert_eq!(action(&local_rcpt_verdict(&p, 3, 0, 0)), Action::Accept);
+        let v = local_rcpt_verdict(&p, 4, 0, 0);
+        assert_eq!((action(&v), v.smtp_code), (Action::Tempfail, 452));
+        let v = local_rcpt_verdict(&p, 2, 2, 0);
+        assert_eq!((action(&v), v.delay_ms), (Action::Delay, 1000));
+        let v = local_rcpt_verdict(&p, 1, 0, 2500);
+        assert_eq!(
+            (action(&v), v.delay_ms),
+            (Action::Delay, 2500),
+            "a tarpitted source waits on every RCPT"
+        );
+    }
+}

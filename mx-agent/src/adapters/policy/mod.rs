@@ -1,0 +1,252 @@
+//! Postfix policy delegation (`check_policy_service`): `name=value` lines, a blank line
+//! ends a request, the answer is `action=...` and a blank line; connections are reused.
+//!
+//! The first request of an SMTP session (any stage) makes the `Connect` call; RCPT-stage
+//! requests make a `Recipient` call for ban, tarpit and `max_rcpts_per_message`.
+//! What Postfix never tells a policy service: rejected recipients (it asks before it
+//! checks them) and disconnects. So this adapter counts no bad recipients (use the
+//! milter for that), and its sessions' leases are released only by their TTL.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mxlimit_proto::v1::{Action, Verdict};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::Semaphore;
+
+use super::{capped, smtp_reply, verified_name};
+use crate::limiter::{Limiter, Rcpt, action};
+use crate::listen::{Listener, Stream};
+
+/// Largest request accepted (Postfix's own requests are a few hundred bytes).
+const MAX_REQUEST: usize = 64 * 1024;
+/// How long a session is remembered after its last request.
+const SESSION_IDLE: Duration = Duration::from_secs(600);
+const MAX_SESSIONS_REMEMBERED: usize = 100_000;
+
+struct Known {
+    id: String,
+    refusal: Option<Verdict>,
+    tarpit_ms: u32,
+    instance: String,
+    rcpts: u32,
+    seen: Instant,
+}
+
+pub struct PolicyService {
+    limiter: Arc<Limiter>,
+    max_delay: Duration,
+    sessions: Mutex<HashMap<String, Known>>,
+}
+
+impl PolicyService {
+    pub fn new(limiter: Arc<Limiter>, max_delay: Duration) -> Arc<PolicyService> {
+        Arc::new(PolicyService {
+            limiter,
+            max_delay,
+            sessions: Mutex::default(),
+        })
+    }
+
+    /// Serves connections from `listener` until `shutdown`.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: Listener,
+        max_sessions: usize,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let slots = Arc::new(Semaphore::new(max_sessions));
+        tracing::info!(listen = %listener.local_addr(), "policy service listening");
+        tokio::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                _ = &mut shutdown => return,
+                s = listener.accept() => s,
+            };
+            match stream {
+                Ok(stream) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!(
+                            "policy service: {max_sessions} connections open; refusing one more"
+                        );
+                        continue;
+                    };
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = me.connection(stream).await {
+                            tracing::debug!(error = %e, "policy connection ended");
+                        }
+                        drop(slot);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "policy service: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn connection(&self, stream: Box<dyn Stream>) -> std::io::Result<()> {
+        let (r, mut w) = tokio::io::split(stream);
+        let mut r = BufReader::new(r);
+        let mut line = Vec::new();
+        loop {
+            let mut attrs: HashMap<String, String> = HashMap::new();
+            let mut size = 0;
+            loop {
+                line.clear();
+                let n = (&mut r)
+                    .take((MAX_REQUEST - size + 1) as u64)
+                    .read_until(b'\n', &mut line)
+                    .await?;
+                if n == 0 {
+                    return Ok(()); // Postfix closed the connection.
+                }
+                size += n;
+                if size > MAX_REQUEST {
+                    w.write_all(b"action=DUNNO\n\n").await?;
+                    return Err(std::io::Error::other("request too large"));
+                }
+                // Values may carry any bytes (a HELO name, an SMTPUTF8 address).
+                let text = String::from_utf8_lossy(&line);
+                let l = text.trim_end_matches(['\r', '\n']);
+                if l.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = l.split_once('=') {
+                    attrs.insert(k.to_string(), v.to_string());
+                }
+            }
+            let answer = self.decide(&attrs).await;
+            w.write_all(format!("action={answer}\n\n").as_bytes())
+                .await?;
+            w.flush().await?;
+        }
+    }
+
+    /// The answer to one request: `DUNNO` or an SMTP reply.
+    pub async fn decide(&self, a: &HashMap<String, String>) -> String {
+        let get = |k: &str| a.get(k).map(String::as_str).unwrap_or("");
+        let Some(ip) = limiter_server::source::parse_client_ip(get("client_address")) else {
+            return "DUNNO".into();
+        };
+        // Postfix has no session id for policy services: the client's address and port
+        // are unique while the session lasts.
+        let key = format!("{}:{}", get("client_address"), get("client_port"));
+        let name = verified_name(get("client_name"));
+        let known = self
+            .lock()
+            .get(&key)
+            .map(|k| (k.id.clone(), k.refusal.clone()));
+        let (id, refusal) = match known {
+            Some(k) => k,
+            None => {
+                let id = self.limiter.new_session_id();
+                let adm = self.limiter.connect(&id, ip, name, get("helo_name")).await;
+                let refusal = (!adm.admitted()).then(|| adm.verdict.clone());
+                self.remember(&key, &id, refusal.clone());
+                (id, refusal)
+            }
+        };
+        if let Some(v) = refusal {
+            return reply(&v);
+        }
+        if !get("protocol_state").eq_ignore_ascii_case("RCPT") {
+            return "DUNNO".into();
+        }
+        let (rcpts, tarpit_ms) = self.count_rcpt(&key, get("instance"));
+        let rcpt = Rcpt {
+            recipient: get("recipient"),
+            rejected: false,
+            smtp_code: 0,
+            envelope_rcpts: rcpts,
+            envelope_bad_rcpts: 0,
+        };
+        let (v, _) = self.limiter.recipient(&id, ip, name, rcpt).await;
+        match action(&v) {
+            Action::Accept | Action::Unspecified => {
+                if tarpit_ms > 0 {
+                    tokio::time::sleep(capped(tarpit_ms, self.max_delay)).await;
+                }
+                "DUNNO".into()
+            }
+            Action::Delay => {
+                if v.reason == "bad_rcpt"
+                    && let Some(k) = self.lock().get_mut(&key)
+                {
+                    k.tarpit_ms = v.delay_ms;
+                }
+                tokio::time::sleep(capped(v.delay_ms, self.max_delay)).await;
+                "DUNNO".into()
+            }
+            Action::Disconnect => {
+                if let Some(k) = self.lock().get_mut(&key) {
+                    k.refusal = Some(v.clone());
+                }
+                reply(&v)
+            }
+            Action::Tempfail | Action::Reject => reply(&v),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, key: &str, id: &str, refusal: Option<Verdict>) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        if s.len() >= MAX_SESSIONS_REMEMBERED {
+            s.retain(|_, k| now.duration_since(k.seen) < SESSION_IDLE);
+            if s.len() >= MAX_SESSIONS_REMEMBERED {
+                s.clear();
+            }
+        }
+        s.insert(
+            key.to_string(),
+            Known {
+                id: id.to_string(),
+                refusal,
+                tarpit_ms: 0,
+                instance: String::new(),
+                rcpts: 0,
+                seen: now,
+            },
+        );
+    }
+
+    /// Counts a RCPT of the session's current message; returns the count with this one.
+    fn count_rcpt(&self, key: &str, instance: &str) -> (u32, u32) {
+        let mut s = self.lock();
+        let Some(k) = s.get_mut(key) else {
+            return (1, 0);
+        };
+        if k.instance != instance {
+            k.instance = instance.to_string();
+            k.rcpts = 0;
+        }
+        k.rcpts += 1;
+        k.seen = Instant::now();
+        (k.rcpts, k.tarpit_ms)
+    }
+
+    /// Sessions remembered now.
+    pub fn remembered(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// A refusal as a Postfix access action: `421 4.3.2 text` (421 also disconnects).
+fn reply(v: &Verdict) -> String {
+    let (code, enhanced, text) = smtp_reply(v);
+    format!("{code} {enhanced} {}", text.replace(['\r', '\n'], " "))
+}
+
+/// The address Postfix names the client by, for tests and logs.
+pub fn client_of(a: &HashMap<String, String>) -> Option<IpAddr> {
+    a.get("client_address")
+        .and_then(|s| limiter_server::source::parse_client_ip(s))
+}

@@ -1,0 +1,188 @@
+//! The agent, assembled: the limiter client with its local fallback, heartbeats, and
+//! every adapter on every listen address. `main` and the tests start it the same way.
+
+use std::sync::Arc;
+
+use limiter_server::decision::Engine;
+use limiter_server::policy::reload::{PolicyHandle, PolicySource};
+use limiter_server::store::memory::{MemoryConfig, MemoryStore};
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::adapters::{milter, policy::PolicyService, socketmap::Socketmap};
+use crate::config::AgentConfig;
+use crate::limiter::channel::{self, Targets};
+use crate::limiter::{Limiter, LimiterOptions};
+use crate::listen::{ListenAddr, Listener};
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Config(String),
+    #[error("fallback policy: {0}")]
+    Fallback(#[from] limiter_server::policy::PolicyError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: ListenAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running agent.
+pub struct Agent {
+    pub limiter: Arc<Limiter>,
+    /// The addresses actually bound, in the order configured.
+    pub milter: Vec<ListenAddr>,
+    pub policy: Vec<ListenAddr>,
+    pub socketmap: Vec<ListenAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
+        cfg.validate().map_err(AgentError::Config)?;
+        let node = match &cfg.node {
+            Some(n) => n.clone(),
+            None => host_name(),
+        };
+        let l = &cfg.limiter;
+        let targets = match &l.dns {
+            Some(d) => {
+                let (name, port) = channel::parse_dns_target(d).map_err(AgentError::Config)?;
+                let servers = l
+                    .dns_servers
+                    .iter()
+                    .map(|s| {
+                        limiter_server::policy::parse_dns_server(s).ok_or_else(|| {
+                            AgentError::Config(format!(
+                                "limiter.dns_servers: {s:?} is not ip or ip:port"
+                            ))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Targets::Dns {
+                    name,
+                    port,
+                    servers,
+                    every: l.resolve_every.0,
+                }
+            }
+            None => Targets::List(l.endpoints.clone()),
+        };
+        let channel =
+            channel::connect(&targets, l.connect_timeout.0).map_err(AgentError::Config)?;
+
+        // The local fallback: this host's own limits, same engine as the limiter's.
+        let source = PolicySource {
+            policy_file: cfg.fallback.policy.clone(),
+            access_files: cfg.fallback.access.clone(),
+        };
+        let local_policy = Arc::new(PolicyHandle::open(source)?);
+        let store = Arc::new(MemoryStore::new(MemoryConfig::default()));
+        store.sweeper(std::time::Duration::from_secs(10));
+        let local = Engine::new(store, local_policy.clone());
+        let limiter = Arc::new(Limiter::new(
+            channel,
+            local,
+            LimiterOptions {
+                node,
+                deadline: l.deadline.0,
+                fail: cfg.fallback.mode,
+                retry_after: cfg.fallback.retry_after.0,
+            },
+        ));
+
+        let (stop, stopped) = watch::channel(false);
+        let until = move || {
+            let mut rx = stopped.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(
+            local_policy.watch(std::time::Duration::from_secs(2), until()),
+        ));
+        // The first heartbeat announces this process's epoch at once.
+        limiter.heartbeat_once().await;
+        tasks.push(tokio::spawn(limiter.clone().heartbeats(until())));
+
+        let mut agent = Agent {
+            limiter: limiter.clone(),
+            milter: Vec::new(),
+            policy: Vec::new(),
+            socketmap: Vec::new(),
+            stop,
+            tasks,
+        };
+        for a in &cfg.milter.listen {
+            let listener = bind(a).await?;
+            agent.milter.push(listener.local_addr());
+            let (lim, delay, max, stop) = (
+                limiter.clone(),
+                cfg.milter.max_delay.0,
+                cfg.milter.max_sessions,
+                until(),
+            );
+            agent.tasks.push(tokio::spawn(async move {
+                if let Err(e) = milter::serve(listener, lim, delay, max, stop).await {
+                    tracing::error!(error = %e, "milter stopped");
+                }
+            }));
+        }
+        if !cfg.policy.listen.is_empty() {
+            let svc = PolicyService::new(limiter.clone(), cfg.policy.max_delay.0);
+            for a in &cfg.policy.listen {
+                let listener = bind(a).await?;
+                agent.policy.push(listener.local_addr());
+                agent.tasks.push(tokio::spawn(svc.clone().serve(
+                    listener,
+                    cfg.policy.max_sessions,
+                    until(),
+                )));
+            }
+        }
+        if !cfg.socketmap.listen.is_empty() {
+            let map = Socketmap::new(limiter.clone());
+            for a in &cfg.socketmap.listen {
+                let listener = bind(a).await?;
+                agent.socketmap.push(listener.local_addr());
+                agent
+                    .tasks
+                    .push(tokio::spawn(map.clone().serve(listener, 10_000, until())));
+            }
+        }
+        tracing::info!(
+            node = limiter.node(),
+            epoch = limiter.epoch(),
+            "mx-agent running"
+        );
+        Ok(agent)
+    }
+
+    /// Stops the adapters, then releases the leases of sessions still open.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn bind(a: &str) -> Result<Listener, AgentError> {
+    let addr: ListenAddr = a.parse().map_err(AgentError::Config)?;
+    Listener::bind(&addr)
+        .await
+        .map_err(|source| AgentError::Listen { addr, source })
+}
+
+/// This host's name, for the node id.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

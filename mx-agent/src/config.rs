@@ -1,0 +1,206 @@
+//! The agent's configuration: a TOML file, overridden by flags and environment variables.
+
+use std::path::{Path, PathBuf};
+
+use limiter_server::policy::duration::Span;
+use serde::Deserialize;
+
+use crate::listen::ListenAddr;
+
+/// What to do when the limiter does not answer within the deadline.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Decide locally, with this host's own limits (the default: mail keeps flowing).
+    Open,
+    /// Refuse with a temporary failure (the sender retries later).
+    Closed,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// This MX host's name in the cluster; default: the host name. One per process.
+    pub node: Option<String>,
+    pub limiter: LimiterSettings,
+    pub fallback: FallbackSettings,
+    pub milter: AdapterSettings,
+    pub policy: AdapterSettings,
+    pub socketmap: SocketmapSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimiterSettings {
+    /// Limiter endpoints, `http://host:port` (or `host:port`).
+    pub endpoints: Vec<String>,
+    /// Or a DNS name whose A/AAAA records are the limiters (a Kubernetes headless
+    /// Service), as `name:port`; re-resolved every `resolve_every`.
+    pub dns: Option<String>,
+    /// Name servers for `dns` (`ip` or `ip:port`); empty = /etc/resolv.conf.
+    pub dns_servers: Vec<String>,
+    pub resolve_every: Span,
+    /// Every call's deadline: past it, the agent decides locally.
+    pub deadline: Span,
+    pub connect_timeout: Span,
+}
+
+impl Default for LimiterSettings {
+    fn default() -> Self {
+        LimiterSettings {
+            endpoints: vec![format!("http://{}", limiter_server::DEFAULT_LISTEN)],
+            dns: None,
+            dns_servers: Vec::new(),
+            resolve_every: Span::secs(10),
+            deadline: Span::millis(50),
+            connect_timeout: Span::secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FallbackSettings {
+    pub mode: FailMode,
+    /// The limits this host applies alone while the limiter is unreachable: a limiter
+    /// policy file (same syntax); default: the limiter's defaults.
+    pub policy: Option<PathBuf>,
+    /// sendmail access files for the local limits.
+    pub access: Vec<PathBuf>,
+    /// After 3 failures in a row, the limiter is not asked for this long: SMTP steps
+    /// do not each wait out the deadline while it is down.
+    pub retry_after: Span,
+}
+
+impl Default for FallbackSettings {
+    fn default() -> Self {
+        FallbackSettings {
+            mode: FailMode::Open,
+            policy: None,
+            access: Vec::new(),
+            retry_after: Span::secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdapterSettings {
+    /// Where to listen; empty = off.
+    pub listen: Vec<String>,
+    /// The longest delay (tarpit, greet pause) the adapter applies to one reply; keep it
+    /// under the MTA's timeout for one step (sendmail milter `T=R:` 10 s by default).
+    pub max_delay: Span,
+    /// Sessions served at once.
+    pub max_sessions: usize,
+}
+
+impl Default for AdapterSettings {
+    fn default() -> Self {
+        AdapterSettings {
+            listen: Vec::new(),
+            max_delay: Span::secs(8),
+            max_sessions: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketmapSettings {
+    pub listen: Vec<String>,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<AgentConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let cfg: AgentConfig = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start].matches('\n').count() + 1)
+                .unwrap_or(0);
+            format!("{}:{line}: {}", path.display(), e.message())
+        })?;
+        cfg.validate()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, a) in [("milter", &self.milter), ("policy", &self.policy)] {
+            for l in &a.listen {
+                l.parse::<ListenAddr>()
+                    .map_err(|e| format!("{name}.listen: {e}"))?;
+            }
+            if a.max_delay > Span::secs(60) {
+                return Err(format!(
+                    "{name}.max_delay: {} is longer than 60s",
+                    a.max_delay
+                ));
+            }
+        }
+        for l in &self.socketmap.listen {
+            l.parse::<ListenAddr>()
+                .map_err(|e| format!("socketmap.listen: {e}"))?;
+        }
+        if self.limiter.endpoints.is_empty() && self.limiter.dns.is_none() {
+            return Err("limiter: give endpoints or dns".into());
+        }
+        if let Some(d) = &self.limiter.dns {
+            crate::limiter::channel::parse_dns_target(d)?;
+        }
+        if self.limiter.deadline.0.is_zero() || self.limiter.deadline > Span::secs(5) {
+            return Err(format!(
+                "limiter.deadline: {} is not in (0, 5s]",
+                self.limiter.deadline
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_is_valid_and_spells_out_the_defaults() {
+        let text = include_str!("../../examples/mx-agent.toml");
+        let cfg: AgentConfig = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+        let expected = AgentConfig {
+            node: Some("mx1.example.com".into()),
+            milter: AdapterSettings {
+                listen: vec!["inet:127.0.0.1:7026".into()],
+                ..Default::default()
+            },
+            policy: AdapterSettings {
+                listen: vec!["inet:127.0.0.1:7027".into()],
+                ..Default::default()
+            },
+            socketmap: SocketmapSettings {
+                listen: vec!["inet:127.0.0.1:7028".into()],
+            },
+            ..Default::default()
+        };
+        assert_eq!(cfg, expected);
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "[milter]\nlisten = [\"nowhere\"]\n").unwrap();
+        assert!(
+            AgentConfig::load(&p)
+                .unwrap_err()
+                .contains("milter.listen: \"nowhere\" is not a listen address")
+        );
+        std::fs::write(&p, "[limiter]\ndeadlin = \"5ms\"\n").unwrap();
+        let e = AgentConfig::load(&p).unwrap_err();
+        assert!(
+            e.contains("a.toml:2") && e.contains("unknown field `deadlin`"),
+            "{e}"
+        );
+    }
+}

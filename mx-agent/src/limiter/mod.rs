@@ -1,0 +1,511 @@
+//! The agent's side of the limiter: every call has a deadline; when the limiter is slow
+//! or gone the agent decides locally within that deadline (fail-open, with this host's
+//! own limits) or refuses for now (fail-closed); leases of live sessions are renewed by
+//! heartbeats and released where they were taken.
+
+pub mod breaker;
+pub mod channel;
+pub mod sessions;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use limiter_server::decision::{self, Engine};
+use limiter_server::store::LeaseId;
+use limiter_server::store::memory::MemoryStore;
+use mxlimit_proto::v1::limiter_client::LimiterClient;
+use mxlimit_proto::v1::{
+    Action, ConnectRequest, DisconnectRequest, HeartbeatRequest, Lease, LookupRequest,
+    RecipientRequest, SessionPolicy, Verdict,
+};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+use crate::config::FailMode;
+use breaker::Breaker;
+pub use sessions::Origin;
+use sessions::Sessions;
+
+/// A `Connect` decided: the verdict, the session's limits, and who decided.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub verdict: Verdict,
+    pub policy: SessionPolicy,
+    pub origin: Origin,
+}
+
+impl Admission {
+    /// Whether the session goes on (and so holds a lease to release).
+    pub fn admitted(&self) -> bool {
+        matches!(action(&self.verdict), Action::Accept | Action::Delay)
+    }
+}
+
+pub fn action(v: &Verdict) -> Action {
+    Action::try_from(v.action).unwrap_or(Action::Accept)
+}
+
+/// One RCPT as the MTA saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Rcpt<'a> {
+    pub recipient: &'a str,
+    pub rejected: bool,
+    pub smtp_code: u32,
+    pub envelope_rcpts: u32,
+    pub envelope_bad_rcpts: u32,
+}
+
+/// Fallbacks and calls, counted.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub calls: AtomicU64,
+    pub fallbacks: AtomicU64,
+    pub skipped: AtomicU64,
+}
+
+/// How the limiter client is set up.
+pub struct LimiterOptions {
+    pub node: String,
+    pub deadline: Duration,
+    pub fail: FailMode,
+    pub retry_after: Duration,
+}
+
+pub struct Limiter {
+    client: LimiterClient<Channel>,
+    node: String,
+    epoch: String,
+    deadline: Duration,
+    fail: FailMode,
+    breaker: Breaker,
+    local: Engine<Arc<MemoryStore>>,
+    sessions: Sessions,
+    lease_ttl_ms: AtomicU64,
+    next_id: AtomicU64,
+    pub stats: Stats,
+}
+
+/// Why the limiter gave no answer.
+#[derive(Debug)]
+enum Failure {
+    Skipped,
+    Timeout,
+    Status(Status),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Skipped => f.write_str("skipped (limiter down)"),
+            Failure::Timeout => f.write_str("deadline exceeded"),
+            Failure::Status(s) => write!(f, "{}: {}", s.code(), s.message()),
+        }
+    }
+}
+
+impl Limiter {
+    /// `local` decides while the limiter is unreachable (fail-open).
+    pub fn new(channel: Channel, local: Engine<Arc<MemoryStore>>, opts: LimiterOptions) -> Limiter {
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Limiter {
+            client: LimiterClient::new(channel),
+            node: opts.node,
+            // Time-ordered and unique per start: a restart is a new epoch.
+            epoch: format!(
+                "{:013}-{:05}",
+                started.as_millis(),
+                std::process::id() % 100_000
+            ),
+            deadline: opts.deadline,
+            fail: opts.fail,
+            breaker: Breaker::new(opts.retry_after),
+            local,
+            sessions: Sessions::default(),
+            lease_ttl_ms: AtomicU64::new(30_000),
+            next_id: AtomicU64::new(1),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    pub fn live_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// A session id unique on this node for this epoch.
+    pub fn new_session_id(&self) -> String {
+        format!("{:x}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Calls the limiter within the deadline. One retry, only while half the deadline
+    /// is left and only for errors that say the request never got through; every
+    /// call retried here is idempotent (the same session id counts once).
+    async fn remote<T, F, Fut>(&self, rpc: &'static str, call: F) -> Result<T, Failure>
+    where
+        F: FnMut(LimiterClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.remote_within(rpc, self.deadline, call).await
+    }
+
+    async fn remote_within<T, F, Fut>(
+        &self,
+        rpc: &'static str,
+        deadline: Duration,
+        mut call: F,
+    ) -> Result<T, Failure>
+    where
+        F: FnMut(LimiterClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        if self.breaker.is_open() {
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return Err(Failure::Skipped);
+        }
+        let start = Instant::now();
+        let mut retried = false;
+        loop {
+            let left = deadline.saturating_sub(start.elapsed());
+            match tokio::time::timeout(left, call(self.client.clone(), left)).await {
+                Ok(Ok(r)) => {
+                    self.breaker.success();
+                    return Ok(r.into_inner());
+                }
+                Ok(Err(s))
+                    if !retried
+                        && s.code() == Code::Unavailable
+                        && start.elapsed() < deadline / 2 =>
+                {
+                    retried = true;
+                }
+                Ok(Err(s)) => {
+                    if s.code() == Code::InvalidArgument {
+                        // Our request, not the limiter, is at fault: say so loudly.
+                        tracing::error!(rpc, error = %s.message(), "the limiter refused the request");
+                    } else {
+                        self.breaker.failure();
+                    }
+                    return Err(Failure::Status(s));
+                }
+                Err(_) => {
+                    self.breaker.failure();
+                    return Err(Failure::Timeout);
+                }
+            }
+        }
+    }
+
+    fn fell_back(&self, rpc: &'static str, why: &Failure) {
+        self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+        let mode = match self.fail {
+            FailMode::Open => "local limits",
+            FailMode::Closed => "tempfail",
+        };
+        tracing::debug!(rpc, reason = %why, mode, "limiter fallback");
+    }
+
+    pub async fn connect(
+        &self,
+        session: &str,
+        ip: IpAddr,
+        name: Option<&str>,
+        helo: &str,
+    ) -> Admission {
+        let req = ConnectRequest {
+            node: self.node.clone(),
+            session_id: session.to_string(),
+            client_ip: ip.to_string(),
+            client_name: name.unwrap_or_default().to_string(),
+            helo: truncate(helo, 255).to_string(),
+            epoch: self.epoch.clone(),
+        };
+        let a = match self
+            .remote("Connect", |mut c, left| {
+                let r = timed(req.clone(), left);
+                async move { c.connect(r).await }
+            })
+            .await
+        {
+            Ok(r) => {
+                if r.lease_ttl_ms > 0 {
+                    self.lease_ttl_ms.store(r.lease_ttl_ms, Ordering::Relaxed);
+                }
+                Admission {
+                    verdict: r.verdict.unwrap_or_else(accept),
+                    policy: r.policy.unwrap_or_default(),
+                    origin: Origin::Limiter,
+                }
+            }
+            Err(why) => {
+                self.fell_back("Connect", &why);
+                match self.fail {
+                    FailMode::Closed => Admission {
+                        verdict: unavailable(Action::Disconnect, 421),
+                        policy: SessionPolicy::default(),
+                        origin: Origin::Closed,
+                    },
+                    FailMode::Open => {
+                        let lease = LeaseId {
+                            node: &self.node,
+                            epoch: &self.epoch,
+                            session,
+                        };
+                        let local = decision::Connect {
+                            lease,
+                            ip,
+                            client_name: name,
+                        };
+                        match self.local.connect(&local).await {
+                            Ok(r) => Admission {
+                                verdict: r.verdict.unwrap_or_else(accept),
+                                policy: r.policy.unwrap_or_default(),
+                                origin: Origin::Local,
+                            },
+                            Err(_) => Admission {
+                                verdict: accept(),
+                                policy: SessionPolicy::default(),
+                                origin: Origin::Local,
+                            },
+                        }
+                    }
+                }
+            }
+        };
+        if a.admitted() && a.origin != Origin::Closed {
+            self.sessions.insert(session, ip, a.origin);
+        }
+        a
+    }
+
+    pub async fn recipient(
+        &self,
+        session: &str,
+        ip: IpAddr,
+        name: Option<&str>,
+        rcpt: Rcpt<'_>,
+    ) -> (Verdict, Origin) {
+        let req = RecipientRequest {
+            node: self.node.clone(),
+            session_id: session.to_string(),
+            client_ip: ip.to_string(),
+            recipient: truncate(rcpt.recipient, 512).to_string(),
+            rejected: rcpt.rejected,
+            smtp_code: rcpt.smtp_code,
+            envelope_rcpts: rcpt.envelope_rcpts,
+            envelope_bad_rcpts: rcpt.envelope_bad_rcpts,
+            client_name: name.unwrap_or_default().to_string(),
+        };
+        match self
+            .remote("Recipient", |mut c, left| {
+                let r = timed(req.clone(), left);
+                async move { c.recipient(r).await }
+            })
+            .await
+        {
+            Ok(r) => (r.verdict.unwrap_or_else(accept), Origin::Limiter),
+            Err(why) => {
+                self.fell_back("Recipient", &why);
+                match self.fail {
+                    FailMode::Closed => (unavailable(Action::Tempfail, 451), Origin::Closed),
+                    FailMode::Open => {
+                        let local = decision::Recipient {
+                            node: &self.node,
+                            session,
+                            ip,
+                            client_name: name,
+                            recipient: &req.recipient,
+                            rejected: rcpt.rejected,
+                            envelope_rcpts: rcpt.envelope_rcpts,
+                            envelope_bad_rcpts: rcpt.envelope_bad_rcpts,
+                        };
+                        let v = self
+                            .local
+                            .recipient(&local)
+                            .await
+                            .ok()
+                            .and_then(|r| r.verdict);
+                        (v.unwrap_or_else(accept), Origin::Local)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Releases the session's lease where it was taken. Never fails the caller.
+    pub async fn disconnect(&self, session: &str) {
+        let Some((ip, origin)) = self.sessions.remove(session) else {
+            return;
+        };
+        match origin {
+            Origin::Limiter => {
+                let req = DisconnectRequest {
+                    node: self.node.clone(),
+                    session_id: session.to_string(),
+                    client_ip: ip.to_string(),
+                    epoch: self.epoch.clone(),
+                };
+                if let Err(why) = self
+                    .remote("Disconnect", |mut c, left| {
+                        let r = timed(req.clone(), left);
+                        async move { c.disconnect(r).await }
+                    })
+                    .await
+                {
+                    // The lease expires by itself within its TTL.
+                    tracing::debug!(session, reason = %why, "lease not released; it will expire");
+                }
+            }
+            Origin::Local => {
+                let lease = LeaseId {
+                    node: &self.node,
+                    epoch: &self.epoch,
+                    session,
+                };
+                let _ = self.local.disconnect(ip, lease).await;
+            }
+            Origin::Closed => {}
+        }
+    }
+
+    /// Bans and access refusals for the MTA's own access checks (socketmap). `None`:
+    /// unknown now (fail-closed and the limiter is unreachable).
+    pub async fn lookup(&self, ip: IpAddr, name: Option<&str>) -> Option<Verdict> {
+        let req = LookupRequest {
+            client_ip: ip.to_string(),
+            client_name: name.unwrap_or_default().to_string(),
+        };
+        match self
+            .remote("Lookup", |mut c, left| {
+                let r = timed(req.clone(), left);
+                async move { c.lookup(r).await }
+            })
+            .await
+        {
+            Ok(r) => Some(r.verdict.unwrap_or_else(accept)),
+            Err(why) => {
+                self.fell_back("Lookup", &why);
+                match self.fail {
+                    FailMode::Closed => None,
+                    FailMode::Open => Some(
+                        self.local
+                            .lookup(ip, name)
+                            .await
+                            .ok()
+                            .and_then(|r| r.verdict)
+                            .unwrap_or_else(accept),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Renews the leases of live sessions every third of the lease TTL, at the limiter
+    /// and in the local fallback, until `shutdown`.
+    pub async fn heartbeats(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let every =
+                Duration::from_millis((self.lease_ttl_ms.load(Ordering::Relaxed) / 3).max(100));
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            self.heartbeat_once().await;
+        }
+    }
+
+    /// One heartbeat. The first one also tells the limiter this process's epoch, which
+    /// frees the leases a previous run of this node left behind.
+    pub async fn heartbeat_once(&self) {
+        let leases: Vec<Lease> = self
+            .sessions
+            .held_by(Origin::Limiter)
+            .into_iter()
+            .map(|(s, ip)| Lease {
+                session_id: s,
+                client_ip: ip.to_string(),
+            })
+            .collect();
+        let req = HeartbeatRequest {
+            node: self.node.clone(),
+            epoch: self.epoch.clone(),
+            leases,
+            ..Default::default()
+        };
+        // Not on any SMTP session's path: it may take longer than a decision.
+        match self
+            .remote_within("Heartbeat", Duration::from_secs(2), |mut c, left| {
+                let r = timed(req.clone(), left);
+                async move { c.heartbeat(r).await }
+            })
+            .await
+        {
+            Ok(r) if r.lease_ttl_ms > 0 => {
+                self.lease_ttl_ms.store(r.lease_ttl_ms, Ordering::Relaxed)
+            }
+            Ok(_) => {}
+            Err(why) => tracing::debug!(reason = %why, "heartbeat failed"),
+        }
+        let local: Vec<(String, IpAddr)> = self.sessions.held_by(Origin::Local);
+        if !local.is_empty() {
+            let hb = decision::Heartbeat {
+                node: &self.node,
+                epoch: &self.epoch,
+                leases: local.iter().map(|(s, ip)| (s.as_str(), *ip)).collect(),
+                bare: Vec::new(),
+            };
+            let _ = self.local.heartbeat(&hb).await;
+        }
+    }
+}
+
+fn timed<T>(msg: T, left: Duration) -> Request<T> {
+    let mut r = Request::new(msg);
+    // The limiter stops working on a call nobody waits for any more.
+    r.set_timeout(left);
+    r
+}
+
+fn accept() -> Verdict {
+    Verdict {
+        action: Action::Accept as i32,
+        reason: "ok".into(),
+        ..Default::default()
+    }
+}
+
+/// Fail-closed: no answer from the limiter is a temporary failure.
+fn unavailable(action: Action, code: u32) -> Verdict {
+    Verdict {
+        action: action as i32,
+        smtp_code: code,
+        enhanced_code: "4.3.2".into(),
+        text: "Service temporarily unavailable, try again later".into(),
+        rule: "agent:fallback.mode".into(),
+        reason: "limiter_unavailable".into(),
+        ..Default::default()
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -1,0 +1,53 @@
+//! The live SMTP sessions of this host that hold a lease, for heartbeats and for
+//! releasing the lease where it was taken (the limiter, or the local fallback).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+/// Who admitted a session, and so holds its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The cluster-wide limiter.
+    Limiter,
+    /// This host's fallback limits (the limiter was unreachable).
+    Local,
+    /// Nobody: the limiter was unreachable and the agent fails closed.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+pub struct Sessions {
+    live: Mutex<HashMap<String, (IpAddr, Origin)>>,
+}
+
+impl Sessions {
+    pub fn insert(&self, session: &str, ip: IpAddr, origin: Origin) {
+        self.lock().insert(session.to_string(), (ip, origin));
+    }
+
+    pub fn remove(&self, session: &str) -> Option<(IpAddr, Origin)> {
+        self.lock().remove(session)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sessions whose lease `origin` holds.
+    pub fn held_by(&self, origin: Origin) -> Vec<(String, IpAddr)> {
+        self.lock()
+            .iter()
+            .filter(|(_, (_, o))| *o == origin)
+            .map(|(s, (ip, _))| (s.clone(), *ip))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (IpAddr, Origin)>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,48 @@
+//! Shared by the agent's tests: a limiter in this process, and an agent in front of it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use limiter_server::policy::duration::Span;
+use limiter_server::policy::reload::PolicyHandle;
+use limiter_server::store::memory::{MemoryConfig, MemoryStore};
+use mx_agent::agent::Agent;
+use mx_agent::config::AgentConfig;
+use mx_agent::listen::ListenAddr;
+use testkit::Limiter;
+
+/// A limiter over an in-memory store with this policy (TOML, access file).
+pub async fn limiter(toml: &str, access: &str) -> Limiter {
+    let store = Arc::new(MemoryStore::new(MemoryConfig::default()));
+    Limiter::start(
+        store,
+        Arc::new(PolicyHandle::fixed(testkit::policy(toml, access))),
+    )
+    .await
+}
+
+/// An agent config for `node` against `limiters`, every adapter on a free port.
+pub fn config(node: &str, limiters: &[SocketAddr]) -> AgentConfig {
+    let mut cfg = AgentConfig {
+        node: Some(node.into()),
+        ..Default::default()
+    };
+    cfg.limiter.endpoints = limiters.iter().map(|a| format!("http://{a}")).collect();
+    cfg.limiter.deadline = Span::millis(200);
+    cfg.milter.listen = vec!["inet:127.0.0.1:0".into()];
+    cfg.policy.listen = vec!["inet:127.0.0.1:0".into()];
+    cfg.socketmap.listen = vec!["inet:127.0.0.1:0".into()];
+    cfg
+}
+
+pub async fn agent(cfg: &AgentConfig) -> Agent {
+    Agent::start(cfg).await.expect("agent starts")
+}
+
+pub fn tcp(a: &ListenAddr) -> SocketAddr {
+    match a {
+        ListenAddr::Tcp(s) => *s,
+        ListenAddr::Unix(p) => panic!("{} is not TCP", p.display()),
+    }
+}

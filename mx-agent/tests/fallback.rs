@@ -1,0 +1,145 @@
+//! When the limiter is slow or gone: the agent decides within the deadline, locally
+//! (fail-open, with this host's own limits) or with a temporary failure (fail-closed),
+//! counts it, and goes back to the limiter by itself when it returns.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use limiter_server::policy::duration::Span;
+use mx_agent::config::FailMode;
+use testkit::milter::{MilterClient, Reply};
+
+/// Accepts TCP connections and never answers: a limiter that hangs.
+async fn black_hole() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
+async fn connect(addr: std::net::SocketAddr, ip: &str) -> (Reply, Duration) {
+    let mut c = MilterClient::open(addr).await.unwrap();
+    let t = Instant::now();
+    let r = c
+        .connect("unknown", ip.parse().unwrap(), &[])
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    // Keep the session open: ClientConn counts it.
+    std::mem::forget(c);
+    (r, took)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_limiter_costs_each_step_at_most_the_deadline_and_local_limits_apply() {
+    let hole = black_hole().await;
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local.toml");
+    std::fs::write(&local, "[client_rate]\nwindow = \"1h\"\naddress = 2\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n").unwrap();
+    let mut cfg = config("mx1", &[hole]);
+    cfg.limiter.deadline = Span::millis(100);
+    cfg.fallback.policy = Some(local);
+    cfg.fallback.retry_after = Span::secs(60);
+    let a = agent(&cfg).await;
+    let m = tcp(&a.milter[0]);
+    let mut took = Vec::new();
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        let (r, t) = connect(m, "10.9.0.1").await;
+        replies.push(r);
+        took.push(t);
+    }
+    // Mail keeps flowing within this host's own limits: 2 per hour for this address.
+    assert_eq!(replies[..2], [Reply::Continue, Reply::Continue]);
+    assert_eq!(
+        replies[2],
+        Reply::Code("421 4.3.2 Connection rate limit exceeded.".into())
+    );
+    // Each step waited at most about the deadline; once the limiter is known to be down
+    // (3 failures: the first heartbeat and two sessions) steps do not wait at all.
+    for t in &took {
+        assert!(
+            *t < Duration::from_millis(100) + Duration::from_millis(400),
+            "a step took {t:?}"
+        );
+    }
+    assert!(
+        took[3] < Duration::from_millis(100),
+        "the breaker is open; the step still waited {:?}",
+        took[3]
+    );
+    assert!(a.limiter.stats.fallbacks.load(Ordering::Relaxed) >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_answers_a_temporary_failure() {
+    let hole = black_hole().await;
+    let mut cfg = config("mx1", &[hole]);
+    cfg.limiter.deadline = Span::millis(50);
+    cfg.fallback.mode = FailMode::Closed;
+    let a = agent(&cfg).await;
+    let (r, _) = connect(tcp(&a.milter[0]), "10.9.1.1").await;
+    assert_eq!(
+        r,
+        Reply::Code("421 4.3.2 Service temporarily unavailable, try again later".into())
+    );
+    let got = {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::io::BufReader::new(
+            tokio::net::TcpStream::connect(tcp(&a.socketmap[0]))
+                .await
+                .unwrap(),
+        );
+        s.get_mut().write_all(b"10:m 10.9.1.1,").await.unwrap();
+        mx_agent::adapters::socketmap::read_netstring(&mut s)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(got, b"TEMP limiter unavailable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_goes_back_to_the_limiter_when_it_returns() {
+    let at: std::net::SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
+        .parse()
+        .unwrap();
+    let mut cfg = config("mx1", &[at]);
+    cfg.limiter.deadline = Span::millis(100);
+    cfg.fallback.retry_after = Span::millis(200);
+    let a = agent(&cfg).await;
+    let m = tcp(&a.milter[0]);
+    // Nothing listens: local decisions (the default limits admit this one).
+    let (r, _) = connect(m, "10.9.2.1").await;
+    assert_eq!(r, Reply::Continue);
+    let before = a.limiter.stats.fallbacks.load(Ordering::Relaxed);
+    assert!(before >= 1);
+    // The limiter comes up, refusing this address: the agent asks it again by itself.
+    let store = std::sync::Arc::new(limiter_server::store::memory::MemoryStore::new(
+        Default::default(),
+    ));
+    let policy = std::sync::Arc::new(limiter_server::policy::reload::PolicyHandle::fixed(
+        testkit::policy("", "Connect:10.9.2\tREJECT\n"),
+    ));
+    let _lim = testkit::Limiter::start_at(store, policy, at).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (r, _) = connect(m, "10.9.2.1").await;
+        if r == Reply::Code("550 5.7.1 Access denied".into()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never went back to the limiter: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,198 @@
+//! The milter adapter driven over the milter protocol, as sendmail and Postfix speak
+//! it, against a real limiter (in memory) in this process.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use testkit::milter::{MilterClient, RCPT_REJ, Reply};
+
+const LIMITS: &str = "[client_rate]\nwindow = \"1h\"\naddress = 2\nnetwork = 0\n[client_conn]\naddress = 1\nnetwork = 0\n\
+[bad_rcpt]\ntarpit_after = 1\nblock_after = 3\nnetwork_tarpit_after = 0\nnetwork_block_after = 0\ntarpit_delay = \"300ms\"\n\
+[envelope]\nmax_rcpts_per_message = 2\nbad_rcpt_throttle = 0\ngreet_pause = \"0ms\"\n";
+
+async fn session(addr: std::net::SocketAddr, ip: &str) -> (MilterClient, Reply) {
+    let mut c = MilterClient::open(addr).await.unwrap();
+    let r = c
+        .connect("unknown", ip.parse().unwrap(), &[])
+        .await
+        .unwrap();
+    (c, r)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negotiates_rejected_recipients_and_skips_the_message() {
+    let lim = limiter(LIMITS, "").await;
+    let a = agent(&config("mx1", &[lim.addr])).await;
+    let c = MilterClient::open(tcp(&a.milter[0])).await.unwrap();
+    assert_eq!(c.opts & RCPT_REJ, RCPT_REJ, "SMFIP_RCPT_REJ requested");
+    assert_ne!(c.opts & 0x10, 0, "no body wanted (SMFIP_NOBODY)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_verdicts_become_replies_and_close_releases_the_lease() {
+    let lim = limiter(LIMITS, "Connect:203.0.113\tREJECT\n").await;
+    let a = agent(&config("mx1", &[lim.addr])).await;
+    let addr = tcp(&a.milter[0]);
+    let (c1, r) = session(addr, "10.0.0.1").await;
+    assert_eq!(r, Reply::Continue);
+    // ClientConn 1: a second session of the address is refused while the first lives.
+    let (_c2, r) = session(addr, "10.0.0.1").await;
+    assert_eq!(
+        r,
+        Reply::Code("421 4.3.2 Too many open connections.".into())
+    );
+    // Close: the lease is released, the next session gets in (ClientRate allows 2).
+    c1.quit().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (c3, r) = session(addr, "10.0.0.1").await;
+        if r == Reply::Continue {
+            c3.quit().await.unwrap();
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lease was never released: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_c4, r) = session(addr, "10.0.0.1").await;
+    assert_eq!(
+        r,
+        Reply::Code("421 4.3.2 Connection rate limit exceeded.".into())
+    );
+    let (_c5, r) = session(addr, "203.0.113.9").await;
+    assert_eq!(r, Reply::Code("550 5.7.1 Access denied".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_recipients_are_tarpitted_then_banned_and_the_session_closed() {
+    let lim = limiter(
+        &LIMITS.replace("max_rcpts_per_message = 2", "max_rcpts_per_message = 100"),
+        "",
+    )
+    .await;
+    let a = agent(&config("mx1", &[lim.addr])).await;
+    let (mut c, _) = session(tcp(&a.milter[0]), "10.0.1.1").await;
+    assert_eq!(c.mail("a@example.org").await.unwrap(), Reply::Continue);
+    assert_eq!(
+        c.rejected_rcpt("u1@mx.test").await.unwrap(),
+        Reply::Continue
+    );
+    // Past tarpit_after (1) the reply waits tarpit_delay.
+    let t = Instant::now();
+    assert_eq!(
+        c.rejected_rcpt("u2@mx.test").await.unwrap(),
+        Reply::Continue
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "no tarpit: {:?}",
+        t.elapsed()
+    );
+    // A tarpitted source waits on accepted recipients too.
+    let t = Instant::now();
+    assert_eq!(c.rcpt("alice@mx.test").await.unwrap(), Reply::Continue);
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "no tarpit on a valid RCPT: {:?}",
+        t.elapsed()
+    );
+    c.rejected_rcpt("u3@mx.test").await.unwrap();
+    // Past block_after (3): banned, and the session is closed with 421.
+    let r = c.rejected_rcpt("u4@mx.test").await.unwrap();
+    assert_eq!(
+        r,
+        Reply::Code(
+            "421 4.7.1 Too many invalid recipients from your address; try again later.".into()
+        )
+    );
+    assert_eq!(
+        c.data().await.unwrap().code(),
+        Some(421),
+        "every later command is refused"
+    );
+    // A new session of the banned address is refused at connect.
+    let (_c2, r) = session(tcp(&a.milter[0]), "10.0.1.1").await;
+    assert_eq!(r.code(), Some(421));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_limits_are_enforced_without_a_call() {
+    let lim = limiter(LIMITS, "").await;
+    let a = agent(&config("mx1", &[lim.addr])).await;
+    let (mut c, _) = session(tcp(&a.milter[0]), "10.0.2.1").await;
+    c.mail("a@example.org").await.unwrap();
+    assert_eq!(c.rcpt("r1@mx.test").await.unwrap(), Reply::Continue);
+    assert_eq!(c.rcpt("r2@mx.test").await.unwrap(), Reply::Continue);
+    assert_eq!(
+        c.rcpt("r3@mx.test").await.unwrap(),
+        Reply::Code("452 4.5.3 Too many recipients".into())
+    );
+    // A new envelope starts counting afresh.
+    c.mail("b@example.org").await.unwrap();
+    assert_eq!(c.rcpt("r1@mx.test").await.unwrap(), Reply::Continue);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_greet_pause_delays_the_connect_reply() {
+    let lim = limiter(
+        "[envelope]\ngreet_pause = \"400ms\"\n",
+        "GreetPause:10.0.3.2\t0\n",
+    )
+    .await;
+    let a = agent(&config("mx1", &[lim.addr])).await;
+    let t = Instant::now();
+    let (_c, r) = session(tcp(&a.milter[0]), "10.0.3.1").await;
+    assert_eq!(r, Reply::Continue);
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    session(tcp(&a.milter[0]), "10.0.3.2").await;
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "GreetPause:10.0.3.2 0: {:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delays_are_capped_under_the_mta_timeout() {
+    let lim = limiter("[bad_rcpt]\ntarpit_after = 0\nnetwork_tarpit_after = 0\nblock_after = 0\nnetwork_block_after = 0\n\
+                       [envelope]\nbad_rcpt_throttle = 1\nbad_rcpt_delay = \"30s\"\n", "").await;
+    let mut cfg = config("mx1", &[lim.addr]);
+    cfg.milter.max_delay = limiter_server::policy::duration::Span::millis(300);
+    let a = agent(&cfg).await;
+    let (mut c, _) = session(tcp(&a.milter[0]), "10.0.4.1").await;
+    c.mail("a@example.org").await.unwrap();
+    c.rejected_rcpt("u1@mx.test").await.unwrap();
+    let t = Instant::now();
+    assert_eq!(c.rcpt("alice@mx.test").await.unwrap(), Reply::Continue);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(10),
+        "a 30 s delay capped at 300 ms took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_garbage_closes_that_connection_only() {
+    let lim = limiter(LIMITS, "").await;
+    let a = agent(&config("mx1", &[lim.addr])).await;
+    let addr = tcp(&a.milter[0]);
+    let mut bad = MilterClient::open(addr).await.unwrap();
+    bad.raw(&[0xff, 0xff, 0xff, 0xff, b'X', 1, 2, 3])
+        .await
+        .unwrap();
+    assert!(bad.closed().await, "the milter hangs up on garbage");
+    let mut bad = MilterClient::open(addr).await.unwrap();
+    bad.raw(&[0, 0, 0, 3, b'C', 0, 0]).await.unwrap();
+    assert!(bad.closed().await, "a truncated CONNECT is refused");
+    let (_c, r) = session(addr, "10.0.5.1").await;
+    assert_eq!(r, Reply::Continue, "the agent serves on");
+}

@@ -1,0 +1,91 @@
+//! An SMTP client that connects from any 127.x.y.z source address (Linux lets any
+//! loopback address be bound), so that one machine plays many clients and networks.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// One SMTP reply, with how long the server took to give it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub code: u32,
+    pub text: String,
+    pub took: Duration,
+}
+
+pub struct Smtp {
+    r: BufReader<TcpStream>,
+}
+
+impl Smtp {
+    /// Connects from `source` and reads the greeting.
+    pub async fn connect(source: IpAddr, server: SocketAddr) -> std::io::Result<(Smtp, Reply)> {
+        let sock = if source.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        sock.bind(SocketAddr::new(source, 0))?;
+        let t = Instant::now();
+        let s = sock.connect(server).await?;
+        s.set_nodelay(true)?;
+        let mut c = Smtp {
+            r: BufReader::new(s),
+        };
+        let mut greeting = c.read_reply().await?;
+        greeting.took = t.elapsed();
+        Ok((c, greeting))
+    }
+
+    async fn read_reply(&mut self) -> std::io::Result<Reply> {
+        let t = Instant::now();
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            if self.r.read_line(&mut line).await? == 0 {
+                return Ok(Reply {
+                    code: 0,
+                    text: format!("{text}(connection closed)"),
+                    took: t.elapsed(),
+                });
+            }
+            let more = line.as_bytes().get(3) == Some(&b'-');
+            text.push_str(line.trim_end());
+            text.push('\n');
+            if !more {
+                let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                return Ok(Reply {
+                    code,
+                    text,
+                    took: t.elapsed(),
+                });
+            }
+        }
+    }
+
+    /// Sends one command line and reads its reply.
+    pub async fn cmd(&mut self, line: &str) -> std::io::Result<Reply> {
+        let t = Instant::now();
+        self.r
+            .get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await?;
+        let mut r = self.read_reply().await?;
+        r.took = t.elapsed();
+        Ok(r)
+    }
+
+    /// DATA, a small message, and the final dot.
+    pub async fn message(&mut self, from: &str, to: &str) -> std::io::Result<Reply> {
+        let r = self.cmd("DATA").await?;
+        if r.code != 354 {
+            return Ok(r);
+        }
+        self.cmd(&format!(
+            "From: <{from}>\r\nTo: <{to}>\r\nSubject: mxlimit test\r\n\r\nhello\r\n."
+        ))
+        .await
+    }
+}
