@@ -7,7 +7,9 @@
 
 pub mod dns;
 pub mod milter;
+pub mod postfix;
 pub mod redis;
+pub mod sendmail;
 pub mod smtp;
 
 use std::net::{SocketAddr, TcpListener as StdListener};

@@ -1,0 +1,287 @@
+//! End to end with real Postfix: two private Postfix MX instances, each with an
+//! mx-agent milter, sharing one limiter on one real redis-server; SMTP from many
+//! 127.x.y.z source addresses.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use limiter_server::policy::reload::PolicyHandle;
+use limiter_server::store::redis::{RedisConfig, RedisStore};
+use mx_agent::agent::Agent;
+use testkit::postfix::{Postfix, PostfixOptions};
+use testkit::smtp::{Reply, Smtp};
+use testkit::{Limiter, RedisServer};
+
+/// The cluster: Redis, one limiter, two agents and two Postfix instances.
+pub struct Cluster {
+    pub redis: RedisServer,
+    pub limiter: Option<Limiter>,
+    pub agents: Vec<Agent>,
+    pub mx: Vec<Postfix>,
+}
+
+pub async fn cluster(toml: &str, access: &str, n: usize) -> Cluster {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&RedisConfig::new(vec![redis.url()]))
+        .await
+        .unwrap();
+    let limiter = Limiter::start(
+        store,
+        Arc::new(PolicyHandle::fixed(testkit::policy(toml, access))),
+    )
+    .await;
+    let mut agents = Vec::new();
+    let mut mx = Vec::new();
+    for i in 1..=n {
+        let mut cfg = config(&format!("mx{i}"), &[limiter.addr]);
+        cfg.limiter.deadline = limiter_server::policy::duration::Span::millis(50);
+        cfg.policy.listen.clear();
+        cfg.socketmap.listen.clear();
+        let a = agent(&cfg).await;
+        let milter = format!("inet:{}", tcp(&a.milter[0]));
+        mx.push(Postfix::start(
+            &format!("mx{i}"),
+            &PostfixOptions {
+                milter: Some(milter),
+                mailboxes: vec!["alice@mx.test".into()],
+                ..Default::default()
+            },
+        ));
+        agents.push(a);
+    }
+    Cluster {
+        redis,
+        limiter: Some(limiter),
+        agents,
+        mx,
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A session up to RCPT: the replies to the greeting, EHLO, MAIL and each RCPT, and the
+/// open connection (if the server did not close it).
+pub async fn rcpts(
+    server: SocketAddr,
+    from_ip: &str,
+    rcpts: &[&str],
+) -> (Vec<Reply>, Option<Smtp>) {
+    let (mut s, greeting) = Smtp::connect(ip(from_ip), server)
+        .await
+        .expect("TCP connect");
+    let mut out = vec![greeting];
+    if out[0].code != 220 {
+        return (out, None);
+    }
+    for cmd in [
+        "EHLO client.example".to_string(),
+        "MAIL FROM:<sender@example.org>".to_string(),
+    ]
+    .into_iter()
+    .chain(rcpts.iter().map(|r| format!("RCPT TO:<{r}>")))
+    {
+        let r = s.cmd(&cmd).await.expect("SMTP command");
+        let stop = r.code == 421 || r.code == 0;
+        out.push(r);
+        if stop {
+            return (out, None);
+        }
+    }
+    (out, Some(s))
+}
+
+/// The first reply of a session that is not a success, if any (greeting, EHLO, MAIL).
+pub async fn refused_at_connect(server: SocketAddr, from_ip: &str) -> Option<Reply> {
+    let (replies, _) = rcpts(server, from_ip, &[]).await;
+    replies.into_iter().find(|r| r.code >= 400 || r.code == 0)
+}
+
+const ATTACK_POLICY: &str = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n\
+[bad_rcpt]\ntarpit_after = 100\nblock_after = 100\nnetwork_tarpit_after = 3\nnetwork_block_after = 6\n\
+tarpit_delay = \"700ms\"\nblock_for = \"1h\"\n[envelope]\nbad_rcpt_throttle = 0\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dictionary_attack_over_two_postfix_mx_is_tarpitted_then_banned_on_both() {
+    let c = cluster(ATTACK_POLICY, "", 2).await;
+    // A legitimate sender keeps delivering throughout.
+    let legit = |n: usize| {
+        let server = c.mx[n % 2].addr();
+        async move {
+            let (replies, s) = rcpts(server, "127.68.0.1", &["alice@mx.test"]).await;
+            let mut s = s.expect("legitimate session open");
+            let r = s
+                .message("sender@example.org", "alice@mx.test")
+                .await
+                .unwrap();
+            (replies, r)
+        }
+    };
+    // One unknown user from each of 7 addresses of 127.66.0.0/24, alternating MX hosts.
+    let mut bad = Vec::new();
+    let mut last_session = None;
+    for i in 0..7 {
+        let server = c.mx[i % 2].addr();
+        let (replies, s) = rcpts(
+            server,
+            &format!("127.66.0.{}", i + 1),
+            &[&format!("nobody{i}@mx.test")],
+        )
+        .await;
+        assert_eq!(
+            replies[..3].iter().map(|r| r.code).collect::<Vec<_>>(),
+            [220, 250, 250],
+            "{replies:?}"
+        );
+        bad.push(replies[3].clone());
+        last_session = s;
+        let (lr, msg) = legit(i).await;
+        assert!(
+            lr.iter().all(|r| r.code < 300) && msg.code == 250,
+            "legitimate mail refused: {lr:?} {msg:?}"
+        );
+        assert!(
+            lr.iter().all(|r| r.took < Duration::from_millis(700)),
+            "legitimate mail delayed: {lr:?}"
+        );
+    }
+    // Every bad RCPT gets Postfix's own 550 (Postfix keeps its reply for a recipient
+    // it rejected); past network_tarpit_after (3) the reply waits tarpit_delay.
+    assert!(bad.iter().all(|r| r.code == 550), "{bad:?}");
+    assert!(
+        bad[..3].iter().all(|r| r.took < Duration::from_millis(700)),
+        "{bad:?}"
+    );
+    assert!(
+        bad[3..6]
+            .iter()
+            .all(|r| r.took >= Duration::from_millis(700)),
+        "tarpit: {bad:?}"
+    );
+    // The 7th (past network_block_after, 6) bans the network: the session that made it
+    // is closed with 421 at its next command.
+    let mut s = last_session.expect("the 7th session is still open");
+    let r = s.cmd("RCPT TO:<alice@mx.test>").await.unwrap();
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(
+        r.text
+            .contains("Too many invalid recipients from your network"),
+        "{}",
+        r.text
+    );
+    // Banned on BOTH MX hosts, for every address of the network, at connect.
+    for (n, from) in [
+        (0, "127.66.0.1"),
+        (1, "127.66.0.200"),
+        (0, "127.66.0.201"),
+        (1, "127.66.0.7"),
+    ] {
+        let r = refused_at_connect(c.mx[n].addr(), from)
+            .await
+            .expect("refused");
+        assert_eq!(r.code, 421, "mx{} {from}: {r:?}", n + 1);
+    }
+    let (lr, msg) = legit(7).await;
+    assert!(
+        lr.iter().all(|r| r.code < 300) && msg.code == 250,
+        "{lr:?} {msg:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_conn_holds_across_two_postfix_mx_and_frees_on_disconnect() {
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 2\nnetwork = 0\n";
+    let c = cluster(toml, "", 2).await;
+    let from = "127.67.0.1";
+    let (r1, s1) = rcpts(c.mx[0].addr(), from, &[]).await;
+    let (r2, _s2) = rcpts(c.mx[1].addr(), from, &[]).await;
+    assert!(r1.iter().chain(&r2).all(|r| r.code < 300), "{r1:?} {r2:?}");
+    // A third concurrent session, on either MX, is refused.
+    // (Postfix answers a milter's refusal at connect with its own text.)
+    let r = refused_at_connect(c.mx[0].addr(), from)
+        .await
+        .expect("third session refused");
+    assert_eq!(r.code, 421, "{r:?}");
+    // Its log has the milter's reason.
+    let log = c.mx[0].log();
+    assert!(
+        log.contains(
+            "milter-reject: CONNECT from unknown[127.67.0.1]: 421 4.3.2 Too many open connections."
+        ),
+        "{log}"
+    );
+    // Another address is not affected.
+    assert_eq!(
+        refused_at_connect(c.mx[0].addr(), "127.67.0.2")
+            .await
+            .map(|r| r.code),
+        None
+    );
+    // The first session ends: its lease is freed (Postfix tells the milter on close).
+    let mut s1 = s1.unwrap();
+    assert_eq!(s1.cmd("QUIT").await.unwrap().code, 221);
+    drop(s1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (r, s) = rcpts(c.mx[1].addr(), from, &[]).await;
+        if r.iter().all(|r| r.code < 300) {
+            drop(s);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease was never freed: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_keeps_flowing_when_the_limiter_dies_and_each_step_gains_at_most_the_deadline() {
+    let mut c = cluster("", "", 2).await;
+    let deadline = Duration::from_millis(50);
+    // Generous for Postfix and the milter themselves; the deadline is what is bounded.
+    let bound = deadline + Duration::from_millis(450);
+    for k in 0..8 {
+        if k == 3 {
+            c.limiter.take().unwrap().stop().await;
+        }
+        let from = format!("127.69.0.{}", k + 1);
+        let (replies, s) = rcpts(c.mx[k % 2].addr(), &from, &["alice@mx.test"]).await;
+        let mut s = s.unwrap_or_else(|| panic!("session {k} refused: {replies:?}"));
+        let msg = s
+            .message("sender@example.org", "alice@mx.test")
+            .await
+            .unwrap();
+        assert!(
+            replies.iter().all(|r| r.code < 300) && msg.code == 250,
+            "message {k}: {replies:?} {msg:?}"
+        );
+        for r in &replies {
+            assert!(
+                r.took < bound,
+                "message {k}: a step took {:?}: {r:?}",
+                r.took
+            );
+        }
+    }
+    let fallbacks: u64 = c
+        .agents
+        .iter()
+        .map(|a| {
+            a.limiter
+                .stats
+                .fallbacks
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert!(
+        fallbacks >= 5,
+        "the agents decided locally {fallbacks} times"
+    );
+}

@@ -1,0 +1,174 @@
+//! A private sendmail daemon (Debian's `sendmail-bin`, unpacked privately because it
+//! conflicts with Postfix as a package): its own `.cf` built with m4 from `sendmail-cf`,
+//! its own queue and port on 127.0.0.1, a qualified host name in its own UTS namespace
+//! (sendmail otherwise sleeps a minute trying to qualify the machine's name).
+//!
+//! Of `mx.test`, `root@mx.test` exists; every other recipient gets
+//! "550 5.1.1 ... User unknown" at RCPT.
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{free_port, require};
+
+/// Where scripts/test unpacks sendmail-bin, unless `MXLIMIT_SENDMAIL` says otherwise.
+pub fn sendmail_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("MXLIMIT_SENDMAIL") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-deps/sendmail/usr/libexec/sendmail/sendmail");
+    assert!(
+        p.is_file(),
+        "sendmail is not unpacked at {}: run scripts/test (it unpacks Debian's sendmail-bin) or set MXLIMIT_SENDMAIL",
+        p.display()
+    );
+    p
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SendmailOptions {
+    /// The milter socket in sendmail's syntax, e.g. `inet:7026@127.0.0.1`.
+    pub milter: Option<String>,
+    /// A socketmap serving the access map, e.g. `inet:7028@127.0.0.1`.
+    pub socketmap: Option<String>,
+}
+
+pub struct Sendmail {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Sendmail {
+    pub fn start(name: &str, opts: &SendmailOptions) -> Sendmail {
+        let bin = sendmail_binary();
+        require("m4", "m4");
+        require("unshare", "util-linux");
+        assert!(
+            Path::new("/usr/share/sendmail/cf/m4/cf.m4").is_file(),
+            "sendmail-cf is not installed: run scripts/test"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("mxlimit-sendmail-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("queue")).unwrap();
+        std::fs::write(d.join("service.switch"), "hosts files\naliases files\n").unwrap();
+        std::fs::write(d.join("helpfile"), "").unwrap();
+        for attempt in 0..5 {
+            let port = free_port();
+            let mc = mc(d, name, port, opts);
+            std::fs::write(d.join("sendmail.mc"), &mc).unwrap();
+            let out = Command::new("m4")
+                .arg(d.join("sendmail.mc"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "m4: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::fs::write(d.join("sendmail.cf"), out.stdout).unwrap();
+            let script = format!(
+                "hostname {name}.mx.test && exec {bin} -C {cf} -bD -O LogLevel=9",
+                bin = bin.display(),
+                cf = d.join("sendmail.cf").display()
+            );
+            let mut child = Command::new("unshare")
+                .args(["--uts", "sh", "-c", &script])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(d.join("stderr")).unwrap())
+                .process_group(0)
+                .spawn()
+                .expect("start sendmail");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(st)) = child.try_wait() {
+                    let err = std::fs::read_to_string(d.join("stderr")).unwrap_or_default();
+                    assert!(
+                        attempt < 4 && err.contains("in use"),
+                        "sendmail exited ({st}): {err}"
+                    );
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Sendmail {
+                        port,
+                        child,
+                        _dir: dir,
+                    };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "sendmail did not listen within 20s"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        unreachable!()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for Sendmail {
+    fn drop(&mut self) {
+        // The daemon and the children serving sessions share its process group.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn mc(d: &Path, name: &str, port: u16, o: &SendmailOptions) -> String {
+    let mut mc = format!(
+        "divert(-1)\ndivert(0)dnl\n\
+         include(`/usr/share/sendmail/cf/m4/cf.m4')dnl\n\
+         VERSIONID(`mxlimit test {name}')dnl\n\
+         OSTYPE(`linux')dnl\n\
+         define(`confDOMAIN_NAME', `{name}.mx.test')dnl\n\
+         define(`confDONT_PROBE_INTERFACES', `True')dnl\n\
+         define(`QUEUE_DIR', `{q}')dnl\n\
+         define(`confPID_FILE', `{d}/sendmail.pid')dnl\n\
+         define(`STATUS_FILE', `{d}/statistics')dnl\n\
+         define(`ALIAS_FILE', `')dnl\n\
+         define(`HELP_FILE', `{d}/helpfile')dnl\n\
+         define(`confCW_FILE', `')dnl\n\
+         define(`confSERVICE_SWITCH_FILE', `{d}/service.switch')dnl\n\
+         define(`confDELIVERY_MODE', `queueonly')dnl\n\
+         define(`confTO_IDENT', `0')dnl\n\
+         define(`confREFUSE_LA', `999')dnl\n\
+         define(`confQUEUE_LA', `999')dnl\n\
+         define(`confDELAY_LA', `999')dnl\n\
+         define(`confPRIVACY_FLAGS', `goaway')dnl\n\
+         define(`confMILTER_MACROS_CONNECT', `j, _, {{daemon_name}}, {{client_resolve}}')dnl\n\
+         FEATURE(`no_default_msa')dnl\n\
+         DAEMON_OPTIONS(`Port={port}, Addr=127.0.0.1, Name=MTA')dnl\n\
+         LOCAL_DOMAIN(`mx.test')dnl\n\
+         FEATURE(`accept_unresolvable_domains')dnl\n",
+        q = d.join("queue").display(),
+        d = d.display(),
+    );
+    if let Some(s) = &o.socketmap {
+        mc.push_str(&format!("FEATURE(`access_db', `socket -T<TMPF> {s}')dnl\n"));
+    }
+    if let Some(m) = &o.milter {
+        mc.push_str(&format!(
+            "INPUT_MAIL_FILTER(`mxlimit', `S={m}, F=T, T=C:5s;S:10s;R:10s;E:5m')dnl\n"
+        ));
+    }
+    // Without an alias file the local mailer must not be aliasable, or every local
+    // recipient is queued unchecked. Then an unknown user is refused at RCPT by the
+    // passwd lookup, which sendmail reports to milters (a rejection by a check_rcpt
+    // rule would not be: Debian's sendmail lacks _FFR_MILTER_CHECK_REJECTIONS_TOO).
+    mc.push_str("MODIFY_MAILER_FLAGS(`LOCAL', `-A')dnl\nMAILER(`local')dnl\nMAILER(`smtp')dnl\n");
+    mc
+}
