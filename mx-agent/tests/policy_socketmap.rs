@@ -232,3 +232,27 @@ async fn socketmap_refuses_garbage_without_stopping() {
     assert_eq!(socketmap(addr, &["m 10.3.0.1"]).await, ["NOTFOUND "]);
     assert!(t.elapsed() < Duration::from_secs(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapters_listen_on_unix_sockets_and_replace_stale_ones() {
+    let lim = limiter(LIMITS, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.sock");
+    // A socket file left by a crash is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let mut cfg = config("mx1", &[lim.addr]);
+    cfg.policy.listen = vec![format!("unix:{}", path.display())];
+    let a = agent(&cfg).await;
+    let s = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let mut r = BufReader::new(s);
+    r.get_mut().write_all(b"request=smtpd_access_policy\nprotocol_state=CONNECT\nclient_address=10.4.0.1\nclient_port=1\n\n").await.unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "action=DUNNO\n");
+    drop(r);
+    a.stop().await;
+    assert!(
+        !path.exists(),
+        "the socket file is removed when the agent stops"
+    );
+}

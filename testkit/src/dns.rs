@@ -66,6 +66,47 @@ impl DnsServer {
         panic!("dnsmasq did not start on any of 5 ports");
     }
 
+    /// Stops and starts again on the same port with other records.
+    pub fn restart(&mut self, args: &[&str]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+        let bin = require("dnsmasq", "dnsmasq-base");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.child = Command::new(&bin)
+                .args([
+                    "--no-daemon",
+                    "--listen-address=127.0.0.1",
+                    "--bind-interfaces",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--pid-file=",
+                ])
+                .arg(format!("--port={}", self.port))
+                .arg("--log-queries")
+                .arg(format!("--log-facility={}", self.log.display()))
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn dnsmasq");
+            loop {
+                if std::fs::read_to_string(&self.log)
+                    .unwrap_or_default()
+                    .contains("started")
+                {
+                    return;
+                }
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break; // the port is not free yet
+                }
+                assert!(Instant::now() < deadline, "dnsmasq did not restart");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
