@@ -415,6 +415,7 @@ impl Limiter {
     /// and in the local fallback, until `shutdown`.
     pub async fn heartbeats(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut reported = 0;
         loop {
             let every =
                 Duration::from_millis((self.lease_ttl_ms.load(Ordering::Relaxed) / 3).max(100));
@@ -423,6 +424,16 @@ impl Limiter {
                 _ = tokio::time::sleep(every) => {}
             }
             self.heartbeat_once().await;
+            // Every fallback is counted; the log gets one line per period that had any.
+            let now = self.stats.fallbacks.load(Ordering::Relaxed);
+            if now > reported {
+                tracing::warn!(
+                    fallbacks = now - reported,
+                    total = now,
+                    "decided without the limiter since the last report"
+                );
+                reported = now;
+            }
         }
     }
 
