@@ -256,3 +256,26 @@ async fn adapters_listen_on_unix_sockets_and_replace_stale_ones() {
         "the socket file is removed when the agent stops"
     );
 }
+
+/// Postfix never tells a policy service that a session ended: its lease must not be
+/// renewed by the agent's heartbeats, only expire after its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_sessions_leases_expire_by_their_ttl() {
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 1\nnetwork = 0\nlease_ttl = \"1s\"\n";
+    let lim = limiter(toml, "").await;
+    let a = agent(&config("mx1", &[lim.addr])).await;
+    let mut p = Policy::open(tcp(&a.policy[0])).await;
+    assert_eq!(p.ask(&req("CONNECT", "10.6.0.1", "1", "")).await, "DUNNO");
+    assert_eq!(
+        p.ask(&req("CONNECT", "10.6.0.1", "2", "")).await,
+        "421 4.3.2 Too many open connections."
+    );
+    assert_eq!(
+        a.limiter.live_sessions(),
+        0,
+        "policy sessions are not heartbeated"
+    );
+    // Heartbeats run every third of the TTL meanwhile; the lease still goes.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(p.ask(&req("CONNECT", "10.6.0.1", "3", "")).await, "DUNNO");
+}

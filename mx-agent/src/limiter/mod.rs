@@ -28,6 +28,15 @@ use breaker::Breaker;
 pub use sessions::Origin;
 use sessions::Sessions;
 
+/// Whether the adapter will see a session end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ends {
+    /// It calls `disconnect`; meanwhile heartbeats keep the lease.
+    Seen,
+    /// It never knows; the lease lives its TTL and is not renewed.
+    Unseen,
+}
+
 /// A `Connect` decided: the verdict, the session's limits, and who decided.
 #[derive(Debug, Clone)]
 pub struct Admission {
@@ -216,12 +225,16 @@ impl Limiter {
         tracing::debug!(rpc, reason = %why, mode, "limiter fallback");
     }
 
+    /// A new session. `ends` says whether the caller will see the session end and call
+    /// `disconnect` (the milter does; Postfix's policy service never learns of it): only
+    /// then is its lease renewed by heartbeats; otherwise it expires after its TTL.
     pub async fn connect(
         &self,
         session: &str,
         ip: IpAddr,
         name: Option<&str>,
         helo: &str,
+        ends: Ends,
     ) -> Admission {
         let req = ConnectRequest {
             node: self.node.clone(),
@@ -283,7 +296,7 @@ impl Limiter {
                 }
             }
         };
-        if a.admitted() && a.origin != Origin::Closed {
+        if a.admitted() && a.origin != Origin::Closed && ends == Ends::Seen {
             self.sessions.insert(session, ip, a.origin);
         }
         a

@@ -23,7 +23,7 @@ use indymilter::{
 use mxlimit_proto::v1::{Action, SessionPolicy, Verdict};
 
 use super::{capped, smtp_reply, verified_name};
-use crate::limiter::{Limiter, Rcpt, action};
+use crate::limiter::{Ends, Limiter, Rcpt, action};
 use crate::listen::Listener;
 
 /// One SMTP session, as the milter follows it.
@@ -204,7 +204,10 @@ impl Milter {
             .filter(|_| resolved_ok)
             .map(str::to_string);
         let id = self.limiter.new_session_id();
-        let adm = self.limiter.connect(&id, ip, name.as_deref(), "").await;
+        let adm = self
+            .limiter
+            .connect(&id, ip, name.as_deref(), "", Ends::Seen)
+            .await;
         let admitted = adm.admitted();
         let greet = capped(adm.policy.greet_pause_ms, self.max_delay);
         cx.data = Some(Session {

@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Semaphore;
 
 use super::{capped, smtp_reply, verified_name};
-use crate::limiter::{Limiter, Rcpt, action};
+use crate::limiter::{Ends, Limiter, Rcpt, action};
 use crate::listen::{Listener, Stream};
 
 /// Largest request accepted (Postfix's own requests are a few hundred bytes).
@@ -145,7 +145,11 @@ impl PolicyService {
             Some(k) => k,
             None => {
                 let id = self.limiter.new_session_id();
-                let adm = self.limiter.connect(&id, ip, name, get("helo_name")).await;
+                // Postfix never says when the session ends: the lease lives its TTL.
+                let adm = self
+                    .limiter
+                    .connect(&id, ip, name, get("helo_name"), Ends::Unseen)
+                    .await;
                 let refusal = (!adm.admitted()).then(|| adm.verdict.clone());
                 self.remember(&key, &id, refusal.clone());
                 (id, refusal)
