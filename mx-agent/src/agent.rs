@@ -82,7 +82,8 @@ impl Agent {
         let local_policy = Arc::new(PolicyHandle::open(source)?);
         let store = Arc::new(MemoryStore::new(MemoryConfig::default()));
         store.sweeper(std::time::Duration::from_secs(10));
-        let local = Engine::new(store, local_policy.clone());
+        // Decides after the limiter's deadline has passed: it must cost CPU time only.
+        let local = Engine::new(store, local_policy.clone()).without_name_lookups();
         let limiter = Arc::new(Limiter::new(
             channel,
             local,
@@ -149,9 +150,11 @@ impl Agent {
             for a in &cfg.socketmap.listen {
                 let listener = bind(a).await?;
                 agent.socketmap.push(listener.local_addr());
-                agent
-                    .tasks
-                    .push(tokio::spawn(map.clone().serve(listener, 10_000, until())));
+                agent.tasks.push(tokio::spawn(map.clone().serve(
+                    listener,
+                    cfg.socketmap.max_sessions,
+                    until(),
+                )));
             }
         }
         tracing::info!(

@@ -105,10 +105,21 @@ impl Default for AdapterSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SocketmapSettings {
     pub listen: Vec<String>,
+    /// MTA connections served at once.
+    pub max_sessions: usize,
+}
+
+impl Default for SocketmapSettings {
+    fn default() -> Self {
+        SocketmapSettings {
+            listen: Vec::new(),
+            max_sessions: 10_000,
+        }
+    }
 }
 
 impl AgentConfig {
@@ -180,6 +191,7 @@ mod tests {
             },
             socketmap: SocketmapSettings {
                 listen: vec!["inet:127.0.0.1:7028".into()],
+                ..Default::default()
             },
             ..Default::default()
         };

@@ -86,7 +86,9 @@ async fn main() -> Result<()> {
         cfg.node = cli.node.clone();
     }
     if !cli.limiter.is_empty() {
+        // Endpoints given here replace the file's, DNS discovery included.
         cfg.limiter.endpoints = cli.limiter.clone();
+        cfg.limiter.dns = None;
     }
     if cli.limiter_dns.is_some() {
         cfg.limiter.dns = cli.limiter_dns.clone();

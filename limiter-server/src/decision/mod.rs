@@ -58,6 +58,7 @@ pub struct Engine<S> {
     store: S,
     policy: Arc<PolicyHandle>,
     names: NameResolver,
+    lookups: bool,
 }
 
 impl<S: Store> Engine<S> {
@@ -66,7 +67,16 @@ impl<S: Store> Engine<S> {
             store,
             policy,
             names: NameResolver::default(),
+            lookups: true,
         }
+    }
+
+    /// Never looks names up, whatever the policy says: host and domain rules match only
+    /// names callers send. For decisions that must cost no more than CPU time (the
+    /// agent's local fallback, which runs after the limiter's deadline has passed).
+    pub fn without_name_lookups(mut self) -> Engine<S> {
+        self.lookups = false;
+        self
     }
 
     pub fn store(&self) -> &S {
@@ -88,7 +98,8 @@ impl<S: Store> Engine<S> {
         if let Some(n) = given {
             return Some(n.trim_end_matches('.').to_ascii_lowercase().into());
         }
-        if !policy.has_name_rules
+        if !self.lookups
+            || !policy.has_name_rules
             || policy.settings.dns.mode == crate::policy::settings::DnsMode::Off
         {
             return None;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use tokio::sync::watch;
@@ -194,9 +194,9 @@ fn build_resolver(s: &DnsSettings) -> Result<TokioResolver, String> {
             TokioRuntimeProvider::default(),
         )
     };
-    let mut opts = ResolverOpts::default();
+    // Keep resolv.conf's options (ndots, search ...); only the time limits are ours.
+    let opts = builder.options_mut();
     opts.timeout = s.timeout.0;
     opts.attempts = 1;
-    builder = builder.with_options(opts);
     builder.build().map_err(|e| e.to_string())
 }

@@ -1,6 +1,6 @@
 //! Stops asking a limiter that is down: after `THRESHOLD` failures in a row it is left
-//! alone for `retry_after`, so that each SMTP step does not wait out the deadline; the
-//! first call after that tries it again.
+//! alone for `retry_after`, so that each SMTP step does not wait out the deadline; then
+//! ONE call tries it again (the others keep deciding locally until that one answers).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -30,10 +30,18 @@ impl Breaker {
         }
     }
 
-    /// Whether to skip the limiter now.
-    pub fn is_open(&self) -> bool {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.open_until.is_some_and(|t| Instant::now() < t)
+    /// Whether this call may ask the limiter. Once `retry_after` has passed, the first
+    /// caller is the probe: the breaker stays open for everybody else meanwhile.
+    pub fn allow(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.open_until {
+            None => true,
+            Some(t) if Instant::now() < t => false,
+            Some(_) => {
+                s.open_until = Some(Instant::now() + self.retry_after);
+                true
+            }
+        }
     }
 
     pub fn success(&self) {
@@ -70,22 +78,24 @@ mod tests {
         let b = Breaker::new(Duration::from_secs(60));
         b.failure();
         b.failure();
-        assert!(!b.is_open());
+        assert!(b.allow());
         b.failure();
-        assert!(b.is_open());
+        assert!(!b.allow());
         b.success();
-        assert!(!b.is_open());
+        assert!(b.allow());
     }
 
     #[test]
-    fn a_half_open_breaker_lets_the_next_call_through() {
-        let b = Breaker::new(Duration::from_millis(0));
+    fn after_retry_after_one_call_probes_and_the_others_wait_for_it() {
+        let b = Breaker::new(Duration::from_millis(50));
         for _ in 0..3 {
             b.failure();
         }
-        assert!(
-            !b.is_open(),
-            "retry_after has passed: the next call tries the limiter"
-        );
+        assert!(!b.allow());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.allow(), "the probe");
+        assert!(!b.allow(), "no second probe while the first is out");
+        b.success();
+        assert!(b.allow());
     }
 }

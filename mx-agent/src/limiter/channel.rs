@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
@@ -136,10 +136,9 @@ fn resolver(servers: &[SocketAddr]) -> Result<TokioResolver, String> {
             TokioRuntimeProvider::default(),
         )
     };
-    let mut opts = ResolverOpts::default();
-    // Discovery must see a changed Service soon; the resolver's cache must not hide it.
-    opts.cache_size = 0;
-    builder = builder.with_options(opts);
+    // Keep resolv.conf's options (ndots, search, timeout); but discovery must see a
+    // changed Service soon: the resolver's cache must not hide it.
+    builder.options_mut().cache_size = 0;
     builder.build().map_err(|e| e.to_string())
 }
 

@@ -26,7 +26,7 @@ use tonic::{Code, Request, Status};
 use crate::config::FailMode;
 use breaker::Breaker;
 pub use sessions::Origin;
-use sessions::Sessions;
+use sessions::{Live, Sessions};
 
 /// Whether the adapter will see a session end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +53,11 @@ impl Admission {
 }
 
 pub fn action(v: &Verdict) -> Action {
-    Action::try_from(v.action).unwrap_or(Action::Accept)
+    // An unset action is an accept, never a refusal.
+    match Action::try_from(v.action) {
+        Ok(Action::Unspecified) | Err(_) => Action::Accept,
+        Ok(a) => a,
+    }
 }
 
 /// One RCPT as the MTA saw it.
@@ -165,13 +169,15 @@ impl Limiter {
         F: FnMut(LimiterClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.remote_within(rpc, self.deadline, call).await
+        self.remote_within(rpc, self.deadline, true, call).await
     }
 
+    /// `breaker`: whether the call obeys (and feeds) the breaker; background calls do not.
     async fn remote_within<T, F, Fut>(
         &self,
         rpc: &'static str,
         deadline: Duration,
+        breaker: bool,
         mut call: F,
     ) -> Result<T, Failure>
     where
@@ -179,7 +185,7 @@ impl Limiter {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        if self.breaker.is_open() {
+        if breaker && !self.breaker.allow() {
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Err(Failure::Skipped);
         }
@@ -189,7 +195,9 @@ impl Limiter {
             let left = deadline.saturating_sub(start.elapsed());
             match tokio::time::timeout(left, call(self.client.clone(), left)).await {
                 Ok(Ok(r)) => {
-                    self.breaker.success();
+                    if breaker {
+                        self.breaker.success();
+                    }
                     return Ok(r.into_inner());
                 }
                 Ok(Err(s))
@@ -203,13 +211,15 @@ impl Limiter {
                     if s.code() == Code::InvalidArgument {
                         // Our request, not the limiter, is at fault: say so loudly.
                         tracing::error!(rpc, error = %s.message(), "the limiter refused the request");
-                    } else {
+                    } else if breaker {
                         self.breaker.failure();
                     }
                     return Err(Failure::Status(s));
                 }
                 Err(_) => {
-                    self.breaker.failure();
+                    if breaker {
+                        self.breaker.failure();
+                    }
                     return Err(Failure::Timeout);
                 }
             }
@@ -244,6 +254,7 @@ impl Limiter {
             helo: truncate(helo, 255).to_string(),
             epoch: self.epoch.clone(),
         };
+        let mut maybe_remote = false;
         let a = match self
             .remote("Connect", |mut c, left| {
                 let r = timed(req.clone(), left);
@@ -263,6 +274,8 @@ impl Limiter {
             }
             Err(why) => {
                 self.fell_back("Connect", &why);
+                // A slow limiter may have admitted the session after all.
+                maybe_remote = !matches!(why, Failure::Skipped);
                 match self.fail {
                     FailMode::Closed => Admission {
                         verdict: unavailable(Action::Disconnect, 421),
@@ -297,7 +310,12 @@ impl Limiter {
             }
         };
         if a.admitted() && a.origin != Origin::Closed && ends == Ends::Seen {
-            self.sessions.insert(session, ip, a.origin);
+            let live = Live {
+                ip,
+                origin: a.origin,
+                maybe_remote,
+            };
+            self.sessions.insert(session, live);
         }
         a
     }
@@ -358,37 +376,39 @@ impl Limiter {
 
     /// Releases the session's lease where it was taken. Never fails the caller.
     pub async fn disconnect(&self, session: &str) {
-        let Some((ip, origin)) = self.sessions.remove(session) else {
+        let Some(Live {
+            ip,
+            origin,
+            maybe_remote,
+        }) = self.sessions.remove(session)
+        else {
             return;
         };
-        match origin {
-            Origin::Limiter => {
-                let req = DisconnectRequest {
-                    node: self.node.clone(),
-                    session_id: session.to_string(),
-                    client_ip: ip.to_string(),
-                    epoch: self.epoch.clone(),
-                };
-                if let Err(why) = self
-                    .remote("Disconnect", |mut c, left| {
-                        let r = timed(req.clone(), left);
-                        async move { c.disconnect(r).await }
-                    })
-                    .await
-                {
-                    // The lease expires by itself within its TTL.
-                    tracing::debug!(session, reason = %why, "lease not released; it will expire");
-                }
+        if origin == Origin::Local {
+            let lease = LeaseId {
+                node: &self.node,
+                epoch: &self.epoch,
+                session,
+            };
+            let _ = self.local.disconnect(ip, lease).await;
+        }
+        if origin == Origin::Limiter || maybe_remote {
+            let req = DisconnectRequest {
+                node: self.node.clone(),
+                session_id: session.to_string(),
+                client_ip: ip.to_string(),
+                epoch: self.epoch.clone(),
+            };
+            if let Err(why) = self
+                .remote("Disconnect", |mut c, left| {
+                    let r = timed(req.clone(), left);
+                    async move { c.disconnect(r).await }
+                })
+                .await
+            {
+                // The lease expires by itself within its TTL.
+                tracing::debug!(session, reason = %why, "lease not released; it will expire");
             }
-            Origin::Local => {
-                let lease = LeaseId {
-                    node: &self.node,
-                    epoch: &self.epoch,
-                    session,
-                };
-                let _ = self.local.disconnect(ip, lease).await;
-            }
-            Origin::Closed => {}
         }
     }
 
@@ -470,7 +490,7 @@ impl Limiter {
         };
         // Not on any SMTP session's path: it may take longer than a decision.
         match self
-            .remote_within("Heartbeat", Duration::from_secs(2), |mut c, left| {
+            .remote_within("Heartbeat", Duration::from_secs(2), false, |mut c, left| {
                 let r = timed(req.clone(), left);
                 async move { c.heartbeat(r).await }
             })

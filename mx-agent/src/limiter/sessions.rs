@@ -16,17 +16,27 @@ pub enum Origin {
     Closed,
 }
 
+/// A live session.
+#[derive(Debug, Clone, Copy)]
+pub struct Live {
+    pub ip: IpAddr,
+    pub origin: Origin,
+    /// Decided locally after a call the limiter may still have carried out (a timeout):
+    /// its lease there, if any, is released too.
+    pub maybe_remote: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct Sessions {
-    live: Mutex<HashMap<String, (IpAddr, Origin)>>,
+    live: Mutex<HashMap<String, Live>>,
 }
 
 impl Sessions {
-    pub fn insert(&self, session: &str, ip: IpAddr, origin: Origin) {
-        self.lock().insert(session.to_string(), (ip, origin));
+    pub fn insert(&self, session: &str, live: Live) {
+        self.lock().insert(session.to_string(), live);
     }
 
-    pub fn remove(&self, session: &str) -> Option<(IpAddr, Origin)> {
+    pub fn remove(&self, session: &str) -> Option<Live> {
         self.lock().remove(session)
     }
 
@@ -42,12 +52,12 @@ impl Sessions {
     pub fn held_by(&self, origin: Origin) -> Vec<(String, IpAddr)> {
         self.lock()
             .iter()
-            .filter(|(_, (_, o))| *o == origin)
-            .map(|(s, (ip, _))| (s.clone(), *ip))
+            .filter(|(_, l)| l.origin == origin)
+            .map(|(s, l)| (s.clone(), l.ip))
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (IpAddr, Origin)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

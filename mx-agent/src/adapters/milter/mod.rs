@@ -14,7 +14,7 @@
 use std::ffi::{CStr, CString};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indymilter::{
     Actions, Callbacks, Config, Context, MacroStage, NegotiateContext, ProtoOpts, SetErrorReply,
@@ -34,7 +34,9 @@ pub struct Session {
     name: Option<String>,
     admitted: bool,
     policy: SessionPolicy,
-    /// RCPTs and rejected RCPTs in this envelope.
+    /// In this envelope: every RCPT (numbers each one, so a retried call counts once),
+    /// the accepted ones (for `max_rcpts_per_message`), the unknown users.
+    seen: u32,
     rcpts: u32,
     bad: u32,
     /// Set once the source is tarpitted: further RCPTs of the session wait this long.
@@ -95,8 +97,7 @@ fn callbacks(m: Milter) -> Callbacks<Session> {
             let _ = &abort;
             Box::pin(async move {
                 if let Some(s) = cx.data.as_mut() {
-                    s.rcpts = 0;
-                    s.bad = 0;
+                    s.new_envelope();
                 }
                 Status::Continue
             })
@@ -154,7 +155,8 @@ fn macro_str<'a>(cx: &'a Context<Session>, name: &CStr) -> Option<&'a str> {
 /// Sets the verdict's reply and returns the status that carries it.
 fn refuse(cx: &mut Context<Session>, v: &Verdict) -> Status {
     let (code, enhanced, text) = smtp_reply(v);
-    let text = text.replace(['\r', '\n'], " ");
+    // libmilter replies are printf formats to sendmail: a lone '%' would be a directive.
+    let text = text.replace(['\r', '\n'], " ").replace('%', " percent");
     if cx
         .reply
         .set_error_reply(&code.to_string(), Some(&enhanced), [text.as_str()])
@@ -171,10 +173,48 @@ fn refuse(cx: &mut Context<Session>, v: &Verdict) -> Status {
 
 fn new_envelope(cx: &mut Context<Session>) -> Status {
     if let Some(s) = cx.data.as_mut() {
-        s.rcpts = 0;
-        s.bad = 0;
+        s.new_envelope();
     }
     still_open(cx)
+}
+
+impl Session {
+    fn new_envelope(&mut self) {
+        self.seen = 0;
+        self.rcpts = 0;
+        self.bad = 0;
+    }
+}
+
+/// How the MTA answered a recipient, from `{rcpt_mailer}` and `{rcpt_host}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RcptFate {
+    Accepted,
+    /// Refused as an unknown user (5.1.x): what a dictionary attack is made of.
+    Unknown {
+        code: u32,
+    },
+    /// Refused for another reason (relay denied, greylisting, a lookup failure, a limit):
+    /// not counted; a legitimate sender hits these too.
+    OtherRefusal,
+}
+
+fn rcpt_fate(mailer: Option<&str>, host: Option<&str>) -> RcptFate {
+    if mailer != Some("error") {
+        return RcptFate::Accepted;
+    }
+    let status = host.unwrap_or("").trim();
+    let mut parts = status.split('.');
+    match (parts.next(), parts.next(), parts.next()) {
+        // An enhanced status: 5.1.x is a bad destination address.
+        (Some("5"), Some("1"), Some(_)) => RcptFate::Unknown { code: 550 },
+        (Some(_), Some(_), Some(_)) => RcptFate::OtherRefusal,
+        // A bare reply code: 550 and 553 are what MTAs answer unknown users with.
+        _ => match status.parse::<u32>() {
+            Ok(c @ (550 | 553)) => RcptFate::Unknown { code: c },
+            _ => RcptFate::OtherRefusal,
+        },
+    }
 }
 
 /// A session that must end answers every command with its closing reply.
@@ -187,6 +227,7 @@ fn still_open(cx: &mut Context<Session>) -> Status {
 
 impl Milter {
     async fn connect(&self, cx: &mut Context<Session>, host: CString, info: SocketInfo) -> Status {
+        let started = Instant::now();
         let ip = match info {
             SocketInfo::Inet(a) => limiter_server::source::canonical(a.ip()),
             // A local (Unix socket) or unknown client has no address to limit.
@@ -209,7 +250,10 @@ impl Milter {
             .connect(&id, ip, name.as_deref(), "", Ends::Seen)
             .await;
         let admitted = adm.admitted();
-        let greet = capped(adm.policy.greet_pause_ms, self.max_delay);
+        let greet = capped(
+            adm.policy.greet_pause_ms,
+            self.max_delay.saturating_sub(started.elapsed()),
+        );
         cx.data = Some(Session {
             id,
             ip: Some(ip),
@@ -229,13 +273,14 @@ impl Milter {
     }
 
     async fn rcpt(&self, cx: &mut Context<Session>, args: Vec<CString>) -> Status {
+        let started = Instant::now();
         if let Some(st) = Some(still_open(cx)).filter(|s| *s != Status::Continue) {
             return st;
         }
-        let rejected = macro_str(cx, c"{rcpt_mailer}") == Some("error");
-        let code = macro_str(cx, c"{rcpt_host}")
-            .and_then(status_code)
-            .unwrap_or(if rejected { 550 } else { 250 });
+        let fate = rcpt_fate(
+            macro_str(cx, c"{rcpt_mailer}"),
+            macro_str(cx, c"{rcpt_host}"),
+        );
         let recipient = args
             .first()
             .and_then(|a| a.to_str().ok())
@@ -247,26 +292,30 @@ impl Milter {
         let Some(ip) = s.ip else {
             return Status::Continue;
         };
-        s.rcpts = s.rcpts.saturating_add(1);
-        if rejected {
-            s.bad = s.bad.saturating_add(1);
-        }
-        let p = s.policy;
-        let prior_bad = s.bad - u32::from(rejected);
-        let v = if rejected {
-            let rcpt = Rcpt {
-                recipient: &recipient,
-                rejected,
-                smtp_code: code,
-                envelope_rcpts: s.rcpts,
-                envelope_bad_rcpts: s.bad,
-            };
-            let (id, name) = (s.id.clone(), s.name.clone());
-            let (v, _) = self.limiter.recipient(&id, ip, name.as_deref(), rcpt).await;
-            v
-        } else {
-            // Accepted recipients are checked here, against the session's limits.
-            local_rcpt_verdict(&p, s.rcpts, prior_bad, s.tarpit_ms)
+        s.seen = s.seen.saturating_add(1);
+        let v = match fate {
+            // The MTA refused it for a reason of its own: nothing to count or add.
+            RcptFate::OtherRefusal => return Status::Continue,
+            RcptFate::Accepted => {
+                s.rcpts = s.rcpts.saturating_add(1);
+                // Checked here, against the session's limits, without a call.
+                local_rcpt_verdict(&s.policy, s.rcpts, s.bad, s.tarpit_ms)
+            }
+            RcptFate::Unknown { code } => {
+                s.bad = s.bad.saturating_add(1);
+                let rcpt = Rcpt {
+                    recipient: &recipient,
+                    rejected: true,
+                    smtp_code: code,
+                    envelope_rcpts: s.seen,
+                    envelope_bad_rcpts: s.bad,
+                };
+                let (id, name) = (s.id.clone(), s.name.clone());
+                self.limiter
+                    .recipient(&id, ip, name.as_deref(), rcpt)
+                    .await
+                    .0
+            }
         };
         let Some(s) = cx.data.as_mut() else {
             return Status::Continue;
@@ -277,7 +326,12 @@ impl Milter {
                 if v.reason == "bad_rcpt" {
                     s.tarpit_ms = v.delay_ms;
                 }
-                tokio::time::sleep(capped(v.delay_ms, self.max_delay)).await;
+                // The limiter call counts against the MTA's timeout for this step too.
+                tokio::time::sleep(capped(
+                    v.delay_ms,
+                    self.max_delay.saturating_sub(started.elapsed()),
+                ))
+                .await;
                 Status::Continue
             }
             Action::Disconnect => {
@@ -322,27 +376,32 @@ fn local_rcpt_verdict(p: &SessionPolicy, rcpts: u32, prior_bad: u32, tarpit_ms: 
     }
 }
 
-/// `{rcpt_host}` of a rejected recipient holds its status: `5.1.1` or `550`.
-fn status_code(s: &str) -> Option<u32> {
-    let first = s.trim().split(['.', ' ']).next()?;
-    match first.parse::<u32>().ok()? {
-        c @ 400..=599 => Some(c),
-        4 => Some(450),
-        5 => Some(550),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn status_codes_from_rcpt_host() {
-        assert_eq!(status_code("5.1.1"), Some(550));
-        assert_eq!(status_code("4.2.1"), Some(450));
-        assert_eq!(status_code("550"), Some(550));
-        assert_eq!(status_code("mx.example.com"), None);
+    fn only_unknown_users_count_as_bad_recipients() {
+        use RcptFate::*;
+        let e = Some("error");
+        assert_eq!(rcpt_fate(Some("local"), Some("")), Accepted);
+        assert_eq!(rcpt_fate(Some("virtual"), None), Accepted);
+        assert_eq!(rcpt_fate(e, Some("5.1.1")), Unknown { code: 550 });
+        assert_eq!(rcpt_fate(e, Some("5.1.10")), Unknown { code: 550 });
+        assert_eq!(rcpt_fate(e, Some("550")), Unknown { code: 550 });
+        // Relay denied, greylisting, a lookup failure, too many recipients: not counted.
+        for other in [
+            "5.7.1",
+            "4.2.0",
+            "4.7.1",
+            "4.3.0",
+            "4.5.3",
+            "452",
+            "",
+            "mx.example.com",
+        ] {
+            assert_eq!(rcpt_fate(e, Some(other)), OtherRefusal, "{other}");
+        }
     }
 
     #[test]

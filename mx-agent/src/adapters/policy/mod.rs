@@ -22,8 +22,11 @@ use crate::listen::{Listener, Stream};
 
 /// Largest request accepted (Postfix's own requests are a few hundred bytes).
 const MAX_REQUEST: usize = 64 * 1024;
-/// How long a session is remembered after its last request.
-const SESSION_IDLE: Duration = Duration::from_secs(600);
+/// How long a session is remembered after its last request: Postfix's `smtpd_timeout`
+/// (300 s) ends an idle session before that.
+const SESSION_IDLE: Duration = Duration::from_secs(300);
+/// A policy connection idle this long is closed (Postfix's own idle limit is 300 s).
+const CONNECTION_IDLE: Duration = Duration::from_secs(600);
 const MAX_SESSIONS_REMEMBERED: usize = 100_000;
 
 struct Known {
@@ -98,10 +101,12 @@ impl PolicyService {
             let mut size = 0;
             loop {
                 line.clear();
-                let n = (&mut r)
-                    .take((MAX_REQUEST - size + 1) as u64)
-                    .read_until(b'\n', &mut line)
-                    .await?;
+                let mut limited = (&mut r).take((MAX_REQUEST - size + 1) as u64);
+                let read = limited.read_until(b'\n', &mut line);
+                let n = match tokio::time::timeout(CONNECTION_IDLE, read).await {
+                    Ok(n) => n?,
+                    Err(_) => return Ok(()), // idle: Postfix reconnects when it needs to
+                };
                 if n == 0 {
                     return Ok(()); // Postfix closed the connection.
                 }
@@ -137,10 +142,22 @@ impl PolicyService {
         // are unique while the session lasts.
         let key = format!("{}:{}", get("client_address"), get("client_port"));
         let name = verified_name(get("client_name"));
-        let known = self
-            .lock()
-            .get(&key)
-            .map(|k| (k.id.clone(), k.refusal.clone()));
+        // A CONNECT request always starts a session; at any other stage a session of
+        // this address and port seen lately goes on (a port is reused only later).
+        let starts = get("protocol_state").eq_ignore_ascii_case("CONNECT");
+        let known = if starts {
+            None
+        } else {
+            let now = Instant::now();
+            let mut sessions = self.lock();
+            sessions
+                .get_mut(&key)
+                .filter(|k| now.duration_since(k.seen) < SESSION_IDLE)
+                .map(|k| {
+                    k.seen = now;
+                    (k.id.clone(), k.refusal.clone())
+                })
+        };
         let (id, refusal) = match known {
             Some(k) => k,
             None => {
@@ -151,7 +168,11 @@ impl PolicyService {
                     .connect(&id, ip, name, get("helo_name"), Ends::Unseen)
                     .await;
                 let refusal = (!adm.admitted()).then(|| adm.verdict.clone());
-                self.remember(&key, &id, refusal.clone());
+                // A refusal for want of a limiter (fail-closed) is not kept: the next
+                // request asks again.
+                if adm.origin != crate::limiter::Origin::Closed {
+                    self.remember(&key, &id, refusal.clone());
+                }
                 (id, refusal)
             }
         };

@@ -20,6 +20,7 @@ use mxlimit_proto::v1::Action;
 
 /// Postfix's limit for a socketmap request.
 const MAX_NETSTRING: usize = 100_000;
+const CONNECTION_IDLE: Duration = Duration::from_secs(600);
 
 pub struct Socketmap {
     limiter: Arc<Limiter>,
@@ -68,7 +69,9 @@ impl Socketmap {
     async fn connection(&self, stream: Box<dyn Stream>) -> std::io::Result<()> {
         let (r, mut w) = tokio::io::split(stream);
         let mut r = BufReader::new(r);
-        while let Some(req) = read_netstring(&mut r).await? {
+        // An MTA keeps its socketmap connection while it has lookups; an idle one goes.
+        while let Ok(next) = tokio::time::timeout(CONNECTION_IDLE, read_netstring(&mut r)).await {
+            let Some(req) = next? else { break };
             let answer = match std::str::from_utf8(&req) {
                 Ok(text) => self.answer(text).await,
                 Err(_) => "PERM request is not UTF-8".to_string(),
