@@ -98,3 +98,96 @@ fn it_serves_until_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+fn start_agent(node: &str, milter_port: u16, limiter: std::net::SocketAddr) -> std::process::Child {
+    let child = Command::new(BIN)
+        .args([
+            "--node",
+            node,
+            "--milter",
+            &format!("inet:127.0.0.1:{milter_port}"),
+            "--limiter",
+            &format!("http://{limiter}"),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", milter_port)).is_err() {
+        assert!(Instant::now() < deadline, "the milter never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// An agent that crashed leaves its sessions' leases behind; when it comes back (a new
+/// epoch) its first heartbeat frees them at once, not after their TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_frees_the_leases_its_previous_run_left() {
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 1\nnetwork = 0\nlease_ttl = \"1h\"\n";
+    let store = std::sync::Arc::new(limiter_server::store::memory::MemoryStore::new(
+        Default::default(),
+    ));
+    let lim = testkit::Limiter::start(
+        store,
+        std::sync::Arc::new(limiter_server::policy::reload::PolicyHandle::fixed(
+            testkit::policy(toml, ""),
+        )),
+    )
+    .await;
+    let port = testkit::free_port();
+    let mut first = start_agent("mx-restart", port, lim.addr);
+    let mut c = testkit::milter::MilterClient::open(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        c.connect("unknown", "10.9.6.1".parse().unwrap(), &[])
+            .await
+            .unwrap(),
+        testkit::milter::Reply::Continue
+    );
+    // The agent dies without a word; its session's lease stays.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    drop(c);
+    let mut direct = lim.client().await;
+    let probe = |id: &str| mxlimit_proto::v1::ConnectRequest {
+        node: "probe".into(),
+        session_id: id.into(),
+        client_ip: "10.9.6.1".into(),
+        ..Default::default()
+    };
+    let v = direct
+        .connect(probe("p1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .verdict
+        .unwrap();
+    assert_eq!(
+        v.reason, "client_conn",
+        "the dead agent's lease still holds"
+    );
+    // The agent starts again: same node, new epoch.
+    let mut second = start_agent("mx-restart", port, lim.addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = direct
+            .connect(probe("p2"))
+            .await
+            .unwrap()
+            .into_inner()
+            .verdict
+            .unwrap();
+        if v.reason == "ok" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old lease was not freed: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+}

@@ -285,3 +285,48 @@ async fn mail_keeps_flowing_when_the_limiter_dies_and_each_step_gains_at_most_th
         "the agents decided locally {fallbacks} times"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_keeps_flowing_when_the_limiter_hangs_and_each_step_gains_at_most_the_deadline() {
+    let mut c = cluster("", "", 2).await;
+    let deadline = Duration::from_millis(50);
+    let mut slowest_before = Duration::ZERO;
+    for k in 0..10 {
+        if k == 3 {
+            // The limiter is replaced by a process that accepts connections and never
+            // answers: every call now waits for its deadline, the worst case.
+            let lim = c.limiter.take().unwrap();
+            let at = lim.addr;
+            lim.stop().await;
+            let hole = tokio::net::TcpListener::bind(at).await.unwrap();
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((s, _)) = hole.accept().await {
+                    held.push(s);
+                }
+            });
+        }
+        let from = format!("127.73.0.{}", k + 1);
+        let (replies, s) = rcpts(c.mx[k % 2].addr(), &from, &["alice@mx.test"]).await;
+        let mut s = s.unwrap_or_else(|| panic!("session {k} refused: {replies:?}"));
+        let msg = s
+            .message("sender@example.org", "alice@mx.test")
+            .await
+            .unwrap();
+        assert!(
+            replies.iter().all(|r| r.code < 300) && msg.code == 250,
+            "message {k}: {replies:?} {msg:?}"
+        );
+        let slowest = replies.iter().map(|r| r.took).max().unwrap();
+        if k < 3 {
+            slowest_before = slowest_before.max(slowest);
+        } else {
+            // What the agent may add: the deadline (plus scheduling on a busy machine).
+            let bound = slowest_before + deadline + Duration::from_millis(150);
+            assert!(
+                slowest < bound,
+                "message {k}: a step took {slowest:?}, more than {bound:?}: {replies:?}"
+            );
+        }
+    }
+}

@@ -143,3 +143,157 @@ async fn the_agent_goes_back_to_the_limiter_when_it_returns() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A store that does its work, then answers late: a limiter that carries out a call
+/// after the caller gave up on it.
+struct AnswersLate<S> {
+    inner: S,
+    delay: Duration,
+}
+
+impl<S: limiter_server::store::Store> limiter_server::store::Store for AnswersLate<S> {
+    async fn connect(
+        &self,
+        op: &limiter_server::store::ConnectOp<'_>,
+    ) -> Result<limiter_server::store::ConnectOutcome, limiter_server::store::StoreError> {
+        let r = self.inner.connect(op).await;
+        tokio::time::sleep(self.delay).await;
+        r
+    }
+    async fn recipient(
+        &self,
+        op: &limiter_server::store::RecipientOp<'_>,
+    ) -> Result<limiter_server::store::RecipientOutcome, limiter_server::store::StoreError> {
+        self.inner.recipient(op).await
+    }
+    async fn disconnect(
+        &self,
+        source: &limiter_server::source::Source,
+        lease: limiter_server::store::LeaseId<'_>,
+    ) -> Result<(), limiter_server::store::StoreError> {
+        self.inner.disconnect(source, lease).await
+    }
+    async fn heartbeat(
+        &self,
+        op: &limiter_server::store::HeartbeatOp<'_>,
+    ) -> Result<limiter_server::store::HeartbeatOutcome, limiter_server::store::StoreError> {
+        self.inner.heartbeat(op).await
+    }
+    async fn ban(
+        &self,
+        source: &limiter_server::source::Source,
+        shadow: bool,
+    ) -> Result<Option<limiter_server::store::Ban>, limiter_server::store::StoreError> {
+        self.inner.ban(source, shadow).await
+    }
+    async fn ping(&self) -> Result<(), limiter_server::store::StoreError> {
+        self.inner.ping().await
+    }
+    fn kind(&self) -> &'static str {
+        "late"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_the_limiter_took_after_the_deadline_is_released_at_the_end() {
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 1\nnetwork = 0\nlease_ttl = \"1h\"\n";
+    let store = AnswersLate {
+        inner: std::sync::Arc::new(limiter_server::store::memory::MemoryStore::new(
+            Default::default(),
+        )),
+        delay: Duration::from_millis(300),
+    };
+    let policy = std::sync::Arc::new(limiter_server::policy::reload::PolicyHandle::fixed(
+        testkit::policy(toml, ""),
+    ));
+    let lim = testkit::Limiter::start(store, policy).await;
+    let mut cfg = config("mx1", &[lim.addr]);
+    cfg.limiter.deadline = Span::millis(100);
+    let a = agent(&cfg).await;
+    let mut c = MilterClient::open(tcp(&a.milter[0])).await.unwrap();
+    // The limiter takes the lease but answers after the deadline: decided locally.
+    assert_eq!(
+        c.connect("unknown", "10.9.3.1".parse().unwrap(), &[])
+            .await
+            .unwrap(),
+        Reply::Continue
+    );
+    c.quit().await.unwrap();
+    // The session's end released the lease the limiter had taken meanwhile.
+    let mut direct = lim.client().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = direct
+            .connect(mxlimit_proto::v1::ConnectRequest {
+                node: "mx2".into(),
+                session_id: "probe".into(),
+                client_ip: "10.9.3.1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .verdict
+            .unwrap();
+        if v.reason == "ok" {
+            break;
+        }
+        assert_eq!(v.reason, "client_conn");
+        assert!(
+            Instant::now() < deadline,
+            "the lease taken after the deadline was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipients_fall_back_too_open_locally_and_closed_with_451() {
+    // Fail-open: the limiter is gone; this host counts bad recipients itself and bans.
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local.toml");
+    std::fs::write(&local, "[bad_rcpt]\ntarpit_after = 0\nblock_after = 1\nnetwork_tarpit_after = 0\nnetwork_block_after = 0\n").unwrap();
+    let gone: std::net::SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
+        .parse()
+        .unwrap();
+    let mut cfg = config("mx1", &[gone]);
+    cfg.fallback.policy = Some(local);
+    let a = agent(&cfg).await;
+    let mut c = MilterClient::open(tcp(&a.milter[0])).await.unwrap();
+    assert_eq!(
+        c.connect("unknown", "10.9.4.1".parse().unwrap(), &[])
+            .await
+            .unwrap(),
+        Reply::Continue
+    );
+    c.mail("a@example.org").await.unwrap();
+    assert_eq!(
+        c.rejected_rcpt("u1@mx.test").await.unwrap(),
+        Reply::Continue
+    );
+    assert_eq!(
+        c.rejected_rcpt("u2@mx.test").await.unwrap().code(),
+        Some(421),
+        "banned by the local limits"
+    );
+
+    // Fail-closed: the limiter dies in the middle of a session; the next bad recipient
+    // gets a temporary failure.
+    let lim = limiter("", "").await;
+    let mut cfg = config("mx2", &[lim.addr]);
+    cfg.fallback.mode = FailMode::Closed;
+    let a = agent(&cfg).await;
+    let mut c = MilterClient::open(tcp(&a.milter[0])).await.unwrap();
+    assert_eq!(
+        c.connect("unknown", "10.9.5.1".parse().unwrap(), &[])
+            .await
+            .unwrap(),
+        Reply::Continue
+    );
+    c.mail("a@example.org").await.unwrap();
+    lim.stop().await;
+    assert_eq!(
+        c.rejected_rcpt("u1@mx.test").await.unwrap(),
+        Reply::Code("451 4.3.2 Service temporarily unavailable, try again later".into())
+    );
+}

@@ -196,3 +196,64 @@ async fn protocol_garbage_closes_that_connection_only() {
     let (_c, r) = session(addr, "10.0.5.1").await;
     assert_eq!(r, Reply::Continue, "the agent serves on");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_unknown_users_count_as_bad_recipients() {
+    let lim = limiter(
+        LIMITS
+            .replace("max_rcpts_per_message = 2", "max_rcpts_per_message = 100")
+            .as_str(),
+        "",
+    )
+    .await;
+    let a = agent(&config("mx1", &[lim.addr])).await;
+    let (mut c, _) = session(tcp(&a.milter[0]), "10.0.6.1").await;
+    c.mail("a@example.org").await.unwrap();
+    // Relaying denied, greylisting, a temporary lookup failure: the MTA refused them,
+    // but a legitimate sender gets those too. block_after is 3: none of these counts.
+    for (i, status) in ["5.7.1", "4.2.0", "4.7.1", "4.3.0", "4.5.3"]
+        .iter()
+        .enumerate()
+    {
+        let r = c
+            .rcpt_with(
+                &format!("x{i}@elsewhere.example"),
+                &[
+                    ("{rcpt_mailer}", "error"),
+                    ("{rcpt_host}", status),
+                    ("{rcpt_addr}", "no"),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r, Reply::Continue, "{status}");
+    }
+    // Unknown users do count: the 4th past block_after bans.
+    for i in 0..3 {
+        assert_eq!(
+            c.rejected_rcpt(&format!("u{i}@mx.test")).await.unwrap(),
+            Reply::Continue
+        );
+    }
+    assert_eq!(
+        c.rejected_rcpt("u3@mx.test").await.unwrap().code(),
+        Some(421)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_session_keeps_its_lease_past_the_ttl() {
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 1\nnetwork = 0\nlease_ttl = \"1s\"\n";
+    let lim = limiter(toml, "").await;
+    let a = agent(&config("mx1", &[lim.addr])).await;
+    let (c1, r) = session(tcp(&a.milter[0]), "10.0.7.1").await;
+    assert_eq!(r, Reply::Continue);
+    // Well past the 1 s TTL: the agent's heartbeats (every third of it) renewed it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_c2, r) = session(tcp(&a.milter[0]), "10.0.7.1").await;
+    assert_eq!(
+        r,
+        Reply::Code("421 4.3.2 Too many open connections.".into())
+    );
+    c1.quit().await.unwrap();
+}

@@ -279,3 +279,32 @@ async fn policy_sessions_leases_expire_by_their_ttl() {
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(p.ask(&req("CONNECT", "10.6.0.1", "3", "")).await, "DUNNO");
 }
+
+/// A client port is reused by a later session: a CONNECT request starts it afresh, so
+/// it is counted, and an earlier session's refusal is not replayed to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_client_port_is_a_new_session() {
+    let toml = "[client_rate]\nwindow = \"1s\"\naddress = 1\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n";
+    let lim = limiter(toml, "").await;
+    let a = agent(&config("mx1", &[lim.addr])).await;
+    let mut p = Policy::open(tcp(&a.policy[0])).await;
+    assert_eq!(
+        p.ask(&req("CONNECT", "10.7.0.1", "40001", "")).await,
+        "DUNNO"
+    );
+    assert_eq!(
+        p.ask(&req("CONNECT", "10.7.0.1", "40002", "")).await,
+        "421 4.3.2 Connection rate limit exceeded."
+    );
+    // Port 40001 again, within the window: a new session, counted, so refused.
+    assert_eq!(
+        p.ask(&req("CONNECT", "10.7.0.1", "40001", "")).await,
+        "421 4.3.2 Connection rate limit exceeded."
+    );
+    // Once the window has passed, port 40002 again gets in: its old refusal is gone.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        p.ask(&req("CONNECT", "10.7.0.1", "40002", "")).await,
+        "DUNNO"
+    );
+}
