@@ -45,6 +45,14 @@ impl RedisConfig {
     }
 }
 
+/// The Lua source of the decision scripts (for tools that measure Redis with the same
+/// work, such as `loadtest ceiling`).
+pub mod sources {
+    pub const CONNECT: &str = include_str!("scripts/connect.lua");
+    pub const RELEASE: &str = include_str!("scripts/release.lua");
+    pub const RECIPIENT: &str = include_str!("scripts/recipient.lua");
+}
+
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
@@ -65,9 +73,9 @@ impl Scripts {
     fn new() -> Scripts {
         Scripts {
             bans: Script::new(include_str!("scripts/bans.lua")),
-            connect: Script::new(include_str!("scripts/connect.lua")),
-            recipient: Script::new(include_str!("scripts/recipient.lua")),
-            release: Script::new(include_str!("scripts/release.lua")),
+            connect: Script::new(sources::CONNECT),
+            recipient: Script::new(sources::RECIPIENT),
+            release: Script::new(sources::RELEASE),
             node: Script::new(include_str!("scripts/node.lua")),
             register: Script::new(include_str!("scripts/register.lua")),
             sweep: Script::new(include_str!("scripts/sweep.lua")),
