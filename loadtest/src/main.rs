@@ -1,1 +1,301 @@
-fn main() {}
+//! `loadtest`: wires the command line to the harness.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use limiter_server::policy::duration::parse as duration;
+use loadtest::bench::{self, BenchOptions, ceiling, compare, sweep};
+use loadtest::report::Report;
+use loadtest::scenario::{self, PRESETS};
+
+/// mxlimit's load and attack harness: what the limiter costs, and what it holds.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Drive the Limiter API as many MX nodes: decisions/s, latency, errors.
+    Bench(BenchArgs),
+    /// The ceiling of a Redis for the limiter's work: redis-benchmark with EVALSHA of
+    /// the Connect and the Release scripts.
+    Ceiling {
+        /// The Redis to measure (redis://host:port).
+        #[arg(long)]
+        redis: String,
+        /// redis-benchmark connections.
+        #[arg(long, default_value_t = 64)]
+        clients: u32,
+        /// Calls per script.
+        #[arg(long, default_value_t = 300_000)]
+        requests: u64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Play an attack scenario against cluster-wide and per-host counting, side by side.
+    Attack(AttackArgs),
+    /// Self-contained: an embedded limiter, simulated MX nodes, the mixed attack with
+    /// cluster-wide and with per-host counting, the table in a few seconds.
+    Demo {
+        /// Keep the cluster-wide counters in this Redis instead of in memory.
+        #[arg(long)]
+        redis: Option<String>,
+        /// Also write report.json and report.svg into this directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The same scenarios over real SMTP: private Postfix instances with mx-agent milters,
+    /// one limiter on a real redis-server (cluster-wide) or one per MX (per-host).
+    Smtp(SmtpArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// A running limiter (host:port); without it one is started in this process.
+    #[arg(long)]
+    target: Option<String>,
+    /// Redis for the embedded limiter; without it, the in-memory store.
+    #[arg(long)]
+    redis: Option<String>,
+    /// Simulated MX nodes, each with its own connection to the limiter (as agents have).
+    #[arg(long, default_value_t = 8)]
+    nodes: usize,
+    /// Closed loop: sessions in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Open loop: sessions started per second (instead of --concurrency).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// How long to drive load (each run, with --against-ceiling).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    duration: Duration,
+    /// Recipient calls per session, between Connect and Disconnect.
+    #[arg(long, default_value_t = 0)]
+    rcpts: u32,
+    /// The share of those recipients that are unknown users (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    bad_share: f64,
+    /// Client addresses spread over this many /24 networks of 10.0.0.0/8.
+    #[arg(long, default_value_t = 1024)]
+    networks: u32,
+    /// Measure the most the limiter does (closed loop, 64, 128 and 256 in flight), then
+    /// its latency at half of that load, then (given its Redis) that Redis' ceiling,
+    /// and print how they compare.
+    #[arg(long)]
+    capacity: bool,
+    /// Open loop at each of these sessions/s in turn (comma-separated), a line each.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["rate", "capacity"])]
+    sweep: Option<Vec<f64>>,
+    /// Calls per script for the ceiling that --capacity measures.
+    #[arg(long, default_value_t = 300_000)]
+    ceiling_requests: u64,
+    /// The Redis a --target limiter uses, for --capacity.
+    #[arg(long)]
+    ceiling_redis: Option<String>,
+    /// Print the report as JSON (and no progress line).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct AttackArgs {
+    /// One of: dictionary, flood, slow-drip, mixed.
+    #[arg(long, default_value = "mixed")]
+    scenario: String,
+    #[arg(long, default_value_t = 4)]
+    nodes: usize,
+    #[arg(long, default_value = "3s", value_parser = duration)]
+    duration: Duration,
+    /// Cluster-wide counters in this Redis (default: in memory).
+    #[arg(long)]
+    redis: Option<String>,
+    /// The limiter policy (TOML); default: the scenarios' demo policy.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the chart (SVG) here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SmtpArgs {
+    #[arg(long, default_value = "dictionary")]
+    scenario: String,
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    #[arg(long, default_value = "3s", value_parser = duration)]
+    duration: Duration,
+    /// Scales every actor's rate (real MTAs are slower than simulated nodes).
+    #[arg(long, default_value_t = 0.3)]
+    scale: f64,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+// The generator shares the machine with what it measures: cheap allocation leaves more
+// of it to the limiter (glibc's arenas grew with mprotect calls in its profile).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Bench(a) => bench_cmd(a).await,
+        Cmd::Ceiling {
+            redis,
+            clients,
+            requests,
+            json,
+        } => {
+            let c = ceiling::measure(&redis, clients, requests)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                print!("{}", c.text());
+            }
+            Ok(())
+        }
+        Cmd::Attack(a) => {
+            let policy = match &a.policy {
+                Some(p) => std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
+                None => scenario::DEMO_POLICY.to_string(),
+            };
+            let s = preset(
+                &a.scenario,
+                a.nodes,
+                a.duration,
+                &scenario::grpc_networks(),
+                1.0,
+            )?;
+            let r = loadtest::attack_grpc(&s, &policy, a.redis.as_deref()).await?;
+            output(&r, a.json.as_deref(), a.svg.as_deref())
+        }
+        Cmd::Demo { redis, out } => {
+            let s = preset(
+                "mixed",
+                4,
+                Duration::from_secs(3),
+                &scenario::grpc_networks(),
+                1.0,
+            )?;
+            let r = loadtest::attack_grpc(&s, scenario::DEMO_POLICY, redis.as_deref()).await?;
+            match out {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)?;
+                    output(
+                        &r,
+                        Some(&dir.join("report.json")),
+                        Some(&dir.join("report.svg")),
+                    )
+                }
+                None => output(&r, None, None),
+            }
+        }
+        Cmd::Smtp(a) => {
+            let s = preset(
+                &a.scenario,
+                a.nodes,
+                a.duration,
+                &scenario::loopback_networks(),
+                a.scale,
+            )?;
+            let r = loadtest::attack_smtp(&s, scenario::DEMO_POLICY, Duration::ZERO).await?;
+            output(&r, a.json.as_deref(), a.svg.as_deref())
+        }
+    }
+}
+
+fn preset(
+    name: &str,
+    nodes: usize,
+    d: Duration,
+    nets: &[ipnet::IpNet],
+    scale: f64,
+) -> Result<scenario::Scenario> {
+    let mut s = scenario::preset(name, nodes, d, nets)
+        .with_context(|| format!("no scenario {name:?}; there are {}", PRESETS.join(", ")))?;
+    for a in &mut s.actors {
+        a.rate *= scale;
+    }
+    Ok(s)
+}
+
+fn output(r: &Report, json: Option<&std::path::Path>, svg: Option<&std::path::Path>) -> Result<()> {
+    print!("{}", r.table());
+    if let Some(p) = json {
+        r.write_json(p).with_context(|| p.display().to_string())?;
+        println!("report: {}", p.display());
+    }
+    if let Some(p) = svg {
+        r.write_svg(p)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| p.display().to_string())?;
+        println!("chart: {}", p.display());
+    }
+    Ok(())
+}
+
+fn print_report<T: serde::Serialize>(r: &T, json: bool, text: fn(&T) -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+    } else {
+        print!("{}", text(r));
+    }
+    Ok(())
+}
+
+async fn bench_cmd(a: BenchArgs) -> Result<()> {
+    let opts = BenchOptions {
+        nodes: a.nodes,
+        concurrency: a.concurrency,
+        rate: a.rate,
+        duration: a.duration,
+        rcpts: a.rcpts,
+        bad_share: a.bad_share,
+        networks: a.networks,
+        progress: !a.json,
+    };
+    // The embedded limiter runs the default policy: every limit on, as in production.
+    let embedded = match &a.target {
+        Some(_) => None,
+        None => Some(loadtest::lab::shared_limiter("", a.redis.as_deref()).await?),
+    };
+    let addr = match (&a.target, &embedded) {
+        (Some(t), _) => t.parse().with_context(|| format!("--target {t}"))?,
+        (None, Some(l)) => l.addr,
+        _ => unreachable!(),
+    };
+    let mut nodes = Vec::with_capacity(opts.nodes.max(1));
+    for _ in 0..opts.nodes.max(1) {
+        nodes.push(loadtest::lab::channel(addr).await?);
+    }
+    if !a.capacity && a.sweep.is_none() {
+        let r = bench::run(&nodes, &opts).await;
+        print_report(&r, a.json, bench::BenchReport::text)?;
+        return Ok(());
+    }
+    if let Some(rates) = &a.sweep {
+        let r = sweep::sweep(&nodes, &opts, rates).await;
+        print_report(&r, a.json, sweep::Sweep::text)?;
+        return Ok(());
+    }
+    let redis = a.redis.as_deref().or(a.ceiling_redis.as_deref());
+    let c = compare::capacity(&nodes, &opts, redis, a.ceiling_requests).await?;
+    print_report(&c, a.json, compare::Comparison::text)?;
+    Ok(())
+}

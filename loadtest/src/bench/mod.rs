@@ -1,0 +1,396 @@
+//! `loadtest bench`: drives the Limiter API as many MX nodes with many sessions
+//! (Connect, k × Recipient, Disconnect), closed loop at full speed or open loop at a set
+//! rate, and reports decisions per second, latency percentiles and errors.
+//!
+//! Open-loop latency is measured from each session's intended start, so a stall that
+//! delays the sessions behind it shows in their latency (no coordinated omission).
+
+pub mod ceiling;
+pub mod compare;
+pub mod sweep;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use mxlimit_proto::v1::limiter_client::LimiterClient;
+use mxlimit_proto::v1::{ConnectRequest, DisconnectRequest, RecipientRequest};
+use serde::Serialize;
+use tokio::sync::{Mutex, Semaphore};
+use tonic::transport::Channel;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Simulated MX nodes (node names).
+    pub nodes: usize,
+    /// Closed loop: sessions in flight. Ignored when `rate` is set.
+    pub concurrency: usize,
+    /// Open loop: sessions started per second.
+    pub rate: Option<f64>,
+    pub duration: Duration,
+    /// Recipients per session, and the share of them that are unknown users.
+    pub rcpts: u32,
+    pub bad_share: f64,
+    /// Source addresses spread over this many /24 networks.
+    pub networks: u32,
+    pub progress: bool,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        Latency {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p90_us: h.value_at_quantile(0.9),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub mode: String,
+    /// Open loop: the sessions per second asked for.
+    pub offered_per_s: Option<f64>,
+    pub seconds: f64,
+    pub sessions: u64,
+    pub decisions: u64,
+    pub sessions_per_s: f64,
+    pub decisions_per_s: f64,
+    /// Per RPC, and for a whole session (from its intended start in open loop).
+    pub latency: BTreeMap<String, Latency>,
+    /// Failed calls by gRPC status code.
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// How early the open-loop pacer may send a session rather than sleep until it is due.
+const EARLY: Duration = Duration::from_micros(50);
+
+/// Histograms: per RPC, per session, and (open loop) how late the generator itself
+/// started sessions, so that its own stalls are not blamed on the limiter.
+const RPCS: [&str; 5] = ["connect", "recipient", "disconnect", "session", "start lag"];
+
+struct Shared {
+    hists: Mutex<Vec<Histogram<u64>>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+    decisions: AtomicU64,
+    sessions: AtomicU64,
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// Runs the load against a limiter: `nodes` holds one connection per simulated MX node
+/// (as each agent has its own), and a session goes over its node's connection.
+pub async fn run(nodes: &[Channel], o: &BenchOptions) -> BenchReport {
+    assert!(!nodes.is_empty(), "at least one node connection");
+    let shared = Arc::new(Shared {
+        hists: Mutex::new(RPCS.iter().map(|_| hist()).collect()),
+        errors: Mutex::default(),
+        decisions: AtomicU64::new(0),
+        sessions: AtomicU64::new(0),
+    });
+    let bar = progress(o.progress, shared.clone());
+    let start = Instant::now();
+    let deadline = start + o.duration;
+    let clients: Arc<[LimiterClient<Channel>]> =
+        nodes.iter().cloned().map(LimiterClient::new).collect();
+    match o.rate {
+        None => {
+            let mut workers = Vec::new();
+            for w in 0..o.concurrency {
+                let (clients, shared, o) = (clients.clone(), shared.clone(), o.clone());
+                workers.push(tokio::spawn(async move {
+                    let mut local: Vec<Histogram<u64>> = RPCS.iter().map(|_| hist()).collect();
+                    let mut n: u64 = 0;
+                    while Instant::now() < deadline {
+                        let id = (w as u64) << 40 | n;
+                        let t = Instant::now();
+                        let mut took = Took::default();
+                        session(&clients, &o, id, t, &mut took, &shared).await;
+                        took.into(&mut local);
+                        n += 1;
+                    }
+                    let mut h = shared.hists.lock().await;
+                    for (a, b) in h.iter_mut().zip(local) {
+                        let _ = a.add(b);
+                    }
+                }));
+            }
+            for w in workers {
+                let _ = w.await;
+            }
+        }
+        Some(rate) => {
+            // The pacing runs on its own thread with sub-millisecond sleeps: the runtime's
+            // timer ticks in whole milliseconds and would send sessions in bursts.
+            let total = (rate * o.duration.as_secs_f64()).round() as u64;
+            // Bounded: a limiter that stops answering must not exhaust memory.
+            let slots = Arc::new(Semaphore::new(20_000));
+            let handle = tokio::runtime::Handle::current();
+            let (o2, clients2, shared2) = (o.clone(), clients.clone(), shared.clone());
+            let pacer = std::thread::spawn(move || {
+                let mut tasks = Vec::with_capacity(total as usize);
+                for n in 0..total {
+                    let intended = start + Duration::from_secs_f64(n as f64 / rate);
+                    // Sleeping costs a system call and a wakeup: a session due within
+                    // EARLY goes now, with its latency counted from when it was sent.
+                    let now = Instant::now();
+                    if intended > now + EARLY {
+                        std::thread::sleep(intended - now);
+                    }
+                    let (clients, shared, o, slots) =
+                        (clients2.clone(), shared2.clone(), o2.clone(), slots.clone());
+                    tasks.push(handle.spawn(async move {
+                        let Ok(slot) = slots.acquire_owned().await else {
+                            return;
+                        };
+                        // A histogram is tens of kilobytes: sessions record into the shared
+                        // ones (one short lock per session), never into their own.
+                        let mut took = Took::default();
+                        session(&clients, &o, n, intended, &mut took, &shared).await;
+                        drop(slot);
+                        took.into(&mut shared.hists.lock().await);
+                    }));
+                }
+                tasks
+            });
+            let tasks = tokio::task::spawn_blocking(move || pacer.join().expect("pacer thread"))
+                .await
+                .expect("join");
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let h = shared.hists.lock().await;
+    let decisions = shared.decisions.load(Ordering::Relaxed);
+    let sessions = shared.sessions.load(Ordering::Relaxed);
+    BenchReport {
+        offered_per_s: o.rate,
+        mode: match o.rate {
+            Some(r) => format!("open loop, {r:.0} sessions/s"),
+            None => format!("closed loop, {} in flight", o.concurrency),
+        },
+        seconds,
+        sessions,
+        decisions,
+        sessions_per_s: sessions as f64 / seconds,
+        decisions_per_s: decisions as f64 / seconds,
+        latency: RPCS
+            .iter()
+            .zip(h.iter())
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(k, h)| (k.to_string(), Latency::of(h)))
+            .collect(),
+        errors: shared.errors.lock().await.clone(),
+    }
+}
+
+/// The `n`-th session's source: spread over `networks` /24s of 10.0.0.0/8.
+fn source(n: u64, networks: u32) -> IpAddr {
+    let net = (n % u64::from(networks.max(1))) as u32;
+    let host = 1 + ((n / u64::from(networks.max(1))) % 250) as u32;
+    IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (net << 8) | host))
+}
+
+/// The latencies of one session, in microseconds, before they go into histograms.
+#[derive(Default)]
+struct Took {
+    values: Vec<(usize, u64)>,
+}
+
+impl Took {
+    fn into(self, h: &mut [Histogram<u64>]) {
+        for (i, v) in self.values {
+            let _ = h[i].record(v.max(1));
+        }
+    }
+}
+
+async fn session(
+    clients: &[LimiterClient<Channel>],
+    o: &BenchOptions,
+    id: u64,
+    intended: Instant,
+    h: &mut Took,
+    shared: &Shared,
+) {
+    let n = (id % clients.len() as u64) as usize;
+    let mut c = clients[n].clone();
+    let node = format!("mx{}", 1 + n);
+    let session_id = format!("{id:x}");
+    let ip = source(id, o.networks).to_string();
+    let mut calls = 0;
+    let t = Instant::now();
+    let r = c
+        .connect(ConnectRequest {
+            node: node.clone(),
+            session_id: session_id.clone(),
+            client_ip: ip.clone(),
+            epoch: "bench".into(),
+            ..Default::default()
+        })
+        .await;
+    // The first call of an open-loop session counts from its intended start.
+    let start = intended.min(t);
+    record(h, 0, start.elapsed());
+    if t > intended {
+        record(h, 4, t - intended);
+    }
+    calls += 1;
+    if let Err(e) = r {
+        error(shared, &e).await;
+        shared.decisions.fetch_add(calls, Ordering::Relaxed);
+        return;
+    }
+    let bad = (f64::from(o.rcpts) * o.bad_share).round() as u32;
+    for i in 0..o.rcpts {
+        let t = Instant::now();
+        let r = c
+            .recipient(RecipientRequest {
+                node: node.clone(),
+                session_id: session_id.clone(),
+                client_ip: ip.clone(),
+                recipient: format!("r{i}@mx.test"),
+                rejected: i < bad,
+                envelope_rcpts: i + 1,
+                envelope_bad_rcpts: (i + 1).min(bad),
+                ..Default::default()
+            })
+            .await;
+        record(h, 1, t.elapsed());
+        calls += 1;
+        if let Err(e) = r {
+            error(shared, &e).await;
+        }
+    }
+    let t = Instant::now();
+    let r = c
+        .disconnect(DisconnectRequest {
+            node,
+            session_id,
+            client_ip: ip,
+            epoch: "bench".into(),
+        })
+        .await;
+    record(h, 2, t.elapsed());
+    calls += 1;
+    if let Err(e) = r {
+        error(shared, &e).await;
+    }
+    record(h, 3, start.elapsed());
+    shared.decisions.fetch_add(calls, Ordering::Relaxed);
+    shared.sessions.fetch_add(1, Ordering::Relaxed);
+}
+
+fn record(h: &mut Took, i: usize, d: Duration) {
+    h.values.push((i, d.as_micros() as u64));
+}
+
+async fn error(shared: &Shared, e: &tonic::Status) {
+    *shared
+        .errors
+        .lock()
+        .await
+        .entry(format!("{:?}", e.code()))
+        .or_default() += 1;
+}
+
+/// A live line with the current rate, on a terminal.
+fn progress(on: bool, shared: Arc<Shared>) -> Option<ProgressBar> {
+    if !on || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"),
+    );
+    let b = bar.clone();
+    tokio::spawn(async move {
+        let mut last = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        while !b.is_finished() {
+            tick.tick().await;
+            let now = shared.decisions.load(Ordering::Relaxed);
+            b.set_message(format!("{now} decisions, {} /s now", (now - last) * 2));
+            last = now;
+            b.tick();
+        }
+    });
+    Some(bar)
+}
+
+impl BenchReport {
+    /// The p99 of the slower of Connect and Disconnect, in microseconds.
+    pub fn decision_p99_us(&self) -> u64 {
+        ["connect", "disconnect"]
+            .iter()
+            .filter_map(|k| self.latency.get(*k))
+            .map(|l| l.p99_us)
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn text(&self) -> String {
+        let mut s = format!(
+            "{}: {} sessions, {} decisions in {:.1} s: {:.0} sessions/s, {:.0} decisions/s\n",
+            self.mode,
+            self.sessions,
+            self.decisions,
+            self.seconds,
+            self.sessions_per_s,
+            self.decisions_per_s
+        );
+        s.push_str(&format!(
+            "{:<11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+            "latency µs", "count", "p50", "p90", "p99", "p99.9", "max"
+        ));
+        for (k, l) in &self.latency {
+            s.push_str(&format!(
+                "{:<11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+                k, l.count, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
+            ));
+        }
+        if self.errors.is_empty() {
+            s.push_str("errors: none\n");
+        } else {
+            s.push_str(&format!("errors: {:?}\n", self.errors));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_spread_over_networks() {
+        assert_eq!(source(0, 4), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(source(1, 4), "10.0.1.1".parse::<IpAddr>().unwrap());
+        assert_eq!(source(4, 4), "10.0.0.2".parse::<IpAddr>().unwrap());
+    }
+}

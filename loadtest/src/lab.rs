@@ -1,0 +1,179 @@
+//! The limiters (and, for SMTP, the MTAs) a run is played against: one shared limiter
+//! for cluster-wide counting, and one limiter per MX node for per-host counting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use limiter_server::policy::reload::PolicyHandle;
+use limiter_server::store::memory::{MemoryConfig, MemoryStore};
+use limiter_server::store::redis::{RedisConfig, RedisStore};
+use testkit::Limiter;
+use testkit::postfix::{Postfix, PostfixOptions};
+use tonic::transport::Channel;
+
+fn policy(toml: &str) -> Arc<PolicyHandle> {
+    Arc::new(PolicyHandle::fixed(testkit::policy(toml, "")))
+}
+
+async fn memory_limiter(toml: &str) -> Limiter {
+    Limiter::start(
+        Arc::new(MemoryStore::new(MemoryConfig::default())),
+        policy(toml),
+    )
+    .await
+}
+
+/// One limiter shared by every node, on Redis when given, in memory otherwise.
+pub async fn shared_limiter(toml: &str, redis: Option<&str>) -> Result<Limiter> {
+    Ok(match redis {
+        Some(url) => {
+            let store = RedisStore::connect(&RedisConfig::new(
+                url.split(',').map(str::to_string).collect(),
+            ))
+            .await
+            .with_context(|| format!("Redis at {url}"))?;
+            Limiter::start(store, policy(toml)).await
+        }
+        None => memory_limiter(toml).await,
+    })
+}
+
+pub async fn channel(addr: SocketAddr) -> Result<Channel> {
+    Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await
+        .with_context(|| format!("limiter at {addr}"))
+}
+
+/// Limiters for both modes over gRPC.
+pub struct GrpcLab {
+    pub cluster: Limiter,
+    pub per_host: Vec<Limiter>,
+}
+
+impl GrpcLab {
+    pub async fn start(toml: &str, nodes: usize, redis: Option<&str>) -> Result<GrpcLab> {
+        let cluster = shared_limiter(toml, redis).await?;
+        let mut per_host = Vec::new();
+        for _ in 0..nodes {
+            per_host.push(memory_limiter(toml).await);
+        }
+        Ok(GrpcLab { cluster, per_host })
+    }
+}
+
+/// Where the mx-agent binary is: `MXLIMIT_AGENT_BIN`, or next to this program (cargo
+/// builds every binary of the workspace into one directory).
+pub fn agent_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MXLIMIT_AGENT_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let p = dir.join("mx-agent");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "mx-agent not found next to {}: build it (cargo build -p mx-agent) or set MXLIMIT_AGENT_BIN",
+        exe.display()
+    )
+}
+
+/// An mx-agent process serving one Postfix's milter.
+struct AgentProcess(Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn agent(node: &str, limiter: SocketAddr) -> Result<(AgentProcess, u16)> {
+    let port = testkit::free_port();
+    let child = Command::new(agent_binary()?)
+        .args([
+            "--node",
+            node,
+            "--milter",
+            &format!("inet:127.0.0.1:{port}"),
+            "--limiter",
+            &format!("http://{limiter}"),
+        ])
+        .args(["--deadline", "200ms", "--log", "warn"])
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start mx-agent")?;
+    let p = AgentProcess(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("mx-agent {node} did not listen on {port}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((p, port))
+}
+
+/// Real MTAs for both modes: Postfix instances with mx-agent milters, one limiter on a
+/// real redis-server for all of them (cluster-wide), or one limiter each (per-host).
+pub struct SmtpLab {
+    pub cluster_mx: Vec<SocketAddr>,
+    pub per_host_mx: Vec<SocketAddr>,
+    _postfix: Vec<Postfix>,
+    _agents: Vec<AgentProcess>,
+    _limiters: Vec<Limiter>,
+    _redis: testkit::RedisServer,
+}
+
+impl SmtpLab {
+    /// The one mailbox that exists on the lab's MTAs.
+    pub const MAILBOX: &'static str = "alice@mx.test";
+
+    pub async fn start(toml: &str, nodes: usize) -> Result<SmtpLab> {
+        let redis = testkit::RedisServer::start();
+        let shared = shared_limiter(toml, Some(&redis.url())).await?;
+        let (mut postfix, mut agents, mut limiters) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut cluster_mx, mut per_host_mx) = (Vec::new(), Vec::new());
+        for i in 0..nodes {
+            let own = memory_limiter(toml).await;
+            for (mode, limiter, list) in [
+                ("c", shared.addr, &mut cluster_mx),
+                ("h", own.addr, &mut per_host_mx),
+            ] {
+                let name = format!("mx{}{mode}", i + 1);
+                let (a, port) = agent(&name, limiter).await?;
+                let pf = Postfix::start(
+                    &name,
+                    &PostfixOptions {
+                        milter: Some(format!("inet:127.0.0.1:{port}")),
+                        mailboxes: vec![SmtpLab::MAILBOX.into()],
+                        ..Default::default()
+                    },
+                );
+                list.push(pf.addr());
+                postfix.push(pf);
+                agents.push(a);
+            }
+            limiters.push(own);
+        }
+        limiters.push(shared);
+        Ok(SmtpLab {
+            cluster_mx,
+            per_host_mx,
+            _postfix: postfix,
+            _agents: agents,
+            _limiters: limiters,
+            _redis: redis,
+        })
+    }
+}

@@ -1,0 +1,179 @@
+//! A short run of each subcommand, as an operator runs them (CI runs these; the long
+//! benchmarks are in docs/BENCHMARKS.md).
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_loadtest");
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "loadtest {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn demo_prints_the_side_by_side_table_and_writes_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["demo", "--out", dir.path().to_str().unwrap()]);
+    assert!(
+        out.contains("cluster-wide") && out.contains("per-host"),
+        "{out}"
+    );
+    assert!(
+        out.contains("dictionary attack") && out.contains("legitimate sender"),
+        "{out}"
+    );
+    assert!(dir.path().join("report.json").is_file() && dir.path().join("report.svg").is_file());
+}
+
+#[test]
+fn bench_closed_and_open_loop_report_rates_latency_and_errors() {
+    let out = run(&[
+        "bench",
+        "--duration",
+        "1s",
+        "--concurrency",
+        "8",
+        "--rcpts",
+        "2",
+        "--bad-share",
+        "0.5",
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(r["decisions"].as_u64().unwrap() > 100, "{r}");
+    assert_eq!(r["errors"], serde_json::json!({}));
+    for rpc in ["connect", "recipient", "disconnect", "session"] {
+        assert!(
+            r["latency"][rpc]["p99_us"].as_u64().unwrap() > 0,
+            "{rpc}: {r}"
+        );
+    }
+    let out = run(&["bench", "--duration", "1s", "--rate", "200", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["sessions"], 200, "open loop at 200/s for 1 s: {r}");
+}
+
+#[test]
+fn attack_writes_json_and_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, s) = (dir.path().join("a.json"), dir.path().join("a.svg"));
+    let out = run(&[
+        "attack",
+        "--scenario",
+        "flood",
+        "--nodes",
+        "2",
+        "--duration",
+        "1s",
+        "--json",
+        j.to_str().unwrap(),
+        "--svg",
+        s.to_str().unwrap(),
+    ]);
+    assert!(out.contains("connection flood"), "{out}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    assert_eq!(r["cluster_wide"]["actors"][0]["admitted"], 60);
+    assert_eq!(r["per_host"]["actors"][0]["admitted"], 120);
+}
+
+#[test]
+fn ceiling_measures_both_scripts_on_a_real_redis_and_leaves_no_keys() {
+    let redis = testkit::RedisServer::start();
+    let out = run(&[
+        "ceiling",
+        "--redis",
+        &redis.url(),
+        "--requests",
+        "3000",
+        "--clients",
+        "8",
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (c, rel) = (
+        r["connect"]["evalsha_per_s"].as_f64().unwrap(),
+        r["release"]["evalsha_per_s"].as_f64().unwrap(),
+    );
+    assert!(c > 100.0 && rel > 100.0, "{r}");
+    let sessions = r["sessions_per_s"].as_f64().unwrap();
+    assert!((sessions - 1.0 / (1.0 / c + 1.0 / rel)).abs() < 1e-6, "{r}");
+    // Both scripts ran 3000 times each...
+    let stats = redis.cmd(&["INFO", "commandstats"]);
+    let calls: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no EVALSHA in {stats}"));
+    assert_eq!(calls, 6000);
+    // ...and what they wrote is gone, so it cannot expire into the next measurement.
+    assert_eq!(redis.cmd(&["DBSIZE"]), ":0");
+}
+
+#[test]
+fn capacity_puts_the_limiter_next_to_the_ceiling_of_its_redis() {
+    let redis = testkit::RedisServer::start();
+    let out = run(&[
+        "bench",
+        "--redis",
+        &redis.url(),
+        "--capacity",
+        "--duration",
+        "500ms",
+        "--ceiling-requests",
+        "2000",
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let max = r["max"]["sessions_per_s"].as_f64().unwrap();
+    assert!(
+        r["max"]["mode"]
+            .as_str()
+            .unwrap()
+            .starts_with("closed loop"),
+        "{r}"
+    );
+    assert!(
+        (r["half"]["offered_per_s"].as_f64().unwrap() - max / 2.0).abs() < 1e-6,
+        "{r}"
+    );
+    let ceiling = r["ceiling"]["sessions_per_s"].as_f64().unwrap();
+    assert!(
+        (r["ratio"].as_f64().unwrap() - max / ceiling).abs() < 1e-9,
+        "{r}"
+    );
+    assert!(r["half_p99_us"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["max"]["errors"], serde_json::json!({}));
+    assert_eq!(r["half"]["errors"], serde_json::json!({}));
+}
+
+#[test]
+fn sweep_runs_open_loop_at_each_rate() {
+    let out = run(&["bench", "--sweep", "100,300", "--duration", "1s", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for (run, rate) in runs.iter().zip([100u64, 300]) {
+        assert_eq!(run["offered_per_s"].as_f64().unwrap(), rate as f64);
+        let sessions = run["sessions"].as_u64().unwrap();
+        assert_eq!(sessions, rate, "{run}");
+    }
+}
+
+#[test]
+fn unknown_scenarios_are_a_clear_error() {
+    let out = Command::new(BIN)
+        .args(["attack", "--scenario", "nope"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no scenario \"nope\"; there are dictionary, flood, slow-drip, mixed")
+    );
+}
