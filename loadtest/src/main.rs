@@ -53,6 +53,18 @@ enum Cmd {
     /// The same scenarios over real SMTP: private Postfix instances with mx-agent milters,
     /// one limiter on a real redis-server (cluster-wide) or one per MX (per-host).
     Smtp(SmtpArgs),
+    /// How late this machine wakes a thread that sleeps to a schedule: the floor under
+    /// every latency measured on it.
+    Jitter {
+        /// Time between scheduled wakeups.
+        #[arg(long, default_value = "1ms", value_parser = duration)]
+        interval: Duration,
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        duration: Duration,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -108,8 +120,10 @@ struct AttackArgs {
     /// One of: dictionary, flood, slow-drip, mixed.
     #[arg(long, default_value = "mixed")]
     scenario: String,
+    /// Simulated MX nodes the attack is spread over.
     #[arg(long, default_value_t = 4)]
     nodes: usize,
+    /// How long the attack runs.
     #[arg(long, default_value = "3s", value_parser = duration)]
     duration: Duration,
     /// Cluster-wide counters in this Redis (default: in memory).
@@ -128,17 +142,22 @@ struct AttackArgs {
 
 #[derive(Args)]
 struct SmtpArgs {
+    /// One of: dictionary, flood, slow-drip, mixed.
     #[arg(long, default_value = "dictionary")]
     scenario: String,
+    /// MX hosts: private Postfix instances, each with its own mx-agent.
     #[arg(long, default_value_t = 2)]
     nodes: usize,
+    /// How long the attack runs.
     #[arg(long, default_value = "3s", value_parser = duration)]
     duration: Duration,
     /// Scales every actor's rate (real MTAs are slower than simulated nodes).
     #[arg(long, default_value_t = 0.3)]
     scale: f64,
+    /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Draw the chart (SVG) to this file.
     #[arg(long)]
     svg: Option<PathBuf>,
 }
@@ -184,6 +203,15 @@ async fn main() -> Result<()> {
             )?;
             let r = loadtest::attack_grpc(&s, &policy, a.redis.as_deref()).await?;
             output(&r, a.json.as_deref(), a.svg.as_deref())
+        }
+        Cmd::Jitter {
+            interval,
+            duration,
+            json,
+        } => {
+            let j = tokio::task::spawn_blocking(move || bench::jitter::measure(interval, duration))
+                .await?;
+            print_report(&j, json, bench::jitter::Jitter::text)
         }
         Cmd::Demo { redis, out } => {
             let s = preset(
@@ -270,10 +298,9 @@ async fn bench_cmd(a: BenchArgs) -> Result<()> {
         networks: a.networks,
         progress: !a.json,
     };
-    // The embedded limiter runs the default policy: every limit on, as in production.
     let embedded = match &a.target {
         Some(_) => None,
-        None => Some(loadtest::lab::shared_limiter("", a.redis.as_deref()).await?),
+        None => Some(loadtest::lab::shared_limiter(bench::POLICY, a.redis.as_deref()).await?),
     };
     let addr = match (&a.target, &embedded) {
         (Some(t), _) => t.parse().with_context(|| format!("--target {t}"))?,

@@ -47,6 +47,11 @@ fn bench_closed_and_open_loop_report_rates_latency_and_errors() {
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(r["decisions"].as_u64().unwrap() > 100, "{r}");
     assert_eq!(r["errors"], serde_json::json!({}));
+    // The bench policy's limits are never reached: every Connect is admitted.
+    assert_eq!(
+        r["connect_verdicts"],
+        serde_json::json!({ "ok": r["sessions"] })
+    );
     for rpc in ["connect", "recipient", "disconnect", "session"] {
         assert!(
             r["latency"][rpc]["p99_us"].as_u64().unwrap() > 0,
@@ -163,6 +168,21 @@ fn sweep_runs_open_loop_at_each_rate() {
         let sessions = run["sessions"].as_u64().unwrap();
         assert_eq!(sessions, rate, "{run}");
     }
+}
+
+#[test]
+fn jitter_reports_every_wakeup() {
+    let out = run(&[
+        "jitter",
+        "--interval",
+        "2ms",
+        "--duration",
+        "100ms",
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["interval_us"], 2000);
+    assert_eq!(r["late"]["count"], 50);
 }
 
 #[test]

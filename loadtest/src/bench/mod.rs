@@ -7,6 +7,7 @@
 
 pub mod ceiling;
 pub mod compare;
+pub mod jitter;
 pub mod sweep;
 
 use std::collections::BTreeMap;
@@ -52,7 +53,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(h: &Histogram<u64>) -> Latency {
+    pub(crate) fn of(h: &Histogram<u64>) -> Latency {
         Latency {
             count: h.len(),
             p50_us: h.value_at_quantile(0.5),
@@ -76,9 +77,16 @@ pub struct BenchReport {
     pub decisions_per_s: f64,
     /// Per RPC, and for a whole session (from its intended start in open loop).
     pub latency: BTreeMap<String, Latency>,
+    /// Connect verdicts by reason ("accept", "client_rate", ...): a run that is mostly
+    /// refusals measures a cheaper path than one that is mostly admissions.
+    pub connect_verdicts: BTreeMap<String, u64>,
     /// Failed calls by gRPC status code.
     pub errors: BTreeMap<String, u64>,
 }
+
+/// The embedded limiter's policy: every limit on and none reached, so that each
+/// decision does all its work and is admitted (see the file).
+pub const POLICY: &str = include_str!("../../bench-policy.toml");
 
 /// How early the open-loop pacer may send a session rather than sleep until it is due.
 const EARLY: Duration = Duration::from_micros(50);
@@ -90,6 +98,8 @@ const RPCS: [&str; 5] = ["connect", "recipient", "disconnect", "session", "start
 struct Shared {
     hists: Mutex<Vec<Histogram<u64>>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// A std mutex: held for one map update, never across an await.
+    verdicts: std::sync::Mutex<BTreeMap<String, u64>>,
     decisions: AtomicU64,
     sessions: AtomicU64,
 }
@@ -105,6 +115,7 @@ pub async fn run(nodes: &[Channel], o: &BenchOptions) -> BenchReport {
     let shared = Arc::new(Shared {
         hists: Mutex::new(RPCS.iter().map(|_| hist()).collect()),
         errors: Mutex::default(),
+        verdicts: std::sync::Mutex::default(),
         decisions: AtomicU64::new(0),
         sessions: AtomicU64::new(0),
     });
@@ -185,6 +196,11 @@ pub async fn run(nodes: &[Channel], o: &BenchOptions) -> BenchReport {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let connect_verdicts = shared
+        .verdicts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let h = shared.hists.lock().await;
     let decisions = shared.decisions.load(Ordering::Relaxed);
     let sessions = shared.sessions.load(Ordering::Relaxed);
@@ -205,6 +221,7 @@ pub async fn run(nodes: &[Channel], o: &BenchOptions) -> BenchReport {
             .filter(|(_, h)| !h.is_empty())
             .map(|(k, h)| (k.to_string(), Latency::of(h)))
             .collect(),
+        connect_verdicts,
         errors: shared.errors.lock().await.clone(),
     }
 }
@@ -261,10 +278,22 @@ async fn session(
         record(h, 4, t - intended);
     }
     calls += 1;
-    if let Err(e) = r {
-        error(shared, &e).await;
-        shared.decisions.fetch_add(calls, Ordering::Relaxed);
-        return;
+    match r {
+        Ok(reply) => {
+            let reason = reply
+                .into_inner()
+                .verdict
+                .map(|v| v.reason)
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| "accept".into());
+            let mut v = shared.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+            *v.entry(reason).or_default() += 1;
+        }
+        Err(e) => {
+            error(shared, &e).await;
+            shared.decisions.fetch_add(calls, Ordering::Relaxed);
+            return;
+        }
     }
     let bad = (f64::from(o.rcpts) * o.bad_share).round() as u32;
     for i in 0..o.rcpts {
@@ -374,6 +403,7 @@ impl BenchReport {
                 k, l.count, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
             ));
         }
+        s.push_str(&format!("connect verdicts: {:?}\n", self.connect_verdicts));
         if self.errors.is_empty() {
             s.push_str("errors: none\n");
         } else {

@@ -39,8 +39,8 @@ impl Report {
             self.limits.network_block_after
         );
         out.push_str(&format!(
-            "{:<22} {:>13} {:>13}   {:>13} {:>13}\n",
-            "", "cluster-wide", "", "per-host", ""
+            "  {:<20} {:>27}   {:>27}\n",
+            "", "cluster-wide", "per-host"
         ));
         let rows: [(&str, Cell); 6] = [
             ("connections admitted", |a| {
@@ -71,8 +71,13 @@ impl Report {
         ];
         for (i, actor) in self.scenario.actors.iter().enumerate() {
             out.push_str(&format!(
-                "{} ({:?}, {})\n",
-                actor.name, actor.role, actor.network
+                "{} ({}, {})\n",
+                actor.name,
+                match actor.role {
+                    Role::Attacker => "attacker",
+                    Role::Legitimate => "legitimate",
+                },
+                actor.network
             ));
             let (c, p) = (&self.cluster_wide.actors[i], &self.per_host.actors[i]);
             for (label, f) in rows {
