@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use limiter_server::policy::Policy;
 use limiter_server::policy::reload::PolicyHandle;
 use limiter_server::store::memory::{MemoryConfig, MemoryStore};
 use limiter_server::store::redis::{RedisConfig, RedisStore};
@@ -15,54 +16,124 @@ use testkit::Limiter;
 use testkit::postfix::{Postfix, PostfixOptions};
 use tonic::transport::Channel;
 
-fn policy(toml: &str) -> Arc<PolicyHandle> {
-    Arc::new(PolicyHandle::fixed(testkit::policy(toml, "")))
+/// Compiles a policy file's text, with a clear error for a broken one.
+pub fn policy(toml: &str) -> Result<Arc<PolicyHandle>> {
+    let path = std::path::Path::new("policy");
+    let settings = limiter_server::policy::parse_settings(toml, path)?;
+    let policy = Policy::compile(settings, vec![], vec![]).context("compile the policy")?;
+    Ok(Arc::new(PolicyHandle::fixed(policy)))
 }
 
-async fn memory_limiter(toml: &str) -> Limiter {
-    Limiter::start(
-        Arc::new(MemoryStore::new(MemoryConfig::default())),
-        policy(toml),
-    )
-    .await
+async fn memory_limiter(policy: Arc<PolicyHandle>) -> Limiter {
+    Limiter::start(Arc::new(MemoryStore::new(MemoryConfig::default())), policy).await
 }
 
-/// One limiter shared by every node, on Redis when given, in memory otherwise.
-pub async fn shared_limiter(toml: &str, redis: Option<&str>) -> Result<Limiter> {
+/// One limiter shared by every node, on Redis when given, in memory otherwise. On Redis
+/// its keys get a prefix of their own (never a deployment's `mxl`, whose bans would
+/// count), removed again when the returned [`RunKeys`] is dropped.
+pub async fn shared_limiter(toml: &str, redis: Option<&str>) -> Result<(Limiter, Option<RunKeys>)> {
+    let policy = policy(toml)?;
     Ok(match redis {
         Some(url) => {
-            let store = RedisStore::connect(&RedisConfig::new(
-                url.split(',').map(str::to_string).collect(),
-            ))
-            .await
-            .with_context(|| format!("Redis at {url}"))?;
-            Limiter::start(store, policy(toml)).await
+            let keys = RunKeys::new(url);
+            let mut config = RedisConfig::new(url.split(',').map(str::to_string).collect());
+            config.prefix = keys.prefix.clone();
+            let store = RedisStore::connect(&config)
+                .await
+                .with_context(|| format!("Redis at {url}"))?;
+            (Limiter::start(store, policy).await, Some(keys))
         }
-        None => memory_limiter(toml).await,
+        None => (memory_limiter(policy).await, None),
     })
 }
 
+/// The keys one run wrote to a Redis, under a prefix unique to the run.
+pub struct RunKeys {
+    url: String,
+    pub prefix: String,
+}
+
+impl RunKeys {
+    fn new(url: &str) -> RunKeys {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        RunKeys {
+            url: url.into(),
+            prefix: format!("mxlimit-loadtest-{}-{nanos:x}", std::process::id()),
+        }
+    }
+}
+
+impl Drop for RunKeys {
+    fn drop(&mut self) {
+        // One server only: on a cluster the keys are left to their TTLs.
+        if self.url.contains(',') {
+            return;
+        }
+        if let Err(e) = remove_keys(&self.url, &self.prefix) {
+            tracing::warn!(
+                "could not remove this run's keys ({}:*) from {}: {e:#}",
+                self.prefix,
+                self.url
+            );
+        }
+    }
+}
+
+/// Removes every key under `prefix` from the Redis at `url` (one server).
+pub fn remove_keys(url: &str, prefix: &str) -> Result<()> {
+    use redis::Commands;
+    let mut con = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .with_context(|| format!("connect to {url}"))?;
+    let keys: Vec<String> = con
+        .scan_match::<_, String>(format!("{prefix}:*"))?
+        .collect::<Result<_, _>>()?;
+    for chunk in keys.chunks(1000) {
+        redis::cmd("UNLINK").arg(chunk).exec(&mut con)?;
+    }
+    Ok(())
+}
+
+/// A connection to a limiter. Calls time out, so a limiter that stops answering shows
+/// as errors in the report instead of hanging the run.
 pub async fn channel(addr: SocketAddr) -> Result<Channel> {
     Channel::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
         .connect()
         .await
         .with_context(|| format!("limiter at {addr}"))
+}
+
+/// Fails with a clear error when a program the SMTP lab runs is missing.
+fn need(program: &str, package: &str) -> Result<()> {
+    match testkit::find(program) {
+        Some(_) => Ok(()),
+        None => bail!("`{program}` is not installed: install Debian's `{package}`"),
+    }
 }
 
 /// Limiters for both modes over gRPC.
 pub struct GrpcLab {
     pub cluster: Limiter,
     pub per_host: Vec<Limiter>,
+    _keys: Option<RunKeys>,
 }
 
 impl GrpcLab {
     pub async fn start(toml: &str, nodes: usize, redis: Option<&str>) -> Result<GrpcLab> {
-        let cluster = shared_limiter(toml, redis).await?;
+        let (cluster, keys) = shared_limiter(toml, redis).await?;
         let mut per_host = Vec::new();
         for _ in 0..nodes {
-            per_host.push(memory_limiter(toml).await);
+            per_host.push(memory_limiter(policy(toml)?).await);
         }
-        Ok(GrpcLab { cluster, per_host })
+        Ok(GrpcLab {
+            cluster,
+            per_host,
+            _keys: keys,
+        })
     }
 }
 
@@ -140,12 +211,17 @@ impl SmtpLab {
     pub const MAILBOX: &'static str = "alice@mx.test";
 
     pub async fn start(toml: &str, nodes: usize) -> Result<SmtpLab> {
+        need("redis-server", "redis-server")?;
+        need("postfix", "postfix")?;
+        need("script", "bsdutils")?;
+        let policy = policy(toml)?;
         let redis = testkit::RedisServer::start();
-        let shared = shared_limiter(toml, Some(&redis.url())).await?;
+        // A private Redis: nothing to clean up but the server itself.
+        let (shared, _) = shared_limiter(toml, Some(&redis.url())).await?;
         let (mut postfix, mut agents, mut limiters) = (Vec::new(), Vec::new(), Vec::new());
         let (mut cluster_mx, mut per_host_mx) = (Vec::new(), Vec::new());
         for i in 0..nodes {
-            let own = memory_limiter(toml).await;
+            let own = memory_limiter(policy.clone()).await;
             for (mode, limiter, list) in [
                 ("c", shared.addr, &mut cluster_mx),
                 ("h", own.addr, &mut per_host_mx),

@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use limiter_server::policy::duration::parse as duration;
+use loadtest::bench::target::Target;
 use loadtest::bench::{self, BenchOptions, ceiling, compare, sweep};
 use loadtest::report::Report;
-use loadtest::scenario::{self, PRESETS};
+use loadtest::scenario;
 
 /// mxlimit's load and attack harness: what the limiter costs, and what it holds.
 #[derive(Parser)]
@@ -29,10 +30,10 @@ enum Cmd {
         #[arg(long)]
         redis: String,
         /// redis-benchmark connections.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = at_least_one::<u32>)]
         clients: u32,
         /// Calls per script.
-        #[arg(long, default_value_t = 300_000)]
+        #[arg(long, default_value_t = 300_000, value_parser = at_least_one::<u64>)]
         requests: u64,
         /// Print the result as JSON.
         #[arg(long)]
@@ -57,9 +58,9 @@ enum Cmd {
     /// every latency measured on it.
     Jitter {
         /// Time between scheduled wakeups.
-        #[arg(long, default_value = "1ms", value_parser = duration)]
+        #[arg(long, default_value = "1ms", value_parser = nonzero_duration)]
         interval: Duration,
-        #[arg(long, default_value = "10s", value_parser = duration)]
+        #[arg(long, default_value = "10s", value_parser = nonzero_duration)]
         duration: Duration,
         /// Print the result as JSON.
         #[arg(long)]
@@ -76,25 +77,25 @@ struct BenchArgs {
     #[arg(long)]
     redis: Option<String>,
     /// Simulated MX nodes, each with its own connection to the limiter (as agents have).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one::<usize>)]
     nodes: usize,
     /// Closed loop: sessions in flight.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one::<usize>)]
     concurrency: usize,
     /// Open loop: sessions started per second (instead of --concurrency).
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     rate: Option<f64>,
     /// How long to drive load (each run, with --against-ceiling).
-    #[arg(long, default_value = "10s", value_parser = duration)]
+    #[arg(long, default_value = "10s", value_parser = nonzero_duration)]
     duration: Duration,
     /// Recipient calls per session, between Connect and Disconnect.
     #[arg(long, default_value_t = 0)]
     rcpts: u32,
     /// The share of those recipients that are unknown users (0.0 to 1.0).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
     bad_share: f64,
     /// Client addresses spread over this many /24 networks of 10.0.0.0/8.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
     networks: u32,
     /// Measure the most the limiter does (closed loop, 64, 128 and 256 in flight), then
     /// its latency at half of that load, then (given its Redis) that Redis' ceiling,
@@ -102,10 +103,10 @@ struct BenchArgs {
     #[arg(long)]
     capacity: bool,
     /// Open loop at each of these sessions/s in turn (comma-separated), a line each.
-    #[arg(long, value_delimiter = ',', conflicts_with_all = ["rate", "capacity"])]
+    #[arg(long, value_delimiter = ',', value_parser = positive, conflicts_with_all = ["rate", "capacity"])]
     sweep: Option<Vec<f64>>,
     /// Calls per script for the ceiling that --capacity measures.
-    #[arg(long, default_value_t = 300_000)]
+    #[arg(long, default_value_t = 300_000, value_parser = at_least_one::<u64>)]
     ceiling_requests: u64,
     /// The Redis a --target limiter uses, for --capacity.
     #[arg(long)]
@@ -121,10 +122,10 @@ struct AttackArgs {
     #[arg(long, default_value = "mixed")]
     scenario: String,
     /// Simulated MX nodes the attack is spread over.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one::<usize>)]
     nodes: usize,
     /// How long the attack runs.
-    #[arg(long, default_value = "3s", value_parser = duration)]
+    #[arg(long, default_value = "3s", value_parser = nonzero_duration)]
     duration: Duration,
     /// Cluster-wide counters in this Redis (default: in memory).
     #[arg(long)]
@@ -146,13 +147,13 @@ struct SmtpArgs {
     #[arg(long, default_value = "dictionary")]
     scenario: String,
     /// MX hosts: private Postfix instances, each with its own mx-agent.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = at_least_one::<usize>)]
     nodes: usize,
     /// How long the attack runs.
-    #[arg(long, default_value = "3s", value_parser = duration)]
+    #[arg(long, default_value = "3s", value_parser = nonzero_duration)]
     duration: Duration,
     /// Scales every actor's rate (real MTAs are slower than simulated nodes).
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, value_parser = positive)]
     scale: f64,
     /// Write the report as JSON to this file.
     #[arg(long)]
@@ -194,7 +195,7 @@ async fn main() -> Result<()> {
                 Some(p) => std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
                 None => scenario::DEMO_POLICY.to_string(),
             };
-            let s = preset(
+            let s = scenario::named(
                 &a.scenario,
                 a.nodes,
                 a.duration,
@@ -214,13 +215,7 @@ async fn main() -> Result<()> {
             print_report(&j, json, bench::jitter::Jitter::text)
         }
         Cmd::Demo { redis, out } => {
-            let s = preset(
-                "mixed",
-                4,
-                Duration::from_secs(3),
-                &scenario::grpc_networks(),
-                1.0,
-            )?;
+            let s = scenario::demo();
             let r = loadtest::attack_grpc(&s, scenario::DEMO_POLICY, redis.as_deref()).await?;
             match out {
                 Some(dir) => {
@@ -235,7 +230,7 @@ async fn main() -> Result<()> {
             }
         }
         Cmd::Smtp(a) => {
-            let s = preset(
+            let s = scenario::named(
                 &a.scenario,
                 a.nodes,
                 a.duration,
@@ -248,19 +243,35 @@ async fn main() -> Result<()> {
     }
 }
 
-fn preset(
-    name: &str,
-    nodes: usize,
-    d: Duration,
-    nets: &[ipnet::IpNet],
-    scale: f64,
-) -> Result<scenario::Scenario> {
-    let mut s = scenario::preset(name, nodes, d, nets)
-        .with_context(|| format!("no scenario {name:?}; there are {}", PRESETS.join(", ")))?;
-    for a in &mut s.actors {
-        a.rate *= scale;
+fn nonzero_duration(s: &str) -> Result<Duration, String> {
+    match duration(s) {
+        Ok(d) if d.is_zero() => Err("must be more than 0".into()),
+        r => r.map_err(|e| e.to_string()),
     }
-    Ok(s)
+}
+
+fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
+    match s.parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
+/// A finite number above 0 (a rate, a scale).
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!("{s:?}: want a number above 0")),
+    }
+}
+
+/// A share from 0 to 1.
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("{s:?}: want a number from 0 to 1")),
+    }
 }
 
 fn output(r: &Report, json: Option<&std::path::Path>, svg: Option<&std::path::Path>) -> Result<()> {
@@ -288,6 +299,11 @@ fn print_report<T: serde::Serialize>(r: &T, json: bool, text: fn(&T) -> String) 
 }
 
 async fn bench_cmd(a: BenchArgs) -> Result<()> {
+    if a.capacity && a.rcpts > 0 {
+        bail!(
+            "--capacity compares Connect+Disconnect sessions with the Redis ceiling: leave out --rcpts"
+        );
+    }
     let opts = BenchOptions {
         nodes: a.nodes,
         concurrency: a.concurrency,
@@ -298,31 +314,16 @@ async fn bench_cmd(a: BenchArgs) -> Result<()> {
         networks: a.networks,
         progress: !a.json,
     };
-    let embedded = match &a.target {
-        Some(_) => None,
-        None => Some(loadtest::lab::shared_limiter(bench::POLICY, a.redis.as_deref()).await?),
-    };
-    let addr = match (&a.target, &embedded) {
-        (Some(t), _) => t.parse().with_context(|| format!("--target {t}"))?,
-        (None, Some(l)) => l.addr,
-        _ => unreachable!(),
-    };
-    let mut nodes = Vec::with_capacity(opts.nodes.max(1));
-    for _ in 0..opts.nodes.max(1) {
-        nodes.push(loadtest::lab::channel(addr).await?);
-    }
-    if !a.capacity && a.sweep.is_none() {
-        let r = bench::run(&nodes, &opts).await;
-        print_report(&r, a.json, bench::BenchReport::text)?;
-        return Ok(());
-    }
+    let t = Target::open(a.target.as_deref(), a.redis.as_deref(), a.nodes).await?;
     if let Some(rates) = &a.sweep {
-        let r = sweep::sweep(&nodes, &opts, rates).await;
-        print_report(&r, a.json, sweep::Sweep::text)?;
-        return Ok(());
+        let r = sweep::sweep(&t.nodes, &opts, rates).await;
+        print_report(&r, a.json, sweep::Sweep::text)
+    } else if a.capacity {
+        let redis = a.redis.as_deref().or(a.ceiling_redis.as_deref());
+        let c = compare::capacity(&t.nodes, &opts, redis, a.ceiling_requests).await?;
+        print_report(&c, a.json, compare::Comparison::text)
+    } else {
+        let r = bench::run(&t.nodes, &opts).await;
+        print_report(&r, a.json, bench::BenchReport::text)
     }
-    let redis = a.redis.as_deref().or(a.ceiling_redis.as_deref());
-    let c = compare::capacity(&nodes, &opts, redis, a.ceiling_requests).await?;
-    print_report(&c, a.json, compare::Comparison::text)?;
-    Ok(())
 }

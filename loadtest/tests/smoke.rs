@@ -52,12 +52,26 @@ fn bench_closed_and_open_loop_report_rates_latency_and_errors() {
         r["connect_verdicts"],
         serde_json::json!({ "ok": r["sessions"] })
     );
-    for rpc in ["connect", "recipient", "disconnect", "session"] {
+    let sessions = r["sessions"].as_u64().unwrap();
+    assert_eq!(r["decisions"].as_u64().unwrap(), sessions * 4, "{r}");
+    for (rpc, per_session) in [
+        ("connect", 1),
+        ("recipient", 2),
+        ("disconnect", 1),
+        ("session", 1),
+    ] {
+        let l = &r["latency"][rpc];
+        let q = |k: &str| l[k].as_u64().unwrap();
+        assert_eq!(q("count"), sessions * per_session, "{rpc}: {r}");
         assert!(
-            r["latency"][rpc]["p99_us"].as_u64().unwrap() > 0,
+            q("p50_us") <= q("p99_us") && q("p99_us") <= q("max_us"),
             "{rpc}: {r}"
         );
     }
+    // A session is its calls and more.
+    assert!(
+        r["latency"]["session"]["p50_us"].as_u64() >= r["latency"]["connect"]["p50_us"].as_u64()
+    );
     let out = run(&["bench", "--duration", "1s", "--rate", "200", "--json"]);
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["sessions"], 200, "open loop at 200/s for 1 s: {r}");
@@ -84,6 +98,11 @@ fn attack_writes_json_and_svg() {
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
     assert_eq!(r["cluster_wide"]["actors"][0]["admitted"], 60);
     assert_eq!(r["per_host"]["actors"][0]["admitted"], 120);
+    let svg = std::fs::read_to_string(&s).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("cluster-wide counting"),
+        "{svg}"
+    );
 }
 
 #[test]
@@ -107,15 +126,14 @@ fn ceiling_measures_both_scripts_on_a_real_redis_and_leaves_no_keys() {
     assert!(c > 100.0 && rel > 100.0, "{r}");
     let sessions = r["sessions_per_s"].as_f64().unwrap();
     assert!((sessions - 1.0 / (1.0 / c + 1.0 / rel)).abs() < 1e-6, "{r}");
-    // Both scripts ran 3000 times each...
+    // Both scripts ran 3000 times each (and once more each, checked before measuring),
+    // and none failed...
     let stats = redis.cmd(&["INFO", "commandstats"]);
-    let calls: u64 = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|l| l.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no EVALSHA in {stats}"));
-    assert_eq!(calls, 6000);
+    let stat = |field| loadtest::bench::ceiling::evalsha_stat(&stats, field);
+    assert_eq!(stat("calls"), Some(2 * 3000 + 2), "{stats}");
+    assert_eq!(stat("failed_calls"), Some(0), "{stats}");
+    // ...they wrote keys (removed with UNLINK)...
+    assert!(stats.contains("cmdstat_unlink:calls="), "{stats}");
     // ...and what they wrote is gone, so it cannot expire into the next measurement.
     assert_eq!(redis.cmd(&["DBSIZE"]), ":0");
 }
@@ -152,7 +170,12 @@ fn capacity_puts_the_limiter_next_to_the_ceiling_of_its_redis() {
         (r["ratio"].as_f64().unwrap() - max / ceiling).abs() < 1e-9,
         "{r}"
     );
-    assert!(r["half_p99_us"].as_u64().unwrap() > 0, "{r}");
+    let p99 = |rpc: &str| r["half"]["latency"][rpc]["p99_us"].as_u64().unwrap();
+    assert_eq!(
+        r["half_p99_us"].as_u64().unwrap(),
+        p99("connect").max(p99("disconnect")),
+        "{r}"
+    );
     assert_eq!(r["max"]["errors"], serde_json::json!({}));
     assert_eq!(r["half"]["errors"], serde_json::json!({}));
 }

@@ -39,21 +39,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Fails with a clear message when a program the tests need is missing.
-pub fn require(program: &str, package: &str) -> std::path::PathBuf {
-    for dir in std::env::var("PATH")
+/// Where `program` is: on PATH, or in /usr/sbin or /sbin (Debian puts servers there).
+pub fn find(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var("PATH")
         .unwrap_or_default()
         .split(':')
         .chain(["/usr/sbin", "/sbin"])
-    {
-        let p = Path::new(dir).join(program);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "`{program}` is not installed: install Debian's `{package}` (scripts/test does). Tests never skip a missing server."
-    );
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
+
+/// Fails with a clear message when a program the tests need is missing.
+pub fn require(program: &str, package: &str) -> std::path::PathBuf {
+    find(program).unwrap_or_else(|| {
+        panic!(
+            "`{program}` is not installed: install Debian's `{package}` (scripts/test does). Tests never skip a missing server."
+        )
+    })
 }
 
 /// A policy from TOML and access-file text.

@@ -15,6 +15,9 @@ use crate::scenario::{Attempt, Role, Scenario};
 #[derive(Debug, Clone)]
 pub struct Record {
     pub attempt: Attempt,
+    /// When the session actually began, from the start of the run (the schedule's time
+    /// plus whatever lateness): what the limiter's windows saw.
+    pub sent: Duration,
     pub report: SessionReport,
 }
 
@@ -49,8 +52,9 @@ pub async fn play(
             .collect();
         let fleet = fleet.clone();
         let progress = progress.clone();
-        tasks.push(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let session = format!("a{}-{}", attempt.actor, attempt.seq);
+            let sent = start.elapsed();
             let report = fleet
                 .session(attempt.node, &session, attempt.ip, &rcpts)
                 .await;
@@ -58,14 +62,27 @@ pub async fn play(
             if let Some(p) = progress {
                 p.inc(1);
             }
-            Record { attempt, report }
-        }));
+            Record {
+                attempt,
+                sent,
+                report,
+            }
+        });
+        tasks.push((attempt, task));
     }
     let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        if let Ok(r) = t.await {
-            out.push(r);
-        }
+    for (attempt, t) in tasks {
+        // A session that panicked is an error of the run, counted as such, not lost.
+        out.push(t.await.unwrap_or_else(|e| Record {
+            attempt,
+            sent: attempt.at,
+            report: SessionReport {
+                connect: Outcome::Error,
+                reason: format!("session task failed: {e}"),
+                rcpts: Vec::new(),
+                connect_latency: Duration::ZERO,
+            },
+        }));
     }
     out.sort_by_key(|r| (r.attempt.at, r.attempt.actor, r.attempt.seq));
     out
@@ -125,6 +142,8 @@ pub struct Bucket {
     pub attacker_refused: u64,
     pub legit_admitted: u64,
     pub legit_refused: u64,
+    /// Connections that got no answer (neither admitted nor refused).
+    pub errors: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -142,11 +161,12 @@ pub fn measure(mode: &str, scenario: &Scenario, limits: Limits, records: &[Recor
     let mut actors = Vec::new();
     for (a, actor) in scenario.actors.iter().enumerate() {
         let mine: Vec<&Record> = records.iter().filter(|r| r.attempt.actor == a).collect();
-        let admitted_at: Vec<Duration> = mine
+        let mut admitted_at: Vec<Duration> = mine
             .iter()
             .filter(|r| r.report.connect.passed())
-            .map(|r| r.attempt.at)
+            .map(|r| r.sent)
             .collect();
+        admitted_at.sort();
         let ban_at = mine
             .iter()
             .filter(|r| {
@@ -172,7 +192,8 @@ pub fn measure(mode: &str, scenario: &Scenario, limits: Limits, records: &[Recor
             refused,
             errors: mine
                 .iter()
-                .filter(|r| r.report.connect == Outcome::Error)
+                .flat_map(|r| std::iter::once(&r.report.connect).chain(&r.report.rcpts))
+                .filter(|o| **o == Outcome::Error)
                 .count() as u64,
             max_admitted_in_window: max_in_window(&admitted_at, limits.window),
             window_limit: limits.network_rate,
@@ -208,6 +229,7 @@ pub fn measure(mode: &str, scenario: &Scenario, limits: Limits, records: &[Recor
             attacker_refused: 0,
             legit_admitted: 0,
             legit_refused: 0,
+            errors: 0,
         })
         .collect();
     for r in records {
@@ -215,6 +237,10 @@ pub fn measure(mode: &str, scenario: &Scenario, limits: Limits, records: &[Recor
         let Some(b) = timeline.get_mut(i) else {
             continue;
         };
+        if r.report.connect == Outcome::Error {
+            b.errors += 1;
+            continue;
+        }
         let passed = r.report.connect.passed();
         match (scenario.actors[r.attempt.actor].role, passed) {
             (Role::Attacker, true) => b.attacker_admitted += 1,

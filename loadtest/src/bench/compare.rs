@@ -2,7 +2,7 @@
 //! (when it keeps its counters in Redis) the ceiling of that Redis, measured in one run
 //! and put side by side.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use serde::Serialize;
 use tonic::transport::Channel;
 
@@ -55,11 +55,23 @@ pub async fn capacity(
         }
     }
     let max = max.expect("at least one run");
+    // A capacity of failures, or of nothing, would make every figure below meaningless
+    // (and a p99 of nothing would read as a pass).
+    if max.sessions == 0 || !max.errors.is_empty() {
+        bail!(
+            "the limiter did not answer cleanly at full load ({} sessions, errors {:?}): no capacity to report",
+            max.sessions,
+            max.errors
+        );
+    }
     let open = BenchOptions {
         rate: Some(max.sessions_per_s / 2.0),
         ..o.clone()
     };
     let half = run(nodes, &open).await;
+    if !half.errors.is_empty() {
+        bail!("calls failed at half load: {:?}", half.errors);
+    }
     // Last, so that its keys (and their expiry) do not load Redis while the limiter runs.
     let ceiling = redis
         .map(|r| ceiling::measure(r, 64, requests))

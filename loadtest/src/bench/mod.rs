@@ -9,6 +9,7 @@ pub mod ceiling;
 pub mod compare;
 pub mod jitter;
 pub mod sweep;
+pub mod target;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -71,7 +72,9 @@ pub struct BenchReport {
     /// Open loop: the sessions per second asked for.
     pub offered_per_s: Option<f64>,
     pub seconds: f64,
+    /// Sessions whose every call was answered.
     pub sessions: u64,
+    /// Answered calls (Connect, Recipient, Disconnect).
     pub decisions: u64,
     pub sessions_per_s: f64,
     pub decisions_per_s: f64,
@@ -88,12 +91,20 @@ pub struct BenchReport {
 /// decision does all its work and is admitted (see the file).
 pub const POLICY: &str = include_str!("../../bench-policy.toml");
 
+/// Open-loop sessions in flight at most.
+const SLOTS: u32 = 20_000;
+
 /// How early the open-loop pacer may send a session rather than sleep until it is due.
 const EARLY: Duration = Duration::from_micros(50);
 
 /// Histograms: per RPC, per session, and (open loop) how late the generator itself
 /// started sessions, so that its own stalls are not blamed on the limiter.
 const RPCS: [&str; 5] = ["connect", "recipient", "disconnect", "session", "start lag"];
+const CONNECT: usize = 0;
+const RECIPIENT: usize = 1;
+const DISCONNECT: usize = 2;
+const SESSION: usize = 3;
+const LAG: usize = 4;
 
 struct Shared {
     hists: Mutex<Vec<Histogram<u64>>>,
@@ -154,12 +165,14 @@ pub async fn run(nodes: &[Channel], o: &BenchOptions) -> BenchReport {
             // The pacing runs on its own thread with sub-millisecond sleeps: the runtime's
             // timer ticks in whole milliseconds and would send sessions in bursts.
             let total = (rate * o.duration.as_secs_f64()).round() as u64;
-            // Bounded: a limiter that stops answering must not exhaust memory.
-            let slots = Arc::new(Semaphore::new(20_000));
+            // Bounded: a limiter that stops answering must not exhaust memory. The pacer
+            // takes a slot before it spawns a session, so at most SLOTS sessions exist;
+            // one that waits for a slot still counts its latency from its intended start.
+            let slots = Arc::new(Semaphore::new(SLOTS as usize));
             let handle = tokio::runtime::Handle::current();
-            let (o2, clients2, shared2) = (o.clone(), clients.clone(), shared.clone());
+            let (o2, clients2, shared2, slots2) =
+                (o.clone(), clients.clone(), shared.clone(), slots.clone());
             let pacer = std::thread::spawn(move || {
-                let mut tasks = Vec::with_capacity(total as usize);
                 for n in 0..total {
                     let intended = start + Duration::from_secs_f64(n as f64 / rate);
                     // Sleeping costs a system call and a wakeup: a session due within
@@ -168,28 +181,31 @@ pub async fn run(nodes: &[Channel], o: &BenchOptions) -> BenchReport {
                     if intended > now + EARLY {
                         std::thread::sleep(intended - now);
                     }
-                    let (clients, shared, o, slots) =
-                        (clients2.clone(), shared2.clone(), o2.clone(), slots.clone());
-                    tasks.push(handle.spawn(async move {
-                        let Ok(slot) = slots.acquire_owned().await else {
-                            return;
-                        };
-                        // A histogram is tens of kilobytes: sessions record into the shared
-                        // ones (one short lock per session), never into their own.
+                    let Ok(slot) = handle.block_on(slots2.clone().acquire_owned()) else {
+                        return;
+                    };
+                    let (clients, shared, o) = (clients2.clone(), shared2.clone(), o2.clone());
+                    handle.spawn(async move {
                         let mut took = Took::default();
+                        record(
+                            &mut took,
+                            LAG,
+                            Instant::now().saturating_duration_since(intended),
+                        );
                         session(&clients, &o, n, intended, &mut took, &shared).await;
                         drop(slot);
+                        // A histogram is tens of kilobytes: sessions record into the shared
+                        // ones (one short lock per session), never into their own.
                         took.into(&mut shared.hists.lock().await);
-                    }));
+                    });
                 }
-                tasks
             });
-            let tasks = tokio::task::spawn_blocking(move || pacer.join().expect("pacer thread"))
-                .await
-                .expect("join");
-            for t in tasks {
-                let _ = t.await;
+            let paced = tokio::task::spawn_blocking(move || pacer.join()).await;
+            if !matches!(paced, Ok(Ok(()))) {
+                tracing::error!("the open-loop pacer failed; the report covers what it sent");
             }
+            // Every session holds a slot until it has recorded: all slots free = all done.
+            let _ = slots.acquire_many(SLOTS).await;
         }
     }
     let seconds = start.elapsed().as_secs_f64();
@@ -260,7 +276,10 @@ async fn session(
     let node = format!("mx{}", 1 + n);
     let session_id = format!("{id:x}");
     let ip = source(id, o.networks).to_string();
-    let mut calls = 0;
+    // Only answered calls count, as decisions and in the latency histograms: a limiter
+    // that fails fast must not look fast. Failures count by gRPC status.
+    let mut decided = 0;
+    let mut failed = false;
     let t = Instant::now();
     let r = c
         .connect(ConnectRequest {
@@ -273,13 +292,10 @@ async fn session(
         .await;
     // The first call of an open-loop session counts from its intended start.
     let start = intended.min(t);
-    record(h, 0, start.elapsed());
-    if t > intended {
-        record(h, 4, t - intended);
-    }
-    calls += 1;
     match r {
         Ok(reply) => {
+            record(h, CONNECT, start.elapsed());
+            decided += 1;
             let reason = reply
                 .into_inner()
                 .verdict
@@ -291,7 +307,6 @@ async fn session(
         }
         Err(e) => {
             error(shared, &e).await;
-            shared.decisions.fetch_add(calls, Ordering::Relaxed);
             return;
         }
     }
@@ -310,10 +325,15 @@ async fn session(
                 ..Default::default()
             })
             .await;
-        record(h, 1, t.elapsed());
-        calls += 1;
-        if let Err(e) = r {
-            error(shared, &e).await;
+        match r {
+            Ok(_) => {
+                record(h, RECIPIENT, t.elapsed());
+                decided += 1;
+            }
+            Err(e) => {
+                failed = true;
+                error(shared, &e).await;
+            }
         }
     }
     let t = Instant::now();
@@ -325,14 +345,21 @@ async fn session(
             epoch: "bench".into(),
         })
         .await;
-    record(h, 2, t.elapsed());
-    calls += 1;
-    if let Err(e) = r {
-        error(shared, &e).await;
+    match r {
+        Ok(_) => {
+            record(h, DISCONNECT, t.elapsed());
+            decided += 1;
+        }
+        Err(e) => {
+            failed = true;
+            error(shared, &e).await;
+        }
     }
-    record(h, 3, start.elapsed());
-    shared.decisions.fetch_add(calls, Ordering::Relaxed);
-    shared.sessions.fetch_add(1, Ordering::Relaxed);
+    shared.decisions.fetch_add(decided, Ordering::Relaxed);
+    if !failed {
+        record(h, SESSION, start.elapsed());
+        shared.sessions.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fn record(h: &mut Took, i: usize, d: Duration) {

@@ -43,22 +43,28 @@ impl SmtpFleet {
             rcpts: Vec::new(),
             connect_latency: t.elapsed(),
         };
-        let Ok((mut s, greeting)) = Smtp::connect(ip, server).await else {
-            return SessionReport {
-                connect: Outcome::Error,
-                reason: "tcp".into(),
-                rcpts: Vec::new(),
-                connect_latency: t.elapsed(),
-            };
+        let failed = |reason: String, t: Instant| SessionReport {
+            connect: Outcome::Error,
+            reason,
+            rcpts: Vec::new(),
+            connect_latency: t.elapsed(),
         };
-        if greeting.code != 220 {
-            return refused(greeting.text, t);
+        let (mut s, greeting) = match Smtp::connect(ip, server).await {
+            Ok(c) => c,
+            Err(e) => return failed(format!("connect: {e}"), t),
+        };
+        match greeting.code {
+            220 => {}
+            0 => return failed("closed before the greeting".into(), t),
+            _ => return refused(greeting.text, t),
         }
         for cmd in ["EHLO loadtest.example", "MAIL FROM:<loadtest@example.org>"] {
             match s.cmd(cmd).await {
                 Ok(r) if r.code == 250 => {}
+                // Code 0: the MTA closed the connection without a reply.
+                Ok(r) if r.code == 0 => return failed(format!("{cmd}: closed"), t),
                 Ok(r) => return refused(r.text, t),
-                Err(e) => return refused(e.to_string(), t),
+                Err(e) => return failed(format!("{cmd}: {e}"), t),
             }
         }
         let connect_latency = t.elapsed();
@@ -77,14 +83,16 @@ impl SmtpFleet {
                 }
             };
             let o = match reply.code {
-                421 | 0 => Outcome::Banned,
+                421 => Outcome::Banned,
+                // Closed without a reply: not an answer of any limit.
+                0 => Outcome::Error,
                 // The MTA's own answers: an unknown user refused, a valid one taken.
                 550 if r.bad => pace(reply.took, self.tarpit),
                 250 if !r.bad => pace(reply.took, self.tarpit),
                 _ => Outcome::Refused,
             };
             out.rcpts.push(o);
-            if o == Outcome::Banned {
+            if matches!(o, Outcome::Banned | Outcome::Error) {
                 return out;
             }
         }

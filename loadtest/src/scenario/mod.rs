@@ -36,7 +36,7 @@ pub struct Actor {
 }
 
 /// One connection attempt of the schedule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempt {
     pub at: Duration,
     pub actor: usize,
@@ -190,6 +190,39 @@ pub fn preset(
 }
 
 pub const PRESETS: [&str; 4] = ["dictionary", "flood", "slow-drip", "mixed"];
+
+/// A built-in scenario by name, every actor's rate multiplied by `scale`.
+pub fn named(
+    name: &str,
+    nodes: usize,
+    duration: Duration,
+    networks: &[IpNet],
+    scale: f64,
+) -> anyhow::Result<Scenario> {
+    let mut s = preset(name, nodes, duration, networks)
+        .ok_or_else(|| anyhow::anyhow!("no scenario {name:?}; there are {}", PRESETS.join(", ")))?;
+    for a in &mut s.actors {
+        a.rate *= scale;
+    }
+    let attempts: f64 = s
+        .actors
+        .iter()
+        .map(|a| a.rate * a.stop.saturating_sub(a.start).as_secs_f64())
+        .sum();
+    anyhow::ensure!(
+        attempts <= MAX_ATTEMPTS,
+        "{name} at this scale and duration would schedule {attempts:.0} connections; at most {MAX_ATTEMPTS} fit in one run"
+    );
+    Ok(s)
+}
+
+/// The most connections one run schedules (each is remembered until the report).
+const MAX_ATTEMPTS: f64 = 10_000_000.0;
+
+/// What `loadtest demo` plays: every actor at once, over 4 nodes, for 3 s.
+pub fn demo() -> Scenario {
+    preset("mixed", 4, Duration::from_secs(3), &grpc_networks()).expect("a built-in scenario")
+}
 
 /// The networks scenarios use over gRPC (documentation ranges) and over SMTP (loopback).
 pub fn grpc_networks() -> Vec<IpNet> {
