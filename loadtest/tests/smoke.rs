@@ -75,6 +75,10 @@ fn bench_closed_and_open_loop_report_rates_latency_and_errors() {
     let out = run(&["bench", "--duration", "1s", "--rate", "200", "--json"]);
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["sessions"], 200, "open loop at 200/s for 1 s: {r}");
+    // Every session is in every histogram when the report is made.
+    for h in ["connect", "disconnect", "session", "start lag"] {
+        assert_eq!(r["latency"][h]["count"], 200, "{h}: {r}");
+    }
 }
 
 #[test]

@@ -193,10 +193,11 @@ pub async fn run(nodes: &[Channel], o: &BenchOptions) -> BenchReport {
                             Instant::now().saturating_duration_since(intended),
                         );
                         session(&clients, &o, n, intended, &mut took, &shared).await;
-                        drop(slot);
                         // A histogram is tens of kilobytes: sessions record into the shared
-                        // ones (one short lock per session), never into their own.
+                        // ones (one short lock per session), never into their own. The
+                        // slot goes last: a free slot means a recorded session.
                         took.into(&mut shared.hists.lock().await);
+                        drop(slot);
                     });
                 }
             });
