@@ -36,6 +36,24 @@ pub struct Cli {
     )]
     pub redis: Option<String>,
 
+    /// Redis ACL user (with --redis-password).
+    #[arg(long, env = "MXLIMIT_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+
+    /// Redis password. Prefer the environment variable or --redis-password-file: a flag
+    /// shows in process listings.
+    #[arg(
+        long,
+        env = "MXLIMIT_REDIS_PASSWORD",
+        hide_env_values = true,
+        conflicts_with = "redis_password_file"
+    )]
+    pub redis_password: Option<String>,
+
+    /// File whose first line is the Redis password (a mounted Secret, for example).
+    #[arg(long, env = "MXLIMIT_REDIS_PASSWORD_FILE", value_name = "FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
     /// Prefix of every Redis key, so that deployments can share a Redis.
     #[arg(long, env = "MXLIMIT_REDIS_PREFIX", default_value = "mxl")]
     pub redis_prefix: String,

@@ -67,6 +67,8 @@ async fn main() -> Result<()> {
             let mut config = RedisConfig::new(urls.split(',').map(str::to_string).collect());
             config.prefix = cli.redis_prefix.clone();
             config.response_timeout = cli.redis_timeout;
+            config.username = cli.redis_username.clone();
+            config.password = redis_password(&cli)?;
             let store = RedisStore::connect(&config)
                 .await
                 .with_context(|| format!("cannot use Redis at {}", redact(urls)))?;
@@ -80,6 +82,20 @@ async fn main() -> Result<()> {
             run(store, policy, listener, options, &cli, until_stopped()).await
         }
     }
+}
+
+/// The password from the flag or the environment, or the first line of its file.
+fn redis_password(cli: &Cli) -> Result<Option<String>> {
+    if let Some(file) = &cli.redis_password_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the Redis password from {}", file.display()))?;
+        let first = text.lines().next().unwrap_or("");
+        if first.is_empty() {
+            anyhow::bail!("the Redis password file {} is empty", file.display());
+        }
+        return Ok(Some(first.to_string()));
+    }
+    Ok(cli.redis_password.clone())
 }
 
 async fn run<S: Store>(

@@ -134,6 +134,9 @@ fn help_explains_every_flag_and_its_environment_variable() {
         ("--redis", "MXLIMIT_REDIS"),
         ("--redis-prefix", "MXLIMIT_REDIS_PREFIX"),
         ("--redis-timeout", "MXLIMIT_REDIS_TIMEOUT"),
+        ("--redis-username", "MXLIMIT_REDIS_USERNAME"),
+        ("--redis-password ", "MXLIMIT_REDIS_PASSWORD"),
+        ("--redis-password-file", "MXLIMIT_REDIS_PASSWORD_FILE"),
         ("--policy", "MXLIMIT_POLICY"),
         ("--access", "MXLIMIT_ACCESS"),
         ("--reload-interval", "MXLIMIT_RELOAD_INTERVAL"),
@@ -152,6 +155,7 @@ fn help_explains_every_flag_and_its_environment_variable() {
     let out = Command::new(BIN)
         .arg("--help")
         .env("MXLIMIT_REDIS", "redis://:s3cret@db:6379")
+        .env("MXLIMIT_REDIS_PASSWORD", "s3cret")
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
@@ -388,4 +392,59 @@ fn an_unreachable_redis_stops_the_start_with_a_clear_error_and_no_password() {
         "{err}"
     );
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[tokio::test]
+async fn a_redis_password_from_a_file_is_used_and_a_wrong_one_is_refused_without_showing_it() {
+    let redis = testkit::redis::RedisServer::start_with(&["--requirepass", "s3cret-pw"]);
+    let dir = tempfile::tempdir().unwrap();
+    // As a mounted Kubernetes Secret: the file ends with a newline.
+    let file = dir.path().join("redis-password");
+    std::fs::write(&file, "s3cret-pw\n").unwrap();
+    let mut s = Server::start(
+        &[
+            "--redis",
+            &redis.url(),
+            "--redis-password-file",
+            file.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    s.wait_ready().await;
+    let reply = s
+        .client()
+        .await
+        .connect(connect_req("mx1", "s1", "192.0.2.7"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(action(&reply.verdict.unwrap()), Action::Accept);
+    assert!(
+        s.stderr().contains("store=\"redis\"") || s.stderr().contains("store=redis"),
+        "{}",
+        s.stderr()
+    );
+
+    // A wrong password (here from the environment) stops the start with a clear error.
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--redis", &redis.url()])
+        .env("MXLIMIT_REDIS_PASSWORD", "wrong-pw")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cannot use Redis at"), "{err}");
+    assert!(err.contains("Password authentication failed"), "{err}");
+    assert!(!err.contains("wrong-pw"), "{err}");
+
+    // An empty password file is an error of its own, before Redis is tried.
+    std::fs::write(&file, "\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--redis", &redis.url()])
+        .args(["--redis-password-file", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is empty"), "{err}");
 }

@@ -106,8 +106,11 @@ fn spawn(port: u16, dir: PathBuf, extra: &[String]) -> Option<Child> {
         if let Ok(Some(_)) = child.try_wait() {
             return None; // exited: port taken
         }
+        // A server started with --requirepass answers NOAUTH: up all the same.
         if TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && resp_command(port, &["PING"]).contains("PONG")
+            && ["PONG", "NOAUTH"]
+                .iter()
+                .any(|r| resp_command(port, &["PING"]).contains(r))
         {
             return Some(child);
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{FromRedisValue, Script, ScriptInvocation};
+use redis::{ConnectionInfo, FromRedisValue, IntoConnectionInfo, Script, ScriptInvocation};
 
 pub use keys::rcpt_event;
 use keys::{INDEX, LEASES, NODES, NetKeys, RATE, net_base, node_keys, penalties};
@@ -32,6 +32,10 @@ pub struct RedisConfig {
     /// Longest wait for one reply before the call fails (and the agent falls back).
     pub response_timeout: Duration,
     pub connect_timeout: Duration,
+    /// ACL user and password for every node; they override any given in the URLs, so
+    /// that a secret can stay out of the URL (and out of process listings).
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 impl RedisConfig {
@@ -41,7 +45,22 @@ impl RedisConfig {
             prefix: "mxl".into(),
             response_timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(2),
+            username: None,
+            password: None,
         }
+    }
+
+    /// One URL with this configuration's credentials applied.
+    fn connection_info(&self, url: &str) -> Result<ConnectionInfo, StoreError> {
+        let info = url.into_connection_info()?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(u) = &self.username {
+            settings = settings.set_username(u);
+        }
+        if let Some(p) = &self.password {
+            settings = settings.set_password(p);
+        }
+        Ok(info.set_redis_settings(settings))
     }
 }
 
@@ -140,27 +159,34 @@ impl RedisStore {
     /// Connects and loads the scripts. A single URL whose server runs in cluster mode
     /// is used as a cluster seed.
     pub async fn connect(config: &RedisConfig) -> Result<RedisStore, StoreError> {
-        let urls: Vec<&str> = config
+        let nodes = config
             .urls
             .iter()
             .map(|u| u.trim())
             .filter(|u| !u.is_empty())
-            .collect();
-        let cluster = match urls.as_slice() {
+            .map(|u| config.connection_info(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cluster = match nodes.as_slice() {
             [] => {
                 return Err(StoreError::Config("no Redis URL given".into()));
             }
-            [one] => is_cluster_node(one, config.connect_timeout).await?,
+            [one] => is_cluster_node(one.clone(), config.connect_timeout).await?,
             _ => true,
         };
         let conn = if cluster {
-            let client = ClusterClientBuilder::new(urls.clone())
+            let mut builder = ClusterClientBuilder::new(nodes.clone())
                 .connection_timeout(config.connect_timeout)
-                .response_timeout(config.response_timeout)
-                .build()?;
-            Conn::Cluster(client.get_async_connection().await?)
+                .response_timeout(config.response_timeout);
+            // Nodes the cluster reports later are reached with the seeds' credentials.
+            if let Some(u) = nodes[0].redis_settings().username() {
+                builder = builder.username(u);
+            }
+            if let Some(p) = nodes[0].redis_settings().password() {
+                builder = builder.password(p);
+            }
+            Conn::Cluster(builder.build()?.get_async_connection().await?)
         } else {
-            let client = redis::Client::open(urls[0])?;
+            let client = redis::Client::open(nodes[0].clone())?;
             let cfg = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(config.connect_timeout))
                 .set_response_timeout(Some(config.response_timeout))
@@ -272,8 +298,8 @@ impl RedisStore {
 }
 
 /// Whether a single URL names a node of a Redis Cluster.
-async fn is_cluster_node(url: &str, timeout: Duration) -> Result<bool, StoreError> {
-    let client = redis::Client::open(url)?;
+async fn is_cluster_node(node: ConnectionInfo, timeout: Duration) -> Result<bool, StoreError> {
+    let client = redis::Client::open(node)?;
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
