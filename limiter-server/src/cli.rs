@@ -106,6 +106,12 @@ pub struct Cli {
     /// Load the policy and access files, report problems, and exit (0 = valid).
     #[arg(long)]
     pub check: bool,
+
+    /// Ask the limiter at HOST:PORT whether it serves (gRPC health of mxlimit.v1.Limiter,
+    /// which follows its store), print the answer, and exit (0 = serving). For container
+    /// health checks and `helm test`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub health_check: Option<String>,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

@@ -24,6 +24,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(addr) = &cli.health_check {
+        return health_check(addr).await;
+    }
     init_logging(&cli)?;
 
     let source = PolicySource {
@@ -82,6 +85,38 @@ async fn main() -> Result<()> {
             run(store, policy, listener, options, &cli, until_stopped()).await
         }
     }
+}
+
+/// One gRPC health check, bounded in time: a probe must not hang.
+async fn health_check(addr: &str) -> Result<()> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let ask = async {
+        let channel = tonic::transport::Endpoint::from_shared(uri.clone())
+            .with_context(|| format!("not an address: {addr}"))?
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the limiter at {addr}"))?;
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: server::SERVICE_NAME.into(),
+            })
+            .await
+            .with_context(|| format!("health check of {addr} failed"))?;
+        anyhow::Ok(reply.into_inner().status())
+    };
+    let status = tokio::time::timeout(std::time::Duration::from_secs(5), ask)
+        .await
+        .with_context(|| format!("no answer from {addr} within 5s"))??;
+    println!("{addr}: {}", status.as_str_name());
+    if status != tonic_health::pb::health_check_response::ServingStatus::Serving {
+        anyhow::bail!("the limiter at {addr} is not serving");
+    }
+    Ok(())
 }
 
 /// The password from the flag or the environment, or the first line of its file.

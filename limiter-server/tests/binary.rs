@@ -146,6 +146,7 @@ fn help_explains_every_flag_and_its_environment_variable() {
         ("--log-format", "MXLIMIT_LOG_FORMAT"),
         ("--log ", "MXLIMIT_LOG"),
         ("--check", ""),
+        ("--health-check", ""),
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}");
         assert!(help.contains(env), "--help does not mention {env}");
@@ -447,4 +448,31 @@ async fn a_redis_password_from_a_file_is_used_and_a_wrong_one_is_refused_without
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("is empty"), "{err}");
+}
+
+#[tokio::test]
+async fn health_check_exits_zero_while_serving_and_non_zero_when_nothing_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(&[], dir.path());
+    s.wait_ready().await;
+    let out = Command::new(BIN)
+        .args(["--health-check", &s.addr])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{}: SERVING", s.addr)
+    );
+    let free = format!("127.0.0.1:{}", free_port());
+    let out = Command::new(BIN)
+        .args(["--health-check", &free])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("cannot reach the limiter at {free}")),
+        "{out:?}"
+    );
 }
