@@ -1,0 +1,36 @@
+# Container images of mxlimit, one target per binary:
+#
+#   docker build --target limiter-server -t mxlimit/limiter-server:0.1.0 .
+#   docker build --target mx-agent       -t mxlimit/mx-agent:0.1.0 .
+#
+# The build stage compiles both binaries once (protoc is vendored: no system
+# protobuf compiler). The runtime is Debian slim with the binary alone, as an
+# unprivileged user; the file system can be mounted read-only.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p limiter-server -p mx-agent \
+    && install -m 0755 target/release/limiter-server target/release/mx-agent /usr/local/bin/
+
+FROM debian:bookworm-slim AS runtime
+# 65532: the conventional "nonroot" user; no shell, no home, no files of its own.
+USER 65532:65532
+
+# Apache-2.0.
+FROM runtime AS limiter-server
+COPY --from=build /usr/local/bin/limiter-server /usr/local/bin/limiter-server
+ENV MXLIMIT_LISTEN=0.0.0.0:7525
+EXPOSE 7525
+# Serving means the store answers too (gRPC health of mxlimit.v1.Limiter).
+HEALTHCHECK --interval=10s --timeout=7s --start-period=5s \
+    CMD ["limiter-server", "--health-check", "127.0.0.1:7525"]
+ENTRYPOINT ["limiter-server"]
+
+# GPL-3.0-or-later (it links indymilter).
+FROM runtime AS mx-agent
+COPY --from=build /usr/local/bin/mx-agent /usr/local/bin/mx-agent
+EXPOSE 7026 7027 7028
+ENTRYPOINT ["mx-agent"]

@@ -1,0 +1,79 @@
+{{/* Names, labels and the choices several templates share. */}}
+
+{{- define "mxlimit.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "mxlimit.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "mxlimit.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "mxlimit.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Selector labels of one component: limiter, agent, redis. */}}
+{{- define "mxlimit.selector" -}}
+app.kubernetes.io/name: {{ include "mxlimit.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "mxlimit.image" -}}
+{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
+{{- end }}
+
+{{/* The Redis URLs the limiter uses, comma-separated; empty for the in-memory store. */}}
+{{- define "mxlimit.redisUrls" -}}
+{{- if .Values.redis.bundled.enabled -}}
+{{- printf "redis://%s-redis:6379" (include "mxlimit.fullname" .) }}
+{{- else -}}
+{{- join "," .Values.redis.external.urls }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret and key holding the Redis password; empty when there is none. */}}
+{{- define "mxlimit.redisSecret" -}}
+{{- if .Values.redis.external.existingSecret -}}
+{{- .Values.redis.external.existingSecret }}
+{{- else if .Values.redis.external.password -}}
+{{- printf "%s-redis-auth" (include "mxlimit.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "mxlimit.redisSecretKey" -}}
+{{- if .Values.redis.external.existingSecret -}}
+{{- .Values.redis.external.existingSecretKey }}
+{{- else -}}
+redis-password
+{{- end }}
+{{- end }}
+
+{{- define "mxlimit.replicas" -}}
+{{- $redis := include "mxlimit.redisUrls" . -}}
+{{- $n := .Values.limiter.replicas -}}
+{{- if kindIs "invalid" $n -}}
+{{- $n = ternary 2 1 (ne $redis "") -}}
+{{- end -}}
+{{- if and (eq $redis "") (or (gt (int $n) 1) .Values.autoscaling.enabled) -}}
+{{- fail "limiter.replicas > 1 or autoscaling needs Redis (redis.external.urls or redis.bundled.enabled): with the in-memory store each pod would count alone" -}}
+{{- end -}}
+{{- $n -}}
+{{- end }}
+
+{{- define "mxlimit.configMapName" -}}
+{{- default (printf "%s-rules" (include "mxlimit.fullname" .)) .Values.rules.existingConfigMap }}
+{{- end }}
