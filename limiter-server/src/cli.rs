@@ -25,6 +25,39 @@ pub struct Cli {
     #[arg(long, env = "MXLIMIT_LISTEN", default_value = limiter_server::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
+    /// Serve gRPC over TLS with this PEM certificate chain (with --tls-key). Reloaded
+    /// when the file changes.
+    #[arg(
+        long,
+        env = "MXLIMIT_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "MXLIMIT_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: clients must present a certificate signed by a CA in this PEM file.
+    #[arg(
+        long,
+        env = "MXLIMIT_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Also serve gRPC health alone, in plaintext, on this address: for probes that
+    /// cannot speak TLS (Kubernetes gRPC probes).
+    #[arg(long, env = "MXLIMIT_HEALTH_LISTEN", value_name = "ADDR")]
+    pub health_listen: Option<SocketAddr>,
+
     /// Redis to keep the counters in: redis://host:port for one server (a cluster node
     /// is detected), or comma-separated cluster seeds. Without it, counters live in this
     /// process (one limiter only).

@@ -15,6 +15,7 @@ pub mod policy;
 pub mod server;
 pub mod source;
 pub mod store;
+pub mod tls;
 
 /// The port the limiter listens on by default (on loopback).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7525";

@@ -12,6 +12,7 @@ use limiter_server::server::{self, ServeOptions};
 use limiter_server::store::Store;
 use limiter_server::store::memory::{MemoryConfig, MemoryStore};
 use limiter_server::store::redis::{RedisConfig, RedisStore};
+use limiter_server::tls::{ServerTls, TlsFiles};
 use tokio::net::TcpListener;
 
 use cli::{Cli, LogFormat};
@@ -59,9 +60,32 @@ async fn main() -> Result<()> {
     let listener = TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: cli.tls_client_ca.clone(),
+            };
+            let tls = ServerTls::open(files).context("cannot set up TLS")?;
+            tokio::spawn(tls.clone().watch(cli.reload_interval, until_stopped()));
+            Some(tls)
+        }
+        _ => None,
+    };
+    let health_listener = match cli.health_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (health)"))?,
+        ),
+        None => None,
+    };
     let options = ServeOptions {
         request_timeout: cli.request_timeout,
         shutdown_grace: cli.shutdown_grace,
+        tls,
+        health_listener,
         ..Default::default()
     };
 
@@ -141,7 +165,17 @@ async fn run<S: Store>(
     cli: &Cli,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    tracing::info!(listen = %cli.listen, store = store.kind(), "limiter serving");
+    tracing::info!(
+        listen = %cli.listen,
+        store = store.kind(),
+        tls = match (&options.tls, options.tls.as_ref().is_some_and(|t| t.mutual())) {
+            (None, _) => "off",
+            (Some(_), false) => "on",
+            (Some(_), true) => "mutual",
+        },
+        health_listen = ?cli.health_listen,
+        "limiter serving"
+    );
     let engine = Arc::new(Engine::new(store, policy));
     server::serve(engine, listener, options, shutdown)
         .await

@@ -1,6 +1,7 @@
 //! The gRPC server: the `Limiter` service, gRPC health (per service: the limiter is
 //! NOT_SERVING while its store is unreachable) and reflection, and graceful shutdown.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +13,13 @@ use tonic_health::ServingStatus;
 use crate::decision::Engine;
 use crate::grpc::LimiterService;
 use crate::store::Store;
+use crate::tls::ServerTls;
 
 /// The health-check name of the limiter service.
 pub const SERVICE_NAME: &str = "mxlimit.v1.Limiter";
 
 /// Server settings beyond the engine.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServeOptions {
     /// Upper bound of any one request, whatever deadline the caller sent.
     pub request_timeout: Duration,
@@ -26,6 +28,11 @@ pub struct ServeOptions {
     /// After shutdown begins, how long open connections may stay before the server
     /// returns anyway (hyper can wait forever on a client that never hangs up).
     pub shutdown_grace: Duration,
+    /// Serve gRPC over TLS (mutual TLS when the files name a client CA).
+    pub tls: Option<Arc<ServerTls>>,
+    /// A second, plaintext port that serves only gRPC health: for probes that cannot
+    /// speak TLS (Kubernetes' gRPC probes) while the main port requires it.
+    pub health_listener: Option<TcpListener>,
 }
 
 impl Default for ServeOptions {
@@ -34,6 +41,8 @@ impl Default for ServeOptions {
             request_timeout: Duration::from_secs(2),
             health_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
+            tls: None,
+            health_listener: None,
         }
     }
 }
@@ -98,24 +107,48 @@ pub async fn serve<S: Store>(
         })
     };
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (began, draining) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let (health_stop, health_stopped) = tokio::sync::watch::channel(false);
+    if let Some(l) = options.health_listener {
+        let only_health = tonic::transport::Server::builder()
+            .timeout(options.request_timeout)
+            .add_service(health_service.clone())
+            .serve_with_incoming_shutdown(TcpIncoming::from(l), async move {
+                let mut rx = health_stopped;
+                let _ = rx.wait_for(|s| *s).await;
+            });
+        tokio::spawn(async move {
+            if let Err(e) = only_health.await {
+                tracing::error!(error = %e, "the health port stopped");
+            }
+        });
+    }
+    let router = tonic::transport::Server::builder()
         .timeout(options.request_timeout)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(LimiterServer::new(LimiterService::new(engine)))
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing calls in flight");
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            health
-                .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-                .await;
-            let _ = began.send(());
-        });
+        .add_service(LimiterServer::new(LimiterService::new(engine)));
+    let stopping = async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing calls in flight");
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+            .await;
+        let _ = began.send(());
+    };
+    type Serving = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+    let server: Serving = match options.tls {
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopping,
+        )),
+        Some(tls) => Box::pin(
+            router.serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), stopping),
+        ),
+    };
     let grace = options.shutdown_grace;
     let result = tokio::select! {
         r = server => r,
@@ -131,6 +164,7 @@ pub async fn serve<S: Store>(
         }
     };
     watcher.abort();
+    let _ = health_stop.send(true);
     result
 }
 

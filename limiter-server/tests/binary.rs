@@ -147,6 +147,10 @@ fn help_explains_every_flag_and_its_environment_variable() {
         ("--log ", "MXLIMIT_LOG"),
         ("--check", ""),
         ("--health-check", ""),
+        ("--tls-cert", "MXLIMIT_TLS_CERT"),
+        ("--tls-key", "MXLIMIT_TLS_KEY"),
+        ("--tls-client-ca", "MXLIMIT_TLS_CLIENT_CA"),
+        ("--health-listen", "MXLIMIT_HEALTH_LISTEN"),
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}");
         assert!(help.contains(env), "--help does not mention {env}");
@@ -475,4 +479,211 @@ async fn health_check_exits_zero_while_serving_and_non_zero_when_nothing_answers
             .contains(&format!("cannot reach the limiter at {free}")),
         "{out:?}"
     );
+}
+
+/// A Limiter client over TLS, trusting `ca`, presenting `identity` if given.
+async fn tls_client(
+    addr: &str,
+    ca: &str,
+    identity: Option<&testkit::tls::Pair>,
+) -> Result<
+    mxlimit_proto::v1::limiter_client::LimiterClient<tonic::transport::Channel>,
+    tonic::transport::Error,
+> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some(id) = identity {
+        tls = tls.identity(Identity::from_pem(&id.cert, &id.key));
+    }
+    let ch = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    Ok(mxlimit_proto::v1::limiter_client::LimiterClient::new(ch))
+}
+
+/// Whether one Connect call over TLS with this trust and identity is answered.
+async fn tls_call_works(addr: &str, ca: &str, identity: Option<&testkit::tls::Pair>) -> bool {
+    match tls_client(addr, ca, identity).await {
+        Ok(mut c) => c
+            .connect(connect_req("mx1", "s1", "192.0.2.7"))
+            .await
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn mutual_tls_admits_only_clients_of_the_ca_and_health_stays_plaintext_on_its_port() {
+    use testkit::tls::Pki;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("mxlimit test CA");
+    let (cert, key) = pki.server(&["localhost"]).write(dir.path(), "server");
+    let client_ca = pki.write_ca(dir.path(), "clients.pem");
+    let health_port = free_port();
+    let health_addr = format!("127.0.0.1:{health_port}");
+    let s = Server::start(
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tls-client-ca",
+            client_ca.to_str().unwrap(),
+            "--health-listen",
+            &health_addr,
+        ],
+        dir.path(),
+    );
+    // Ready: the plaintext health port answers SERVING (the main port needs a client
+    // certificate, which the health check does not have).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new(BIN)
+            .args(["--health-check", &health_addr])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready: {}", s.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        s.stderr().contains("tls=\"mutual\"") || s.stderr().contains("tls=mutual"),
+        "{}",
+        s.stderr()
+    );
+
+    let agent = pki.client("mx1.example");
+    assert!(
+        tls_call_works(&s.addr, pki.ca_pem(), Some(&agent)).await,
+        "{}",
+        s.stderr()
+    );
+    // No client certificate, one from another CA, or no TLS at all: refused.
+    assert!(!tls_call_works(&s.addr, pki.ca_pem(), None).await);
+    let stranger = Pki::new("another CA").client("mx1.example");
+    assert!(!tls_call_works(&s.addr, pki.ca_pem(), Some(&stranger)).await);
+    let mut plain = LimiterClientPlain::new(channel(s.addr.parse().unwrap()).await);
+    assert!(
+        plain
+            .connect(connect_req("mx1", "s2", "192.0.2.7"))
+            .await
+            .is_err()
+    );
+    // The health port serves health only.
+    let mut on_health = LimiterClientPlain::new(channel(health_addr.parse().unwrap()).await);
+    let err = on_health
+        .connect(connect_req("mx1", "s3", "192.0.2.7"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+}
+
+type LimiterClientPlain<T> = mxlimit_proto::v1::limiter_client::LimiterClient<T>;
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_refused() {
+    use testkit::tls::Pki;
+    let dir = tempfile::tempdir().unwrap();
+    let old_ca = Pki::new("old CA");
+    let (cert, key) = old_ca.server(&["localhost"]).write(dir.path(), "server");
+    let mut s = Server::start(
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--reload-interval",
+            "100ms",
+        ],
+        dir.path(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !tls_call_works(&s.addr, old_ca.ca_pem(), None).await {
+        assert!(Instant::now() < deadline, "not serving TLS: {}", s.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The certificate is renewed by another CA (as a rotation would): new connections
+    // get the new one.
+    let new_ca = Pki::new("new CA");
+    new_ca.server(&["localhost"]).write(dir.path(), "server");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !tls_call_works(&s.addr, new_ca.ca_pem(), None).await {
+        assert!(
+            Instant::now() < deadline,
+            "new certificate not served: {}",
+            s.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        s.stderr().contains("TLS certificate reloaded"),
+        "{}",
+        s.stderr()
+    );
+    assert!(!tls_call_works(&s.addr, old_ca.ca_pem(), None).await);
+
+    // A broken key is refused with a message; the certificate in force stays.
+    std::fs::write(&key, "not a key\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s
+        .stderr()
+        .contains("cannot be used; keeping the certificate in force")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "broken key not reported: {}",
+            s.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(tls_call_works(&s.addr, new_ca.ca_pem(), None).await);
+    s.signal("-TERM");
+    assert!(s.wait_exit().await.success());
+}
+
+#[test]
+fn tls_files_that_cannot_be_used_stop_the_start_with_the_file_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = testkit::tls::Pki::new("CA");
+    let (cert, key) = pki.server(&["localhost"]).write(dir.path(), "server");
+    let missing = dir.path().join("missing.key");
+    for (c, k, want) in [
+        (
+            cert.clone(),
+            missing.clone(),
+            format!("cannot read {}", missing.display()),
+        ),
+        (
+            key.clone(),
+            key.clone(),
+            format!("{}: no certificate in the file", key.display()),
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--tls-cert", c.to_str().unwrap()])
+            .args(["--tls-key", k.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("cannot set up TLS") && err.contains(&want),
+            "{err}"
+        );
+    }
+    // --tls-cert alone is a usage error.
+    let out = Command::new(BIN)
+        .args(["--tls-cert", cert.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-key"));
 }

@@ -11,6 +11,7 @@ pub mod postfix;
 pub mod redis;
 pub mod sendmail;
 pub mod smtp;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
