@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::adapters::{milter, policy::PolicyService, socketmap::Socketmap};
 use crate::config::AgentConfig;
 use crate::limiter::channel::{self, Targets};
+use crate::limiter::tls::ClientTls;
 use crate::limiter::{Limiter, LimiterOptions};
 use crate::listen::{ListenAddr, Listener};
 
@@ -71,8 +72,25 @@ impl Agent {
             }
             None => Targets::List(l.endpoints.clone()),
         };
+        // TLS when configured, or when an endpoint says https (then the system's roots).
+        let tls = l
+            .tls
+            .clone()
+            .or_else(|| {
+                l.endpoints
+                    .iter()
+                    .any(|e| e.starts_with("https://"))
+                    .then(Default::default)
+            })
+            .map(|settings| ClientTls {
+                settings,
+                default_domain: match &targets {
+                    Targets::Dns { name, .. } => Some(name.trim_end_matches('.').to_string()),
+                    Targets::List(_) => None,
+                },
+            });
         let channel =
-            channel::connect(&targets, l.connect_timeout.0).map_err(AgentError::Config)?;
+            channel::connect(&targets, l.connect_timeout.0, tls).map_err(AgentError::Config)?;
 
         // The local fallback: this host's own limits, same engine as the limiter's.
         let source = PolicySource {

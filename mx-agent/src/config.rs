@@ -43,6 +43,37 @@ pub struct LimiterSettings {
     /// Every call's deadline: past it, the agent decides locally.
     pub deadline: Span,
     pub connect_timeout: Span,
+    /// TLS to the limiters (`[limiter.tls]`); absent = plaintext.
+    pub tls: Option<ClientTlsSettings>,
+}
+
+/// TLS to the limiters: the CA that signed their certificate and, for mutual TLS, this
+/// agent's certificate. The files are checked every `reload_every` and the connections
+/// remade when they change.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientTlsSettings {
+    /// PEM CA certificate(s) to trust; empty = the system's roots.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate chain (mutual TLS), with `key`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The name to expect in the limiters' certificate; default: the endpoint's host,
+    /// or the `dns` name.
+    pub domain: Option<String>,
+    pub reload_every: Span,
+}
+
+impl Default for ClientTlsSettings {
+    fn default() -> Self {
+        ClientTlsSettings {
+            ca: None,
+            cert: None,
+            key: None,
+            domain: None,
+            reload_every: Span::secs(10),
+        }
+    }
 }
 
 impl Default for LimiterSettings {
@@ -54,6 +85,7 @@ impl Default for LimiterSettings {
             resolve_every: Span::secs(10),
             deadline: Span::millis(50),
             connect_timeout: Span::secs(1),
+            tls: None,
         }
     }
 }
@@ -159,6 +191,14 @@ impl AgentConfig {
         }
         if let Some(d) = &self.limiter.dns {
             crate::limiter::channel::parse_dns_target(d)?;
+        }
+        if let Some(t) = &self.limiter.tls {
+            if t.cert.is_some() != t.key.is_some() {
+                return Err("limiter.tls: give cert and key together".into());
+            }
+            if t.reload_every.0.is_zero() {
+                return Err("limiter.tls.reload_every must be more than 0".into());
+            }
         }
         if self.limiter.deadline.0.is_zero() || self.limiter.deadline > Span::secs(5) {
             return Err(format!(

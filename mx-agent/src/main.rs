@@ -33,6 +33,29 @@ struct Cli {
     /// Or a DNS name (name:port) whose A/AAAA records are the limiters.
     #[arg(long, env = "MXAGENT_LIMITER_DNS")]
     limiter_dns: Option<String>,
+    /// TLS to the limiters: PEM CA certificate to trust (implies https).
+    #[arg(long, env = "MXAGENT_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Mutual TLS: this agent's PEM certificate chain (with --tls-key).
+    #[arg(
+        long,
+        env = "MXAGENT_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// Mutual TLS: the PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "MXAGENT_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// The name expected in the limiters' certificate (default: the endpoint's host or
+    /// the DNS name).
+    #[arg(long, env = "MXAGENT_TLS_DOMAIN")]
+    tls_domain: Option<String>,
     /// Deadline of every limiter call (e.g. 50ms).
     #[arg(long, env = "MXAGENT_DEADLINE", value_parser = parse)]
     deadline: Option<std::time::Duration>,
@@ -92,6 +115,19 @@ async fn main() -> Result<()> {
     }
     if cli.limiter_dns.is_some() {
         cfg.limiter.dns = cli.limiter_dns.clone();
+    }
+    if cli.tls_ca.is_some() || cli.tls_cert.is_some() || cli.tls_domain.is_some() {
+        let t = cfg.limiter.tls.get_or_insert_with(Default::default);
+        if cli.tls_ca.is_some() {
+            t.ca = cli.tls_ca.clone();
+        }
+        if cli.tls_cert.is_some() {
+            t.cert = cli.tls_cert.clone();
+            t.key = cli.tls_key.clone();
+        }
+        if cli.tls_domain.is_some() {
+            t.domain = cli.tls_domain.clone();
+        }
     }
     if let Some(d) = cli.deadline {
         cfg.limiter.deadline = Span(d);

@@ -85,12 +85,23 @@ impl Limiter {
         policy: Arc<PolicyHandle>,
         at: SocketAddr,
     ) -> Limiter {
+        Limiter::start_tls(store, policy, at, None).await
+    }
+
+    /// Serving over TLS when `tls` is given.
+    pub async fn start_tls<S: Store>(
+        store: S,
+        policy: Arc<PolicyHandle>,
+        at: SocketAddr,
+        tls: Option<Arc<limiter_server::tls::ServerTls>>,
+    ) -> Limiter {
         let listener = tokio::net::TcpListener::bind(at).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let engine = Arc::new(Engine::new(store, policy.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let options = ServeOptions {
             health_interval: Duration::from_millis(200),
+            tls,
             ..Default::default()
         };
         let task = tokio::spawn(async move {

@@ -6,6 +6,7 @@
 pub mod breaker;
 pub mod channel;
 pub mod sessions;
+pub mod tls;
 
 use std::net::IpAddr;
 use std::sync::Arc;
