@@ -24,9 +24,11 @@ FROM runtime AS limiter-server
 COPY --from=build /usr/local/bin/limiter-server /usr/local/bin/limiter-server
 ENV MXLIMIT_LISTEN=0.0.0.0:7525
 EXPOSE 7525
-# Serving means the store answers too (gRPC health of mxlimit.v1.Limiter).
+# Serving means the store answers too (gRPC health of mxlimit.v1.Limiter). Without an
+# address the check asks this configuration's own plaintext port: --health-listen
+# when TLS is on, else the gRPC port.
 HEALTHCHECK --interval=10s --timeout=7s --start-period=5s \
-    CMD ["limiter-server", "--health-check", "127.0.0.1:7525"]
+    CMD ["limiter-server", "--health-check"]
 ENTRYPOINT ["limiter-server"]
 
 # GPL-3.0-or-later (it links indymilter).

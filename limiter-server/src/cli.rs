@@ -141,9 +141,11 @@ pub struct Cli {
     pub check: bool,
 
     /// Ask the limiter at HOST:PORT whether it serves (gRPC health of mxlimit.v1.Limiter,
-    /// which follows its store), print the answer, and exit (0 = serving). For container
-    /// health checks and `helm test`.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// which follows its store), print the answer, and exit (0 = serving). Without
+    /// HOST:PORT: this configuration's own plaintext port (--health-listen, else
+    /// --listen), on loopback if it listens on all addresses. For container health
+    /// checks and `helm test`.
+    #[arg(long, value_name = "HOST:PORT", num_args = 0..=1, default_missing_value = "")]
     pub health_check: Option<String>,
 }
 

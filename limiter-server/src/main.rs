@@ -26,7 +26,19 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(addr) = &cli.health_check {
-        return health_check(addr).await;
+        let addr = if addr.is_empty() {
+            let mut own = cli.health_listen.unwrap_or(cli.listen);
+            if own.ip().is_unspecified() {
+                own.set_ip(match own {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            own.to_string()
+        } else {
+            addr.clone()
+        };
+        return health_check(&addr).await;
     }
     init_logging(&cli)?;
 

@@ -468,6 +468,18 @@ async fn health_check_exits_zero_while_serving_and_non_zero_when_nothing_answers
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("{}: SERVING", s.addr)
     );
+    // Without an address: the configuration's own port, on loopback.
+    let port = s.addr.rsplit_once(':').unwrap().1;
+    let out = Command::new(BIN)
+        .arg("--health-check")
+        .env("MXLIMIT_LISTEN", format!("0.0.0.0:{port}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("127.0.0.1:{port}: SERVING")
+    );
     let free = format!("127.0.0.1:{}", free_port());
     let out = Command::new(BIN)
         .args(["--health-check", &free])

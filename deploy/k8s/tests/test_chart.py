@@ -23,8 +23,8 @@ RELEASE, NAMESPACE = "mx", "mail"
 FULL = "mx-mxlimit"
 PASSWORD = "r3dis-s3cret-for-the-test"
 
-# The value sets CI renders, besides the defaults. TLS to Redis and the gRPC port,
-# the admin token and the ServiceMonitor arrive with the admin/TLS/metrics work.
+# The value sets CI renders, besides the defaults. TLS to Redis (rediss://), the
+# admin token and the ServiceMonitor wait for the limiter to have them.
 VALUE_SETS = {
     "defaults": {},
     "external-redis-cluster": {
@@ -38,6 +38,19 @@ VALUE_SETS = {
         },
         "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 9},
         "rules": {"policy": 'shadow = true\n[client_rate]\nwindow = "60s"\n', "rollOnChange": True},
+    },
+    "redis-cluster-mutual-tls": {
+        "redis": {"external": {"urls": [f"redis://redis-{i}.redis.db.svc:6379" for i in range(6)],
+                               "existingSecret": "redis-auth"}},
+        "tls": {"enabled": True, "existingSecret": "mxlimit-cert", "clientCA": {"enabled": True}},
+        "agent": {"enabled": True, "tls": {"existingSecret": "mxlimit-agent-cert"}},
+        "networkPolicy": {"enabled": True},
+    },
+    "tls-inline": {
+        "redis": {"bundled": {"enabled": True}},
+        "tls": {"enabled": True, "cert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+                "key": "-----BEGIN PRIVATE KEY-----\nTLS-KEY-SECRET-MATERIAL\n-----END PRIVATE KEY-----\n",
+                "clientCA": {"enabled": True, "pem": "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n"}},
     },
     "existing-secret": {
         "redis": {"external": {"urls": ["redis://redis.db.svc:6379"], "existingSecret": "redis-auth"}},
@@ -140,6 +153,11 @@ def test_every_container_has_probes_resources_and_runs_unprivileged(chart, name)
             assert res.get("limits", {}).get("memory"), where
             if d["kind"] != "Pod":  # the helm test pod runs once and exits
                 assert c.get("livenessProbe") and c.get("readinessProbe"), where
+        # A Secret mounted with a restrictive mode must be readable by the pod's group.
+        for v in spec.get("volumes", []):
+            mode = v.get("secret", {}).get("defaultMode")
+            if mode is not None and not mode & 0o004:
+                assert pod_sc.get("fsGroup"), f"{where}: {v['name']} unreadable without fsGroup"
 
 
 def test_limiter_probes_use_grpc_health_and_readiness_follows_the_store(chart):
@@ -158,6 +176,7 @@ def test_secrets_are_never_inlined_outside_secrets(chart, name):
         if d["kind"] == "Secret":
             continue
         assert PASSWORD not in text, f"{d['kind']}/{d['metadata']['name']} holds the password"
+        assert "TLS-KEY-SECRET-MATERIAL" not in text, f"{d['kind']}/{d['metadata']['name']} holds the TLS key"
         assert encoded not in text, f"{d['kind']}/{d['metadata']['name']} holds the password (base64)"
 
 
@@ -179,6 +198,51 @@ def test_the_redis_password_reaches_the_limiter_as_a_mounted_secret_file(chart):
     vol = next(v for v in spec["volumes"] if v["name"] == "redis-auth")
     assert vol["secret"] == {"secretName": "redis-auth", "defaultMode": 0o440,
                              "items": [{"key": "redis-password", "path": "password"}]}
+
+
+def test_tls_material_is_mounted_from_secrets_and_probes_use_the_plaintext_health_port(chart):
+    docs = render(chart, VALUE_SETS["redis-cluster-mutual-tls"])
+    spec = one(docs, "Deployment", FULL)["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["MXLIMIT_TLS_CERT"] == "/etc/mxlimit-tls/tls.crt"
+    assert env["MXLIMIT_TLS_KEY"] == "/etc/mxlimit-tls/tls.key"
+    assert env["MXLIMIT_TLS_CLIENT_CA"] == "/etc/mxlimit-client-ca/ca.crt"
+    assert env["MXLIMIT_HEALTH_LISTEN"] == "0.0.0.0:7526"
+    vols = {v["name"]: v for v in spec["volumes"]}
+    assert vols["tls"]["secret"]["secretName"] == "mxlimit-cert"
+    # cert-manager's Secret carries the issuing CA as ca.crt.
+    assert vols["client-ca"]["secret"]["secretName"] == "mxlimit-cert"
+    assert vols["client-ca"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    for m in c["volumeMounts"]:
+        assert "subPath" not in m, "a subPath mount never sees a renewed certificate"
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["grpc"]["port"] == 7526
+    assert not kinds(docs, "Secret"), "existing Secrets are referenced, never copied"
+    svc = one(docs, "Service", FULL)
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"grpc": 7525, "health": 7526}
+    pod = next(d for d in docs if d["kind"] == "Pod")
+    assert pod["spec"]["containers"][0]["args"] == [f"--health-check={FULL}.{NAMESPACE}.svc.cluster.local:7526"]
+    np = one(docs, "NetworkPolicy", FULL)
+    assert [p["port"] for p in np["spec"]["ingress"][0]["ports"]] == ["grpc", "health"]
+    # The agents trust the limiter's CA and present their own certificate.
+    agent = one(docs, "DaemonSet", f"{FULL}-agent")["spec"]["template"]["spec"]
+    aenv = {e["name"]: e.get("value") for e in agent["containers"][0]["env"]}
+    assert aenv["MXAGENT_TLS_CA"] == "/etc/mxlimit-agent-tls/ca.crt"
+    assert aenv["MXAGENT_TLS_CERT"] == "/etc/mxlimit-agent-tls/tls.crt"
+    assert aenv["MXAGENT_TLS_KEY"] == "/etc/mxlimit-agent-tls/tls.key"
+    assert agent["volumes"] == [{"name": "tls", "secret": {"secretName": "mxlimit-agent-cert", "defaultMode": 0o440}}]
+
+
+def test_inline_tls_material_goes_into_a_secret_of_the_chart(chart):
+    values = VALUE_SETS["tls-inline"]
+    docs = render(chart, values)
+    secret = one(docs, "Secret", f"{FULL}-tls")
+    assert base64.b64decode(secret["data"]["tls.key"]).decode() == values["tls"]["key"]
+    assert base64.b64decode(secret["data"]["ca.crt"]).decode() == values["tls"]["clientCA"]["pem"]
+    spec = one(docs, "Deployment", FULL)["spec"]["template"]["spec"]
+    vols = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+    assert vols["tls"] == vols["client-ca"] == f"{FULL}-tls"
 
 
 def test_the_checksum_rolls_the_pods_when_the_rules_change_and_only_then(chart):
@@ -291,6 +355,10 @@ def test_the_helm_test_pod_checks_health_through_the_service(chart):
         ({"autoscaling": {"enabled": True}}, "needs Redis"),
         ({"redis": {"external": {"urls": ["redis://r:6379"]}, "bundled": {"enabled": True}}}, "not both"),
         ({"redis": {"bundled": {"enabled": True, "requirePassword": True}}}, "requirePassword needs"),
+        ({"tls": {"enabled": True}}, "tls.enabled needs"),
+        ({"tls": {"enabled": True, "cert": "c", "key": "k", "clientCA": {"enabled": True}}}, "tls.clientCA.enabled needs"),
+        ({"tls": {"enabled": True, "existingSecret": "s"}, "redis": {"bundled": {"enabled": True}},
+          "agent": {"enabled": True}}, "agent.tls.existingSecret"),
     ],
 )
 def test_contradictory_values_fail_with_a_clear_message(chart, values, message):

@@ -77,3 +77,26 @@ redis-password
 {{- define "mxlimit.configMapName" -}}
 {{- default (printf "%s-rules" (include "mxlimit.fullname" .)) .Values.rules.existingConfigMap }}
 {{- end }}
+
+{{/* The Secret with the limiter's certificate and key. */}}
+{{- define "mxlimit.tlsSecret" -}}
+{{- default (printf "%s-tls" (include "mxlimit.fullname" .)) .Values.tls.existingSecret }}
+{{- end }}
+
+{{/* The Secret and key with the CA of client certificates (mutual TLS). */}}
+{{- define "mxlimit.clientCASecret" -}}
+{{- if .Values.tls.clientCA.pem -}}
+{{- printf "%s-tls" (include "mxlimit.fullname" .) }}
+{{- else -}}
+{{- default (include "mxlimit.tlsSecret" .) .Values.tls.clientCA.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "mxlimit.clientCAKey" -}}
+{{- ternary "ca.crt" .Values.tls.clientCA.key (ne .Values.tls.clientCA.pem "") }}
+{{- end }}
+
+{{/* The port the probes and helm test ask: the plaintext health port under TLS. */}}
+{{- define "mxlimit.healthPort" -}}
+{{- ternary .Values.tls.healthPort .Values.limiter.port .Values.tls.enabled }}
+{{- end }}
