@@ -87,6 +87,30 @@ pub struct Cli {
     #[arg(long, env = "MXLIMIT_REDIS_PASSWORD_FILE", value_name = "FILE")]
     pub redis_password_file: Option<PathBuf>,
 
+    /// For rediss:// URLs: PEM CA certificate(s) that signed the Redis servers'
+    /// certificates (default: the system's roots).
+    #[arg(long, env = "MXLIMIT_REDIS_TLS_CA", value_name = "FILE")]
+    pub redis_tls_ca: Option<PathBuf>,
+
+    /// For Redis servers that require client certificates: PEM chain (with
+    /// --redis-tls-key). Read at start.
+    #[arg(
+        long,
+        env = "MXLIMIT_REDIS_TLS_CERT",
+        value_name = "FILE",
+        requires = "redis_tls_key"
+    )]
+    pub redis_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-tls-cert.
+    #[arg(
+        long,
+        env = "MXLIMIT_REDIS_TLS_KEY",
+        value_name = "FILE",
+        requires = "redis_tls_cert"
+    )]
+    pub redis_tls_key: Option<PathBuf>,
+
     /// Prefix of every Redis key, so that deployments can share a Redis.
     #[arg(long, env = "MXLIMIT_REDIS_PREFIX", default_value = "mxl")]
     pub redis_prefix: String,

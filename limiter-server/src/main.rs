@@ -11,7 +11,7 @@ use limiter_server::policy::reload::{PolicyHandle, PolicySource};
 use limiter_server::server::{self, ServeOptions};
 use limiter_server::store::Store;
 use limiter_server::store::memory::{MemoryConfig, MemoryStore};
-use limiter_server::store::redis::{RedisConfig, RedisStore};
+use limiter_server::store::redis::{RedisConfig, RedisStore, RedisTls};
 use limiter_server::tls::{ServerTls, TlsFiles};
 use tokio::net::TcpListener;
 
@@ -108,6 +108,7 @@ async fn main() -> Result<()> {
             config.response_timeout = cli.redis_timeout;
             config.username = cli.redis_username.clone();
             config.password = redis_password(&cli)?;
+            config.tls = redis_tls(&cli)?;
             let store = RedisStore::connect(&config)
                 .await
                 .with_context(|| format!("cannot use Redis at {}", redact(urls)))?;
@@ -121,6 +122,23 @@ async fn main() -> Result<()> {
             run(store, policy, listener, options, &cli, until_stopped()).await
         }
     }
+}
+
+/// The PEM files for TLS to Redis, read now (a connection made later uses them).
+fn redis_tls(cli: &Cli) -> Result<Option<RedisTls>> {
+    if cli.redis_tls_ca.is_none() && cli.redis_tls_cert.is_none() {
+        return Ok(None);
+    }
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    Ok(Some(RedisTls {
+        ca: cli.redis_tls_ca.as_ref().map(read).transpose()?,
+        client: match (&cli.redis_tls_cert, &cli.redis_tls_key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        },
+    }))
 }
 
 /// One gRPC health check, bounded in time: a probe must not hang.

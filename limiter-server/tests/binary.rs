@@ -137,6 +137,9 @@ fn help_explains_every_flag_and_its_environment_variable() {
         ("--redis-username", "MXLIMIT_REDIS_USERNAME"),
         ("--redis-password ", "MXLIMIT_REDIS_PASSWORD"),
         ("--redis-password-file", "MXLIMIT_REDIS_PASSWORD_FILE"),
+        ("--redis-tls-ca", "MXLIMIT_REDIS_TLS_CA"),
+        ("--redis-tls-cert", "MXLIMIT_REDIS_TLS_CERT"),
+        ("--redis-tls-key", "MXLIMIT_REDIS_TLS_KEY"),
         ("--policy", "MXLIMIT_POLICY"),
         ("--access", "MXLIMIT_ACCESS"),
         ("--reload-interval", "MXLIMIT_RELOAD_INTERVAL"),
@@ -698,4 +701,74 @@ fn tls_files_that_cannot_be_used_stop_the_start_with_the_file_named() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-key"));
+}
+
+#[tokio::test]
+async fn redis_over_mutual_tls_with_a_private_ca_and_a_clear_error_for_the_wrong_ca() {
+    use testkit::tls::Pki;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("redis CA");
+    let (rcert, rkey) = pki.server(&["127.0.0.1"]).write(dir.path(), "redis");
+    let ca = pki.write_ca(dir.path(), "ca.pem");
+    let tls_port = free_port();
+    // The plaintext port stays for the harness's own checks; the limiter uses TLS, and
+    // Redis requires a client certificate of its CA there.
+    let _redis = testkit::redis::RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        rcert.to_str().unwrap(),
+        "--tls-key-file",
+        rkey.to_str().unwrap(),
+        "--tls-ca-cert-file",
+        ca.to_str().unwrap(),
+        "--tls-auth-clients",
+        "yes",
+    ]);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let (ccert, ckey) = pki.client("limiter").write(dir.path(), "client");
+    let mut s = Server::start(
+        &[
+            "--redis",
+            &url,
+            "--redis-tls-ca",
+            ca.to_str().unwrap(),
+            "--redis-tls-cert",
+            ccert.to_str().unwrap(),
+            "--redis-tls-key",
+            ckey.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    s.wait_ready().await;
+    let reply = s
+        .client()
+        .await
+        .connect(connect_req("mx1", "s1", "192.0.2.7"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(action(&reply.verdict.unwrap()), Action::Accept);
+
+    // Another CA's trust: the start fails and says it is about Redis.
+    let other = Pki::new("other CA").write_ca(dir.path(), "other.pem");
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--redis", &url])
+        .args(["--redis-tls-ca", other.to_str().unwrap()])
+        .args(["--redis-tls-cert", ccert.to_str().unwrap()])
+        .args(["--redis-tls-key", ckey.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("cannot use Redis at {url}")), "{err}");
+    // TLS files with a plaintext URL are a configuration error, not a silent downgrade.
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--redis", "redis://127.0.0.1:1"])
+        .args(["--redis-tls-ca", ca.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("not every URL is rediss://"), "{err}");
 }

@@ -36,6 +36,41 @@ pub struct RedisConfig {
     /// that a secret can stay out of the URL (and out of process listings).
     pub username: Option<String>,
     pub password: Option<String>,
+    /// For `rediss://` URLs: a private CA, and a client certificate for servers that
+    /// require one (`tls-auth-clients yes`). Without them the system's roots apply.
+    pub tls: Option<RedisTls>,
+}
+
+/// PEM material for TLS to Redis.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    pub ca: Option<Vec<u8>>,
+    /// Certificate chain and key.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca.is_some())
+            .field("client", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisTls {
+    fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.ca.clone(),
+        }
+    }
 }
 
 impl RedisConfig {
@@ -47,7 +82,16 @@ impl RedisConfig {
             connect_timeout: Duration::from_secs(2),
             username: None,
             password: None,
+            tls: None,
         }
+    }
+
+    /// A client for one node, with this configuration's TLS material if any.
+    fn client(&self, node: ConnectionInfo) -> Result<redis::Client, StoreError> {
+        Ok(match &self.tls {
+            Some(t) => redis::Client::build_with_tls(node, t.certificates())?,
+            None => redis::Client::open(node)?,
+        })
     }
 
     /// One URL with this configuration's credentials applied.
@@ -166,11 +210,20 @@ impl RedisStore {
             .filter(|u| !u.is_empty())
             .map(|u| config.connection_info(u))
             .collect::<Result<Vec<_>, _>>()?;
+        let tls_urls = nodes
+            .iter()
+            .filter(|n| matches!(n.addr(), redis::ConnectionAddr::TcpTls { .. }))
+            .count();
+        if config.tls.is_some() && tls_urls < nodes.len() {
+            return Err(StoreError::Config(
+                "Redis TLS files are given but not every URL is rediss://".into(),
+            ));
+        }
         let cluster = match nodes.as_slice() {
             [] => {
                 return Err(StoreError::Config("no Redis URL given".into()));
             }
-            [one] => is_cluster_node(one.clone(), config.connect_timeout).await?,
+            [one] => is_cluster_node(config.client(one.clone())?, config.connect_timeout).await?,
             _ => true,
         };
         let conn = if cluster {
@@ -184,9 +237,12 @@ impl RedisStore {
             if let Some(p) = nodes[0].redis_settings().password() {
                 builder = builder.password(p);
             }
+            if let Some(t) = &config.tls {
+                builder = builder.certs(t.certificates());
+            }
             Conn::Cluster(builder.build()?.get_async_connection().await?)
         } else {
-            let client = redis::Client::open(nodes[0].clone())?;
+            let client = config.client(nodes[0].clone())?;
             let cfg = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(config.connect_timeout))
                 .set_response_timeout(Some(config.response_timeout))
@@ -298,8 +354,7 @@ impl RedisStore {
 }
 
 /// Whether a single URL names a node of a Redis Cluster.
-async fn is_cluster_node(node: ConnectionInfo, timeout: Duration) -> Result<bool, StoreError> {
-    let client = redis::Client::open(node)?;
+async fn is_cluster_node(client: redis::Client, timeout: Duration) -> Result<bool, StoreError> {
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
