@@ -23,8 +23,8 @@ RELEASE, NAMESPACE = "mx", "mail"
 FULL = "mx-mxlimit"
 PASSWORD = "r3dis-s3cret-for-the-test"
 
-# The value sets CI renders, besides the defaults. TLS to Redis (rediss://), the
-# admin token and the ServiceMonitor wait for the limiter to have them.
+# The value sets CI renders, besides the defaults. The admin token and the
+# ServiceMonitor wait for the limiter's admin API and metrics endpoint.
 VALUE_SETS = {
     "defaults": {},
     "external-redis-cluster": {
@@ -40,8 +40,9 @@ VALUE_SETS = {
         "rules": {"policy": 'shadow = true\n[client_rate]\nwindow = "60s"\n', "rollOnChange": True},
     },
     "redis-cluster-mutual-tls": {
-        "redis": {"external": {"urls": [f"redis://redis-{i}.redis.db.svc:6379" for i in range(6)],
-                               "existingSecret": "redis-auth"}},
+        "redis": {"external": {"urls": [f"rediss://redis-{i}.redis.db.svc:6379" for i in range(6)],
+                               "existingSecret": "redis-auth",
+                               "tls": {"existingSecret": "redis-client-cert", "clientCert": True}}},
         "tls": {"enabled": True, "existingSecret": "mxlimit-cert", "clientCA": {"enabled": True}},
         "agent": {"enabled": True, "tls": {"existingSecret": "mxlimit-agent-cert"}},
         "networkPolicy": {"enabled": True},
@@ -209,7 +210,12 @@ def test_tls_material_is_mounted_from_secrets_and_probes_use_the_plaintext_healt
     assert env["MXLIMIT_TLS_KEY"] == "/etc/mxlimit-tls/tls.key"
     assert env["MXLIMIT_TLS_CLIENT_CA"] == "/etc/mxlimit-client-ca/ca.crt"
     assert env["MXLIMIT_HEALTH_LISTEN"] == "0.0.0.0:7526"
+    assert env["MXLIMIT_REDIS"].startswith("rediss://")
+    assert env["MXLIMIT_REDIS_TLS_CA"] == "/etc/mxlimit-redis-tls/ca.crt"
+    assert env["MXLIMIT_REDIS_TLS_CERT"] == "/etc/mxlimit-redis-tls/tls.crt"
+    assert env["MXLIMIT_REDIS_TLS_KEY"] == "/etc/mxlimit-redis-tls/tls.key"
     vols = {v["name"]: v for v in spec["volumes"]}
+    assert vols["redis-tls"]["secret"]["secretName"] == "redis-client-cert"
     assert vols["tls"]["secret"]["secretName"] == "mxlimit-cert"
     # cert-manager's Secret carries the issuing CA as ca.crt.
     assert vols["client-ca"]["secret"]["secretName"] == "mxlimit-cert"
@@ -370,6 +376,7 @@ def test_contradictory_values_fail_with_a_clear_message(chart, values, message):
     "values",
     [
         {"redis": {"external": {"urls": ["redis://:hunter2@r:6379"]}}},  # a password in a URL
+        {"redis": {"external": {"urls": ["http://r:6379"]}}},
         {"limiter": {"replicsa": 2}},  # a typo
         {"limiter": {"logFormat": "xml"}},
         {"agent": {"fallback": "maybe"}},
