@@ -58,6 +58,10 @@ pub struct Cli {
     #[arg(long, env = "MXLIMIT_HEALTH_LISTEN", value_name = "ADDR")]
     pub health_listen: Option<SocketAddr>,
 
+    /// Serve Prometheus metrics over HTTP on this address (any path, e.g. /metrics).
+    #[arg(long, env = "MXLIMIT_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Redis to keep the counters in: redis://host:port for one server (a cluster node
     /// is detected), or comma-separated cluster seeds. Without it, counters live in this
     /// process (one limiter only).

@@ -10,6 +10,7 @@
 
 pub mod decision;
 pub mod grpc;
+pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod server;

@@ -10,6 +10,7 @@ use limiter_server::decision::Engine;
 use limiter_server::policy::reload::{PolicyHandle, PolicySource};
 use limiter_server::server::{self, ServeOptions};
 use limiter_server::store::Store;
+use limiter_server::store::instrumented::Instrumented;
 use limiter_server::store::memory::{MemoryConfig, MemoryStore};
 use limiter_server::store::redis::{RedisConfig, RedisStore, RedisTls};
 use limiter_server::tls::{ServerTls, TlsFiles};
@@ -53,6 +54,11 @@ async fn main() -> Result<()> {
         }
         println!("ok: {p}");
         return Ok(());
+    }
+    if let Some(addr) = cli.metrics_listen {
+        limiter_server::metrics::serve(addr)
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        limiter_server::metrics::describe();
     }
     let policy = Arc::new(PolicyHandle::open(source).context("cannot load the policy")?);
     // One signal stops everything: the rule watcher and the server.
@@ -195,6 +201,13 @@ async fn run<S: Store>(
     cli: &Cli,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    metrics::gauge!(
+        limiter_server::metrics::BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "store" => store.kind(),
+    )
+    .set(1.0);
+    let store = Instrumented(store);
     tracing::info!(
         listen = %cli.listen,
         store = store.kind(),

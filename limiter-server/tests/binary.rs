@@ -154,6 +154,7 @@ fn help_explains_every_flag_and_its_environment_variable() {
         ("--tls-key", "MXLIMIT_TLS_KEY"),
         ("--tls-client-ca", "MXLIMIT_TLS_CLIENT_CA"),
         ("--health-listen", "MXLIMIT_HEALTH_LISTEN"),
+        ("--metrics-listen", "MXLIMIT_METRICS_LISTEN"),
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}");
         assert!(help.contains(env), "--help does not mention {env}");
@@ -771,4 +772,131 @@ async fn redis_over_mutual_tls_with_a_private_ca_and_a_clear_error_for_the_wrong
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("not every URL is rediss://"), "{err}");
+}
+
+/// One scrape of a Prometheus endpoint.
+pub fn scrape(addr: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of the one sample of `name` whose labels include all of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let found: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+        .collect();
+    assert!(found.len() <= 1, "{name} {labels:?} matches {found:?}");
+    found.first().copied()
+}
+
+#[tokio::test]
+async fn metrics_count_decisions_errors_store_round_trips_and_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access");
+    std::fs::write(&access, "Connect:198.51.100\tREJECT\n").unwrap();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let mut s = Server::start(
+        &[
+            "--access",
+            access.to_str().unwrap(),
+            "--metrics-listen",
+            &metrics_addr,
+        ],
+        dir.path(),
+    );
+    s.wait_ready().await;
+    let mut c = s.client().await;
+    for (sess, ip) in [
+        ("s1", "192.0.2.1"),
+        ("s2", "192.0.2.2"),
+        ("s3", "198.51.100.9"),
+    ] {
+        c.connect(connect_req("mx1", sess, ip)).await.unwrap();
+    }
+    let bad = c.connect(connect_req("mx1", "s4", "not-an-address")).await;
+    assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
+    c.disconnect(mxlimit_proto::v1::DisconnectRequest {
+        node: "mx1".into(),
+        session_id: "s1".into(),
+        client_ip: "192.0.2.1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let m = scrape(&metrics_addr);
+    let d = "mxlimit_decisions_total";
+    let accept = [
+        r#"rpc="connect""#,
+        r#"action="accept""#,
+        r#"reason="ok""#,
+        r#"shadow="false""#,
+    ];
+    assert_eq!(sample(&m, d, &accept), Some(2.0), "{m}");
+    let reject = [
+        r#"rpc="connect""#,
+        r#"action="reject""#,
+        r#"reason="access""#,
+    ];
+    assert_eq!(sample(&m, d, &reject), Some(1.0), "{m}");
+    let invalid = [r#"rpc="connect""#, r#"code="invalid_argument""#];
+    assert_eq!(
+        sample(&m, "mxlimit_request_errors_total", &invalid),
+        Some(1.0)
+    );
+    // Every call is timed, the invalid one too; the store saw the admitted two only
+    // (the access file decides the refusal alone).
+    let connect = [r#"rpc="connect""#];
+    assert_eq!(
+        sample(&m, "mxlimit_request_duration_seconds_count", &connect),
+        Some(4.0)
+    );
+    let store_connect = [r#"op="connect""#];
+    assert_eq!(
+        sample(&m, "mxlimit_store_duration_seconds_count", &store_connect),
+        Some(2.0)
+    );
+    assert!(
+        m.contains(r#"mxlimit_store_duration_seconds_bucket{op="connect",le="0.0001"}"#),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "mxlimit_leases_taken_total", &[]), Some(2.0));
+    assert_eq!(sample(&m, "mxlimit_leases_released_total", &[]), Some(1.0));
+    let build = [
+        r#"store="memory""#,
+        &format!(r#"version="{}""#, env!("CARGO_PKG_VERSION")),
+    ];
+    assert_eq!(sample(&m, "mxlimit_build_info", &build), Some(1.0));
+    assert!(
+        m.contains("# HELP mxlimit_decisions_total Verdicts given"),
+        "{m}"
+    );
+
+    // A broken rule file counts as a failed reload.
+    std::fs::write(&access, "Connect:198.51.100\tNOT-AN-ACTION\n").unwrap();
+    s.signal("-HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sample(
+        &scrape(&metrics_addr),
+        "mxlimit_rule_reloads_total",
+        &[r#"result="error""#],
+    ) != Some(1.0)
+    {
+        assert!(Instant::now() < deadline, "{}", scrape(&metrics_addr));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

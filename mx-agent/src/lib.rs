@@ -10,3 +10,4 @@ pub mod agent;
 pub mod config;
 pub mod limiter;
 pub mod listen;
+pub mod metrics;

@@ -75,6 +75,9 @@ struct Cli {
     /// Socketmap (ban list) listen address(es).
     #[arg(long, env = "MXAGENT_SOCKETMAP", value_delimiter = ',')]
     socketmap: Vec<String>,
+    /// Serve Prometheus metrics over HTTP on this address (any path, e.g. /metrics).
+    #[arg(long, env = "MXAGENT_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Log format.
     #[arg(long, env = "MXAGENT_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -158,6 +161,11 @@ async fn main() -> Result<()> {
     if cli.check {
         println!("ok");
         return Ok(());
+    }
+    if let Some(addr) = cli.metrics_listen {
+        limiter_server::metrics::serve(addr)
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        mx_agent::metrics::describe();
     }
     let agent = Agent::start(&cfg).await.context("cannot start the agent")?;
     limiter_server::server::shutdown_signal().await;

@@ -19,6 +19,7 @@ fn help_explains_every_flag_and_its_environment_variable() {
         ("--tls-cert", "MXAGENT_TLS_CERT"),
         ("--tls-key", "MXAGENT_TLS_KEY"),
         ("--tls-domain", "MXAGENT_TLS_DOMAIN"),
+        ("--metrics-listen", "MXAGENT_METRICS_LISTEN"),
         ("--deadline", "MXAGENT_DEADLINE"),
         ("--fallback", "MXAGENT_FALLBACK"),
         ("--milter", "MXAGENT_MILTER"),
@@ -194,4 +195,125 @@ async fn a_restarted_agent_frees_the_leases_its_previous_run_left() {
     }
     second.kill().unwrap();
     second.wait().unwrap();
+}
+
+/// One scrape of a Prometheus endpoint.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of the sample `name{labels...}` (labels as they appear in the text).
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+}
+
+/// An agent binary with metrics on a free port; returns it, its milter and metrics addresses.
+async fn agent_with_metrics(limiter: &str) -> (std::process::Child, std::net::SocketAddr, String) {
+    let milter_port = testkit::free_port();
+    let metrics = format!("127.0.0.1:{}", testkit::free_port());
+    let child = Command::new(BIN)
+        .args([
+            "--node",
+            "mx1",
+            "--milter",
+            &format!("inet:127.0.0.1:{milter_port}"),
+        ])
+        .args(["--limiter", limiter, "--deadline", "500ms"])
+        .args(["--metrics-listen", &metrics])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", milter_port)).is_err() {
+        assert!(Instant::now() < deadline, "the milter never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (
+        child,
+        format!("127.0.0.1:{milter_port}").parse().unwrap(),
+        metrics,
+    )
+}
+
+async fn milter_connect(milter: std::net::SocketAddr, ip: &str) -> testkit::milter::Reply {
+    let mut c = testkit::milter::MilterClient::open(milter).await.unwrap();
+    c.connect("unknown", ip.parse().unwrap(), &[])
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_limiter_calls_their_latency_and_fallbacks() {
+    use testkit::milter::Reply;
+    let lim = testkit::Limiter::start(
+        std::sync::Arc::new(limiter_server::store::memory::MemoryStore::new(
+            Default::default(),
+        )),
+        std::sync::Arc::new(limiter_server::policy::reload::PolicyHandle::fixed(
+            testkit::policy("", "Connect:10.50.0\tREJECT\n"),
+        )),
+    )
+    .await;
+    let (mut child, milter, metrics) = agent_with_metrics(&format!("http://{}", lim.addr)).await;
+    match milter_connect(milter, "10.50.0.9").await {
+        Reply::Code(c) => assert!(c.starts_with("550"), "{c}"),
+        other => panic!("{other:?}"),
+    }
+    let m = scrape(&metrics);
+    let _ = child.kill();
+    let _ = child.wait();
+    let ok = [r#"rpc="Connect""#, r#"result="ok""#];
+    assert_eq!(
+        sample(&m, "mxagent_limiter_calls_total", &ok),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "mxagent_limiter_call_duration_seconds_count",
+            &[r#"rpc="Connect""#]
+        ),
+        Some(1.0)
+    );
+    assert!(m.contains("# HELP mxagent_limiter_calls_total"), "{m}");
+
+    // No limiter answers: the agent decides alone (and accepts), and counts it.
+    let dead = format!("http://127.0.0.1:{}", testkit::free_port());
+    let (mut child, milter, metrics) = agent_with_metrics(&dead).await;
+    assert_eq!(milter_connect(milter, "10.50.0.10").await, Reply::Continue);
+    let m = scrape(&metrics);
+    let _ = child.kill();
+    let _ = child.wait();
+    let local = [r#"rpc="Connect""#, r#"mode="local""#];
+    assert_eq!(
+        sample(&m, "mxagent_fallbacks_total", &local),
+        Some(1.0),
+        "{m}"
+    );
+    let failed: f64 = ["timeout", "unavailable", "error"]
+        .iter()
+        .filter_map(|r| {
+            sample(
+                &m,
+                "mxagent_limiter_calls_total",
+                &[r#"rpc="Connect""#, &format!(r#"result="{r}""#)],
+            )
+        })
+        .sum();
+    assert_eq!(failed, 1.0, "{m}");
 }

@@ -4,15 +4,20 @@
 pub mod validate;
 
 use std::sync::Arc;
+use std::time::Instant;
+
+use metrics::{counter, histogram};
 
 use mxlimit_proto::v1::limiter_server::Limiter;
 use mxlimit_proto::v1::{
-    ConnectReply, ConnectRequest, DisconnectReply, DisconnectRequest, HeartbeatReply,
-    HeartbeatRequest, LookupReply, LookupRequest, RecipientReply, RecipientRequest,
+    Action, ConnectReply, ConnectRequest, DisconnectReply, DisconnectRequest, HeartbeatReply,
+    HeartbeatRequest, LookupReply, LookupRequest, RecipientReply, RecipientRequest, Verdict,
 };
 use tonic::{Request, Response, Status};
 
+use crate::decision::verdict::reason;
 use crate::decision::{Connect, Engine, Heartbeat, Recipient};
+use crate::metrics::{DECISIONS, REQUEST_ERRORS, REQUEST_SECONDS};
 use crate::store::{LeaseId, Store, StoreError};
 
 /// The `Limiter` service over an engine.
@@ -31,9 +36,109 @@ fn unavailable(e: StoreError) -> Status {
     Status::unavailable(format!("store unavailable: {e}"))
 }
 
-#[tonic::async_trait]
-impl<S: Store> Limiter for LimiterService<S> {
-    async fn connect(
+/// Replies that carry a verdict, for the decision counter.
+trait Decided {
+    fn verdict(&self) -> Option<&Verdict>;
+}
+
+impl Decided for ConnectReply {
+    fn verdict(&self) -> Option<&Verdict> {
+        self.verdict.as_ref()
+    }
+}
+
+impl Decided for RecipientReply {
+    fn verdict(&self) -> Option<&Verdict> {
+        self.verdict.as_ref()
+    }
+}
+
+impl Decided for LookupReply {
+    fn verdict(&self) -> Option<&Verdict> {
+        self.verdict.as_ref()
+    }
+}
+
+impl Decided for DisconnectReply {
+    fn verdict(&self) -> Option<&Verdict> {
+        None
+    }
+}
+
+impl Decided for HeartbeatReply {
+    fn verdict(&self) -> Option<&Verdict> {
+        None
+    }
+}
+
+/// The verdict's reason as one of the known, static label values (a label must not
+/// take arbitrary text).
+fn reason_label(r: &str) -> &'static str {
+    [
+        reason::OK,
+        reason::ACCESS,
+        reason::EXEMPT,
+        reason::BANNED,
+        reason::CLIENT_RATE,
+        reason::CLIENT_CONN,
+        reason::BAD_RCPT,
+        reason::BAD_RCPT_THROTTLE,
+        reason::MAX_RCPTS,
+    ]
+    .into_iter()
+    .find(|k| *k == r)
+    .unwrap_or("other")
+}
+
+/// Records one call: its latency, its verdict or its error.
+fn observe<T: Decided>(rpc: &'static str, start: Instant, r: &Result<Response<T>, Status>) {
+    histogram!(REQUEST_SECONDS, "rpc" => rpc).record(start.elapsed());
+    match r {
+        Ok(reply) => {
+            if let Some(v) = reply.get_ref().verdict() {
+                counter!(
+                    DECISIONS,
+                    "rpc" => rpc,
+                    "action" => action_label(v.action()),
+                    "reason" => reason_label(&v.reason),
+                    "shadow" => if v.shadow { "true" } else { "false" },
+                )
+                .increment(1);
+            }
+        }
+        Err(status) => {
+            counter!(REQUEST_ERRORS, "rpc" => rpc, "code" => code_label(status.code()))
+                .increment(1);
+        }
+    }
+}
+
+fn action_label(a: Action) -> &'static str {
+    match a {
+        Action::Unspecified => "unspecified",
+        Action::Accept => "accept",
+        Action::Delay => "delay",
+        Action::Tempfail => "tempfail",
+        Action::Reject => "reject",
+        Action::Disconnect => "disconnect",
+    }
+}
+
+fn code_label(c: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match c {
+        InvalidArgument => "invalid_argument",
+        Unavailable => "unavailable",
+        DeadlineExceeded => "deadline_exceeded",
+        Cancelled => "cancelled",
+        ResourceExhausted => "resource_exhausted",
+        _ => "other",
+    }
+}
+
+/// The calls themselves; the trait methods below time and count them.
+impl<S: Store> LimiterService<S> {
+    async fn connect_inner(
         &self,
         req: Request<ConnectRequest>,
     ) -> Result<Response<ConnectReply>, Status> {
@@ -55,7 +160,7 @@ impl<S: Store> Limiter for LimiterService<S> {
             .map_err(unavailable)
     }
 
-    async fn recipient(
+    async fn recipient_inner(
         &self,
         req: Request<RecipientRequest>,
     ) -> Result<Response<RecipientReply>, Status> {
@@ -77,7 +182,7 @@ impl<S: Store> Limiter for LimiterService<S> {
             .map_err(unavailable)
     }
 
-    async fn disconnect(
+    async fn disconnect_inner(
         &self,
         req: Request<DisconnectRequest>,
     ) -> Result<Response<DisconnectReply>, Status> {
@@ -95,7 +200,7 @@ impl<S: Store> Limiter for LimiterService<S> {
         Ok(Response::new(DisconnectReply {}))
     }
 
-    async fn heartbeat(
+    async fn heartbeat_inner(
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
@@ -126,7 +231,10 @@ impl<S: Store> Limiter for LimiterService<S> {
             .map_err(unavailable)
     }
 
-    async fn lookup(&self, req: Request<LookupRequest>) -> Result<Response<LookupReply>, Status> {
+    async fn lookup_inner(
+        &self,
+        req: Request<LookupRequest>,
+    ) -> Result<Response<LookupReply>, Status> {
         let r = req.get_ref();
         let ip = validate::client_ip("client_ip", &r.client_ip)?;
         let name = validate::client_name(&r.client_name)?;
@@ -135,5 +243,55 @@ impl<S: Store> Limiter for LimiterService<S> {
             .await
             .map(Response::new)
             .map_err(unavailable)
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> Limiter for LimiterService<S> {
+    async fn connect(
+        &self,
+        req: Request<ConnectRequest>,
+    ) -> Result<Response<ConnectReply>, Status> {
+        let t = Instant::now();
+        let r = self.connect_inner(req).await;
+        observe("connect", t, &r);
+        r
+    }
+
+    async fn recipient(
+        &self,
+        req: Request<RecipientRequest>,
+    ) -> Result<Response<RecipientReply>, Status> {
+        let t = Instant::now();
+        let r = self.recipient_inner(req).await;
+        observe("recipient", t, &r);
+        r
+    }
+
+    async fn disconnect(
+        &self,
+        req: Request<DisconnectRequest>,
+    ) -> Result<Response<DisconnectReply>, Status> {
+        let t = Instant::now();
+        let r = self.disconnect_inner(req).await;
+        observe("disconnect", t, &r);
+        r
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
+        let t = Instant::now();
+        let r = self.heartbeat_inner(req).await;
+        observe("heartbeat", t, &r);
+        r
+    }
+
+    async fn lookup(&self, req: Request<LookupRequest>) -> Result<Response<LookupReply>, Status> {
+        let t = Instant::now();
+        let r = self.lookup_inner(req).await;
+        observe("lookup", t, &r);
+        r
     }
 }

@@ -75,10 +75,12 @@ impl PolicyHandle {
                 let p = Arc::new(p);
                 self.current.store(p.clone());
                 self.reloads.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::RULE_RELOADS, "result" => "ok").increment(1);
                 Ok(p)
             }
             Err(e) => {
                 self.failed_reloads.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::RULE_RELOADS, "result" => "error").increment(1);
                 tracing::error!(error = %e, "rules not reloaded; the previous rules stay in force");
                 Err(e)
             }

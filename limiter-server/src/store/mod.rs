@@ -5,6 +5,7 @@
 //! time from Redis `TIME`), a short critical section in memory. The engine decides
 //! *which* limits apply; the store applies them atomically and says what it found.
 
+pub mod instrumented;
 pub mod memory;
 pub mod redis;
 

@@ -26,6 +26,9 @@ use tonic::{Code, Request, Status};
 
 use crate::config::FailMode;
 use breaker::Breaker;
+use metrics::{counter, gauge, histogram};
+
+use crate::metrics as m;
 pub use sessions::Origin;
 use sessions::{Live, Sessions};
 
@@ -179,7 +182,7 @@ impl Limiter {
         rpc: &'static str,
         deadline: Duration,
         breaker: bool,
-        mut call: F,
+        call: F,
     ) -> Result<T, Failure>
     where
         F: FnMut(LimiterClient<Channel>, Duration) -> Fut,
@@ -188,9 +191,36 @@ impl Limiter {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         if breaker && !self.breaker.allow() {
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            counter!(m::CALLS, "rpc" => rpc, "result" => "skipped").increment(1);
             return Err(Failure::Skipped);
         }
         let start = Instant::now();
+        let r = self.attempts(rpc, deadline, breaker, start, call).await;
+        histogram!(m::CALL_SECONDS, "rpc" => rpc).record(start.elapsed());
+        let result = match &r {
+            Ok(_) => "ok",
+            Err(Failure::Timeout) => "timeout",
+            Err(Failure::Status(s)) if s.code() == Code::Unavailable => "unavailable",
+            Err(Failure::Status(s)) if s.code() == Code::InvalidArgument => "invalid_argument",
+            Err(_) => "error",
+        };
+        counter!(m::CALLS, "rpc" => rpc, "result" => result).increment(1);
+        r
+    }
+
+    /// The call, retried once on UNAVAILABLE while half the deadline is left.
+    async fn attempts<T, F, Fut>(
+        &self,
+        rpc: &'static str,
+        deadline: Duration,
+        breaker: bool,
+        start: Instant,
+        mut call: F,
+    ) -> Result<T, Failure>
+    where
+        F: FnMut(LimiterClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let mut retried = false;
         loop {
             let left = deadline.saturating_sub(start.elapsed());
@@ -229,10 +259,11 @@ impl Limiter {
 
     fn fell_back(&self, rpc: &'static str, why: &Failure) {
         self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
-        let mode = match self.fail {
-            FailMode::Open => "local limits",
-            FailMode::Closed => "tempfail",
+        let (mode, label) = match self.fail {
+            FailMode::Open => ("local limits", "local"),
+            FailMode::Closed => ("tempfail", "tempfail"),
         };
+        counter!(m::FALLBACKS, "rpc" => rpc, "mode" => label).increment(1);
         tracing::debug!(rpc, reason = %why, mode, "limiter fallback");
     }
 
@@ -458,6 +489,7 @@ impl Limiter {
                 _ = tokio::time::sleep(every) => {}
             }
             self.heartbeat_once().await;
+            gauge!(m::LEASES_LIVE).set(self.sessions.len() as f64);
             // Every fallback is counted; the log gets one line per period that had any.
             let now = self.stats.fallbacks.load(Ordering::Relaxed);
             if now > reported {

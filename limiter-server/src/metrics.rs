@@ -1,0 +1,87 @@
+//! Prometheus metrics: the names (each listed in docs/OPERATIONS.md) and the scrape
+//! endpoint. Without `--metrics-listen` no recorder is installed and recording costs
+//! next to nothing.
+
+use std::net::SocketAddr;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+
+/// Verdicts by `rpc`, `action`, `reason` and `shadow`.
+pub const DECISIONS: &str = "mxlimit_decisions_total";
+/// Time to answer one call, by `rpc`.
+pub const REQUEST_SECONDS: &str = "mxlimit_request_duration_seconds";
+/// Calls answered with an error, by `rpc` and gRPC `code`.
+pub const REQUEST_ERRORS: &str = "mxlimit_request_errors_total";
+/// One store operation (one round trip on Redis), by `op`.
+pub const STORE_SECONDS: &str = "mxlimit_store_duration_seconds";
+/// Store operations that failed, by `op`.
+pub const STORE_ERRORS: &str = "mxlimit_store_errors_total";
+/// Leases (concurrent sessions) taken, released by Disconnect, and freed because their
+/// node restarted. Taken minus released minus freed, summed over the limiters, is the
+/// number of live sessions (less those whose agent vanished: their leases expire).
+pub const LEASES_TAKEN: &str = "mxlimit_leases_taken_total";
+pub const LEASES_RELEASED: &str = "mxlimit_leases_released_total";
+pub const LEASES_FREED: &str = "mxlimit_leases_freed_total";
+/// Rule reloads by `result` (`ok`, `error`).
+pub const RULE_RELOADS: &str = "mxlimit_rule_reloads_total";
+/// TLS certificate reloads by `result`.
+pub const TLS_RELOADS: &str = "mxlimit_tls_reloads_total";
+/// 1, with the `version` and the `store` kind as labels.
+pub const BUILD_INFO: &str = "mxlimit_build_info";
+
+/// Latency buckets, 100 µs to 2.5 s: decisions take a fraction of a millisecond, and
+/// agents give up after their deadline (50 ms by default).
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Installs the global recorder and serves it over HTTP on `addr` (any path), from the
+/// current tokio runtime. Histograms named `*_seconds` get [`LATENCY_BUCKETS`].
+pub fn serve(addr: SocketAddr) -> Result<(), BuildError> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
+        .install()
+}
+
+/// The limiter's descriptions (HELP lines).
+pub fn describe() {
+    describe_counter!(
+        DECISIONS,
+        "Verdicts given, by rpc, action, reason and shadow."
+    );
+    describe_histogram!(
+        REQUEST_SECONDS,
+        Unit::Seconds,
+        "Time to answer one call, by rpc."
+    );
+    describe_counter!(
+        REQUEST_ERRORS,
+        "Calls answered with an error, by rpc and gRPC code."
+    );
+    describe_histogram!(
+        STORE_SECONDS,
+        Unit::Seconds,
+        "One store operation (one Redis round trip), by op."
+    );
+    describe_counter!(STORE_ERRORS, "Store operations that failed, by op.");
+    describe_counter!(
+        LEASES_TAKEN,
+        "Session leases taken by admitted connections."
+    );
+    describe_counter!(LEASES_RELEASED, "Session leases released by Disconnect.");
+    describe_counter!(
+        LEASES_FREED,
+        "Session leases freed because their node restarted."
+    );
+    describe_counter!(RULE_RELOADS, "Rule reloads, by result (ok, error).");
+    describe_counter!(
+        TLS_RELOADS,
+        "TLS certificate reloads, by result (ok, error)."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "1, labelled with the version and the store kind."
+    );
+}
