@@ -12,6 +12,7 @@ import pathlib
 import re
 
 import helm_python as helm
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -23,8 +24,43 @@ RELEASE, NAMESPACE = "mx", "mail"
 FULL = "mx-mxlimit"
 PASSWORD = "r3dis-s3cret-for-the-test"
 
-# The value sets CI renders, besides the defaults. The admin token and the
-# ServiceMonitor wait for the limiter's admin API and metrics endpoint.
+# The value sets CI renders, besides the defaults. The admin token waits for the
+# limiter's admin API.
+
+# The Prometheus Operator's ServiceMonitor is a CRD, so kubernetes-validate has no
+# schema for it: this one holds the fields the chart sets (from the operator's CRD).
+SERVICE_MONITOR_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "additionalProperties": False,
+            "properties": {
+                "selector": {"type": "object", "required": ["matchLabels"]},
+                "namespaceSelector": {"type": "object", "properties": {"matchNames": {"type": "array", "items": {"type": "string"}}}},
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
 VALUE_SETS = {
     "defaults": {},
     "external-redis-cluster": {
@@ -64,9 +100,10 @@ VALUE_SETS = {
         "redis": {"bundled": {"enabled": True}},
         "agent": {"enabled": True, "nodeSelector": {"mxlimit.io/mx": "true"}, "milter": "inet:7026@127.0.0.1"},
     },
-    "networkpolicy": {
+    "networkpolicy-servicemonitor": {
         "redis": {"bundled": {"enabled": True}},
         "agent": {"enabled": True},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
         "networkPolicy": {"enabled": True, "extraIngress": [{"ipBlock": {"cidr": "198.51.100.0/24"}}]},
     },
 }
@@ -127,6 +164,9 @@ def test_every_manifest_validates_strictly_against_kubernetes(chart, name, kube)
     assert docs
     for d in docs:
         manifest = {k: v for k, v in d.items() if k != "_template"}
+        if manifest["kind"] == "ServiceMonitor":
+            jsonschema.validate(manifest, SERVICE_MONITOR_SCHEMA)
+            continue
         try:
             kubernetes_validate.validate(manifest, kube, strict=True)
         except kubernetes_validate.ValidationError as e:
@@ -226,11 +266,12 @@ def test_tls_material_is_mounted_from_secrets_and_probes_use_the_plaintext_healt
         assert c[probe]["grpc"]["port"] == 7526
     assert not kinds(docs, "Secret"), "existing Secrets are referenced, never copied"
     svc = one(docs, "Service", FULL)
-    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"grpc": 7525, "health": 7526}
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"grpc": 7525, "health": 7526, "metrics": 9425}
     pod = next(d for d in docs if d["kind"] == "Pod")
     assert pod["spec"]["containers"][0]["args"] == [f"--health-check={FULL}.{NAMESPACE}.svc.cluster.local:7526"]
     np = one(docs, "NetworkPolicy", FULL)
     assert [p["port"] for p in np["spec"]["ingress"][0]["ports"]] == ["grpc", "health"]
+    assert np["spec"]["ingress"][1] == {"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [{"namespaceSelector": {}}]}
     # The agents trust the limiter's CA and present their own certificate.
     agent = one(docs, "DaemonSet", f"{FULL}-agent")["spec"]["template"]["spec"]
     aenv = {e["name"]: e.get("value") for e in agent["containers"][0]["env"]}
@@ -301,6 +342,23 @@ def test_services_select_exactly_the_limiter_pods(chart, name):
     assert labels_match(pdb["spec"]["selector"]["matchLabels"], limiter)
 
 
+def test_the_service_monitor_scrapes_the_limiters_metrics_port(chart):
+    docs = render(chart, VALUE_SETS["networkpolicy-servicemonitor"])
+    sm = one(docs, "ServiceMonitor", FULL)
+    assert sm["metadata"]["labels"]["release"] == "prometheus"
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    selected = [s for s in kinds(docs, "Service")
+                if labels_match(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+    with_metrics = [s for s in selected if any(p["name"] == "metrics" for p in s["spec"]["ports"])]
+    assert [s["metadata"]["name"] for s in with_metrics] == [FULL]
+    c = one(docs, "Deployment", FULL)["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "MXLIMIT_METRICS_LISTEN", "value": "0.0.0.0:9425"} in c["env"]
+    agent = one(docs, "DaemonSet", f"{FULL}-agent")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "MXAGENT_METRICS_LISTEN", "value": "0.0.0.0:9426"} in agent["env"]
+    # Without the operator's CRDs there is no ServiceMonitor.
+    assert not kinds(render(chart, {}), "ServiceMonitor")
+
+
 def test_agents_find_every_limiter_pod_through_the_headless_service(chart):
     docs = render(chart, VALUE_SETS["agent-daemonset"])
     ds = one(docs, "DaemonSet", f"{FULL}-agent")
@@ -315,7 +373,7 @@ def test_agents_find_every_limiter_pod_through_the_headless_service(chart):
 
 
 def test_network_policies_admit_the_callers_and_keep_redis_to_the_limiter(chart):
-    docs = render(chart, VALUE_SETS["networkpolicy"])
+    docs = render(chart, VALUE_SETS["networkpolicy-servicemonitor"])
     limiter = one(docs, "Deployment", FULL)["spec"]["template"]["metadata"]["labels"]
     agent = one(docs, "DaemonSet", f"{FULL}-agent")["spec"]["template"]["metadata"]["labels"]
     test_pod = next(d for d in docs if d["kind"] == "Pod")["metadata"]["labels"]
