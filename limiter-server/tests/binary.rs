@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use mxlimit_proto::v1::Action;
 use support::*;
+use testkit::prom::{sample, scrape};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -772,35 +773,6 @@ async fn redis_over_mutual_tls_with_a_private_ca_and_a_clear_error_for_the_wrong
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("not every URL is rediss://"), "{err}");
-}
-
-/// One scrape of a Prometheus endpoint.
-pub fn scrape(addr: &str) -> String {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
-}
-
-/// The value of the one sample of `name` whose labels include all of `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    let found: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
-        .collect();
-    assert!(found.len() <= 1, "{name} {labels:?} matches {found:?}");
-    found.first().copied()
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use testkit::prom::{sample, scrape};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mx-agent");
 
@@ -195,30 +196,6 @@ async fn a_restarted_agent_frees_the_leases_its_previous_run_left() {
     }
     second.kill().unwrap();
     second.wait().unwrap();
-}
-
-/// One scrape of a Prometheus endpoint.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
-}
-
-/// The value of the sample `name{labels...}` (labels as they appear in the text).
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .find(|l| labels.iter().all(|want| l.contains(want)))
-        .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
 }
 
 /// An agent binary with metrics on a free port; returns it, its milter and metrics addresses.

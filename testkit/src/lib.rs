@@ -8,6 +8,7 @@
 pub mod dns;
 pub mod milter;
 pub mod postfix;
+pub mod prom;
 pub mod redis;
 pub mod sendmail;
 pub mod smtp;
