@@ -16,6 +16,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -m 0755 target/release/limiter-server target/release/mx-agent /usr/local/bin/
 
 FROM debian:bookworm-slim AS runtime
+# The system's roots, for rediss:// and https endpoints given no CA of their own.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 # 65532: the conventional "nonroot" user; no shell, no home, no files of its own.
 USER 65532:65532
 

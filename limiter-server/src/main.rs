@@ -28,6 +28,11 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(addr) = &cli.health_check {
         let addr = if addr.is_empty() {
+            if cli.tls_cert.is_some() && cli.health_listen.is_none() {
+                anyhow::bail!(
+                    "TLS is on: give --health-listen (a plaintext health port) to check this configuration's health"
+                );
+            }
             let mut own = cli.health_listen.unwrap_or(cli.listen);
             if own.ip().is_unspecified() {
                 own.set_ip(match own {

@@ -17,9 +17,9 @@ pub const REQUEST_ERRORS: &str = "mxlimit_request_errors_total";
 pub const STORE_SECONDS: &str = "mxlimit_store_duration_seconds";
 /// Store operations that failed, by `op`.
 pub const STORE_ERRORS: &str = "mxlimit_store_errors_total";
-/// Leases (concurrent sessions) taken, released by Disconnect, and freed because their
-/// node restarted. Taken minus released minus freed, summed over the limiters, is the
-/// number of live sessions (less those whose agent vanished: their leases expire).
+/// Leases (concurrent sessions) taken; Disconnects answered (a Disconnect of a session
+/// that held no lease counts too); leases freed because their node restarted. The
+/// agents' `mxagent_leases_live` is the exact count of live sessions.
 pub const LEASES_TAKEN: &str = "mxlimit_leases_taken_total";
 pub const LEASES_RELEASED: &str = "mxlimit_leases_released_total";
 pub const LEASES_FREED: &str = "mxlimit_leases_freed_total";
@@ -70,7 +70,10 @@ pub fn describe() {
         LEASES_TAKEN,
         "Session leases taken by admitted connections."
     );
-    describe_counter!(LEASES_RELEASED, "Session leases released by Disconnect.");
+    describe_counter!(
+        LEASES_RELEASED,
+        "Disconnects answered (each releases its lease, if any)."
+    );
     describe_counter!(
         LEASES_FREED,
         "Session leases freed because their node restarted."

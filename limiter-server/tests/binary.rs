@@ -485,6 +485,18 @@ async fn health_check_exits_zero_while_serving_and_non_zero_when_nothing_answers
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("127.0.0.1:{port}: SERVING")
     );
+    // Under TLS the own port needs --health-listen: said, not a failed plaintext probe.
+    let out = Command::new(BIN)
+        .arg("--health-check")
+        .env("MXLIMIT_TLS_CERT", "/nonexistent/tls.crt")
+        .env("MXLIMIT_TLS_KEY", "/nonexistent/tls.key")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS is on: give --health-listen"),
+        "{out:?}"
+    );
     let free = format!("127.0.0.1:{}", free_port());
     let out = Command::new(BIN)
         .args(["--health-check", &free])

@@ -192,6 +192,18 @@ impl AgentConfig {
         if let Some(d) = &self.limiter.dns {
             crate::limiter::channel::parse_dns_target(d)?;
         }
+        if self.limiter.tls.is_some()
+            && let Some(e) = self
+                .limiter
+                .endpoints
+                .iter()
+                .find(|e| e.starts_with("http://"))
+            && self.limiter.dns.is_none()
+        {
+            return Err(format!(
+                "limiter.endpoints: {e} is plaintext but limiter.tls is set: write https:// (or no scheme)"
+            ));
+        }
         if let Some(t) = &self.limiter.tls {
             if t.cert.is_some() != t.key.is_some() {
                 return Err("limiter.tls: give cert and key together".into());
@@ -254,5 +266,19 @@ mod tests {
             e.contains("a.toml:2") && e.contains("unknown field `deadlin`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tls_with_a_plaintext_endpoint_is_refused() {
+        let mut cfg = AgentConfig::default();
+        cfg.limiter.endpoints = vec!["http://10.0.0.1:7525".into()];
+        cfg.limiter.tls = Some(ClientTlsSettings::default());
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .contains("is plaintext but limiter.tls is set")
+        );
+        cfg.limiter.endpoints = vec!["https://10.0.0.1:7525".into(), "10.0.0.2:7525".into()];
+        cfg.validate().unwrap();
     }
 }

@@ -292,6 +292,13 @@ def test_inline_tls_material_goes_into_a_secret_of_the_chart(chart):
     assert vols["tls"] == vols["client-ca"] == f"{FULL}-tls"
 
 
+def test_a_spread_constraint_with_its_own_selector_keeps_it(chart):
+    own = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+           "labelSelector": {"matchLabels": {"team": "mail"}}}
+    d = one(render(chart, {"limiter": {"topologySpreadConstraints": [own]}}), "Deployment", FULL)
+    assert d["spec"]["template"]["spec"]["topologySpreadConstraints"] == [own]
+
+
 def test_the_checksum_rolls_the_pods_when_the_rules_change_and_only_then(chart):
     values = VALUE_SETS["external-redis-cluster"]
 
@@ -420,6 +427,7 @@ def test_the_helm_test_pod_checks_health_through_the_service(chart):
         ({"redis": {"external": {"urls": ["redis://r:6379"]}, "bundled": {"enabled": True}}}, "not both"),
         ({"redis": {"bundled": {"enabled": True, "requirePassword": True}}}, "requirePassword needs"),
         ({"tls": {"enabled": True}}, "tls.enabled needs"),
+        ({"redis": {"bundled": {"enabled": True}, "external": {"password": "p"}}}, "set redis.bundled.requirePassword"),
         ({"tls": {"enabled": True, "cert": "c", "key": "k", "clientCA": {"enabled": True}}}, "tls.clientCA.enabled needs"),
         ({"tls": {"enabled": True, "existingSecret": "s"}, "redis": {"bundled": {"enabled": True}},
           "agent": {"enabled": True}}, "agent.tls.existingSecret"),

@@ -15,6 +15,10 @@ use super::ServerTls;
 /// task and a socket for ever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Handshakes in progress at most: past it, accepting waits (the kernel's backlog
+/// holds the rest), so a flood of silent connections cannot grow tasks without bound.
+const MAX_HANDSHAKES: usize = 1024;
+
 /// Handshakes run concurrently, so one slow client never delays the others; failed
 /// ones are logged (at debug: scanners and health probes of load balancers make many)
 /// and dropped.
@@ -23,8 +27,13 @@ pub fn incoming(
     tls: Arc<ServerTls>,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(128);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            let slot = tokio::select! {
+                s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+                _ = tx.closed() => return,
+            };
             let (tcp, peer) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(c) => c,
@@ -41,6 +50,7 @@ pub fn incoming(
             let acceptor = TlsAcceptor::from(tls.config());
             let tx = tx.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;

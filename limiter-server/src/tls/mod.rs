@@ -183,10 +183,14 @@ impl ServerTls {
                 tick.tick().await;
                 match self.reload_if_changed() {
                     Ok(true) => {
+                        metrics::counter!(crate::metrics::TLS_RELOADS, "result" => "ok")
+                            .increment(1);
                         tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded")
                     }
                     Ok(false) => {}
                     Err(e) => {
+                        metrics::counter!(crate::metrics::TLS_RELOADS, "result" => "error")
+                            .increment(1);
                         tracing::error!(error = %e, "TLS files changed but cannot be used; keeping the certificate in force")
                     }
                 }
