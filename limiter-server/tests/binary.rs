@@ -101,6 +101,23 @@ impl Server {
         )
     }
 
+    /// One Connect from `ip` is answered, and admitted (so the store behind works).
+    async fn assert_admits(&self, ip: &str) {
+        let reply = self
+            .client()
+            .await
+            .connect(connect_req("mx1", "s1", ip))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            action(&reply.verdict.unwrap()),
+            Action::Accept,
+            "{}",
+            self.stderr()
+        );
+    }
+
     /// Waits without blocking the runtime, so that dropped clients really hang up.
     async fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -421,14 +438,7 @@ async fn a_redis_password_from_a_file_is_used_and_a_wrong_one_is_refused_without
         dir.path(),
     );
     s.wait_ready().await;
-    let reply = s
-        .client()
-        .await
-        .connect(connect_req("mx1", "s1", "192.0.2.7"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(action(&reply.verdict.unwrap()), Action::Accept);
+    s.assert_admits("192.0.2.7").await;
     assert!(
         s.stderr().contains("store=\"redis\"") || s.stderr().contains("store=redis"),
         "{}",
@@ -621,6 +631,7 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_r
     use testkit::tls::Pki;
     let dir = tempfile::tempdir().unwrap();
     let old_ca = Pki::new("old CA");
+    let metrics = format!("127.0.0.1:{}", free_port());
     let (cert, key) = old_ca.server(&["localhost"]).write(dir.path(), "server");
     let mut s = Server::start(
         &[
@@ -630,6 +641,8 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_r
             key.to_str().unwrap(),
             "--reload-interval",
             "100ms",
+            "--metrics-listen",
+            &metrics,
         ],
         dir.path(),
     );
@@ -657,6 +670,12 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_r
         "{}",
         s.stderr()
     );
+    let ok = sample(
+        &scrape(&metrics),
+        "mxlimit_tls_reloads_total",
+        &[r#"result="ok""#],
+    );
+    assert!(ok >= Some(1.0), "{ok:?}");
     assert!(!tls_call_works(&s.addr, old_ca.ca_pem(), None).await);
 
     // A broken key is refused with a message; the certificate in force stays.
@@ -674,6 +693,12 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_r
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(tls_call_works(&s.addr, new_ca.ca_pem(), None).await);
+    let failed = sample(
+        &scrape(&metrics),
+        "mxlimit_tls_reloads_total",
+        &[r#"result="error""#],
+    );
+    assert!(failed >= Some(1.0), "{failed:?}");
     s.signal("-TERM");
     assert!(s.wait_exit().await.success());
 }
@@ -755,14 +780,7 @@ async fn redis_over_mutual_tls_with_a_private_ca_and_a_clear_error_for_the_wrong
         dir.path(),
     );
     s.wait_ready().await;
-    let reply = s
-        .client()
-        .await
-        .connect(connect_req("mx1", "s1", "192.0.2.7"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(action(&reply.verdict.unwrap()), Action::Accept);
+    s.assert_admits("192.0.2.7").await;
 
     // Another CA's trust: the start fails and says it is about Redis.
     let other = Pki::new("other CA").write_ca(dir.path(), "other.pem");

@@ -2,7 +2,7 @@
 //! that it also sees Kubernetes ConfigMap updates, which swap a symlink). A file that
 //! does not load is refused with its errors and the old rules stay in force.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -31,6 +31,18 @@ pub struct PolicyHandle {
     source: PolicySource,
     pub reloads: AtomicU64,
     pub failed_reloads: AtomicU64,
+}
+
+/// What tells cheaply that a watched file changed: its modification time and size;
+/// None while it is missing.
+pub type FileStamp = Option<(SystemTime, u64)>;
+
+/// The stamp of one file. `metadata` follows symlinks, so a Kubernetes ConfigMap or
+/// Secret update (a swapped `..data` link) is a change.
+pub fn file_stamp(path: &Path) -> FileStamp {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
 }
 
 impl PolicyHandle {
@@ -87,21 +99,13 @@ impl PolicyHandle {
         }
     }
 
-    fn fingerprint(&self) -> Vec<Option<(SystemTime, u64)>> {
+    fn fingerprint(&self) -> Vec<FileStamp> {
         let mut files = self.get().files.clone();
         if files.is_empty() {
             files.extend(self.source.policy_file.clone());
             files.extend(self.source.access_files.iter().cloned());
         }
-        files
-            .iter()
-            .map(|f| {
-                // metadata follows symlinks, so a swapped ConfigMap link is a change.
-                std::fs::metadata(f)
-                    .ok()
-                    .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
-            })
-            .collect()
+        files.iter().map(|f| file_stamp(f)).collect()
     }
 
     /// Reloads on SIGHUP and whenever a file's modification time or size changes,

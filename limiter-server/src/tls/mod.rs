@@ -8,13 +8,15 @@ mod incoming;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+
+use crate::policy::reload::{FileStamp, file_stamp};
 
 pub use incoming::incoming;
 
@@ -87,14 +89,8 @@ impl TlsFiles {
 
     /// What identifies the files' current contents cheaply: their modification times
     /// and sizes (a Secret update replaces them through a symlink swap).
-    fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
-        self.paths()
-            .map(|p| {
-                std::fs::metadata(p)
-                    .ok()
-                    .and_then(|m| Some((m.modified().ok()?, m.len())))
-            })
-            .collect()
+    fn stamp(&self) -> Vec<FileStamp> {
+        self.paths().map(file_stamp).collect()
     }
 }
 
@@ -126,7 +122,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 pub struct ServerTls {
     files: TlsFiles,
     current: ArcSwap<rustls::ServerConfig>,
-    stamp: std::sync::Mutex<Vec<Option<(SystemTime, u64)>>>,
+    stamp: std::sync::Mutex<Vec<FileStamp>>,
 }
 
 impl std::fmt::Debug for ServerTls {

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
@@ -70,17 +70,13 @@ fn endpoint(
 struct TlsState {
     files: ClientTls,
     config: ClientTlsConfig,
-    stamp: Vec<Option<(SystemTime, u64)>>,
+    stamp: Vec<limiter_server::policy::reload::FileStamp>,
 }
 
 impl TlsState {
     fn open(files: ClientTls) -> Result<TlsState, String> {
         let stamp = files.stamp();
         let config = files.load()?;
-        // Parse the PEM now, so that a broken file stops the start with its message.
-        Endpoint::from_static("https://limiter.invalid")
-            .tls_config(config.clone())
-            .map_err(|e| format!("limiter.tls: {e}"))?;
         Ok(TlsState {
             files,
             config,
@@ -96,13 +92,7 @@ impl TlsState {
             return None;
         }
         self.stamp = now;
-        let fresh = self.files.load().and_then(|c| {
-            Endpoint::from_static("https://limiter.invalid")
-                .tls_config(c.clone())
-                .map(|_| c)
-                .map_err(|e| format!("limiter.tls: {e}"))
-        });
-        match fresh {
+        match self.files.load() {
             Ok(c) => {
                 tracing::info!("limiter TLS files changed: reconnecting with them");
                 self.config = c.clone();

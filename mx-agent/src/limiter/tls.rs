@@ -2,7 +2,8 @@
 //! configuration, and a cheap stamp to notice when they change.
 
 use std::path::Path;
-use std::time::SystemTime;
+
+use limiter_server::policy::reload::{FileStamp, file_stamp};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -62,20 +63,20 @@ impl ClientTls {
         if let Some(d) = s.domain.as_ref().or(self.default_domain.as_ref()) {
             tls = tls.domain_name(d.clone());
         }
+        // Let tonic build its connector now, so that what it refuses is said here.
+        tonic::transport::Endpoint::from_static("https://limiter.invalid")
+            .tls_config(tls.clone())
+            .map_err(|e| format!("limiter.tls: {e}"))?;
         Ok(tls)
     }
 
     /// Modification times and sizes of the files (a Secret update swaps them).
-    pub fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
+    pub fn stamp(&self) -> Vec<FileStamp> {
         let s = &self.settings;
         [&s.ca, &s.cert, &s.key]
             .into_iter()
             .flatten()
-            .map(|p| {
-                std::fs::metadata(p)
-                    .ok()
-                    .and_then(|m| Some((m.modified().ok()?, m.len())))
-            })
+            .map(|p| file_stamp(p))
             .collect()
     }
 }
