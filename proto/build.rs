@@ -13,6 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `connect(dst)` constructor; callers build a `Channel` and use `new`.
         .build_transport(false)
         .file_descriptor_set_path(out.join("mxlimit_descriptor.bin"))
-        .compile_protos(&["mxlimit/v1/limiter.proto"], &["."])?;
+        .compile_protos(
+            &["mxlimit/v1/limiter.proto", "mxlimit/v1/admin.proto"],
+            &["."],
+        )?;
     Ok(())
 }

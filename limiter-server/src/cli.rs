@@ -53,6 +53,38 @@ pub struct Cli {
     )]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Admin API: bearer tokens, one per line (several while rotating; `#` comments).
+    /// Reloaded when the file changes. Without any admin credential the Admin service
+    /// refuses every call.
+    #[arg(long, env = "MXLIMIT_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Admin API: one bearer token, from the environment only (kept out of --help and
+    /// process listings).
+    #[arg(long, env = "MXLIMIT_ADMIN_TOKEN", hide = true, hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Admin API: client certificates valid for this DNS name (subjectAltName) are
+    /// admins. Needs --tls-client-ca. Repeat for several names.
+    #[arg(
+        long,
+        env = "MXLIMIT_ADMIN_CERT_NAME",
+        value_name = "NAME",
+        value_delimiter = ',',
+        requires = "tls_client_ca"
+    )]
+    pub admin_cert_name: Vec<String>,
+
+    /// How often each limiter sends its top-list counts to the store and reads the
+    /// operators' blocks back (a block made elsewhere bites here within this time).
+    #[arg(long, env = "MXLIMIT_LEDGER_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub ledger_interval: Duration,
+
+    /// Sources kept per top-list bucket (minute and hour buckets): bounds the store's
+    /// memory under an attack from ever new addresses.
+    #[arg(long, env = "MXLIMIT_TOP_KEEP", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(100..=1_000_000))]
+    pub top_keep: u32,
+
     /// Also serve gRPC health alone, in plaintext, on this address: for probes that
     /// cannot speak TLS (Kubernetes gRPC probes).
     #[arg(long, env = "MXLIMIT_HEALTH_LISTEN", value_name = "ADDR")]

@@ -6,8 +6,10 @@
 //! - [`store`]: the counters (in memory, Redis, Redis Cluster), one operation per decision.
 //! - [`names`]: verified reverse names for host and domain rules.
 //! - [`grpc`]: the `Limiter` service: validation and error mapping.
+//! - [`admin`]: the `Admin` service: top lists, explain, blocks; its authentication.
 //! - [`server`]: the gRPC server with health, reflection and graceful shutdown.
 
+pub mod admin;
 pub mod decision;
 pub mod grpc;
 pub mod metrics;

@@ -6,11 +6,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use limiter_server::admin::KeeperOptions;
+use limiter_server::admin::auth::{AdminAuth, AuthConfig};
 use limiter_server::decision::Engine;
 use limiter_server::policy::reload::{PolicyHandle, PolicySource};
 use limiter_server::server::{self, ServeOptions};
 use limiter_server::store::Store;
 use limiter_server::store::instrumented::Instrumented;
+use limiter_server::store::ledger::Ledger;
 use limiter_server::store::memory::{MemoryConfig, MemoryStore};
 use limiter_server::store::redis::{RedisConfig, RedisStore, RedisTls};
 use limiter_server::tls::{ServerTls, TlsFiles};
@@ -104,11 +107,18 @@ async fn main() -> Result<()> {
         ),
         None => None,
     };
+    let admin = admin_auth(&cli, tls.is_some())?;
+    tokio::spawn(admin.clone().watch(cli.reload_interval, until_stopped()));
     let options = ServeOptions {
         request_timeout: cli.request_timeout,
         shutdown_grace: cli.shutdown_grace,
         tls,
         health_listener,
+        admin: Some(admin),
+        keeper: KeeperOptions {
+            every: cli.ledger_interval,
+            keep: cli.top_keep,
+        },
         ..Default::default()
     };
 
@@ -133,6 +143,27 @@ async fn main() -> Result<()> {
             run(store, policy, listener, options, &cli, until_stopped()).await
         }
     }
+}
+
+/// Admin credentials; a token sent in plaintext beyond this host is worth a warning.
+fn admin_auth(cli: &Cli, tls: bool) -> Result<Arc<AdminAuth>> {
+    let auth = AdminAuth::new(AuthConfig {
+        token_file: cli.admin_token_file.clone(),
+        token: cli.admin_token.clone(),
+        cert_names: cli.admin_cert_name.clone(),
+    })
+    .context("cannot set up admin authentication")?;
+    if !auth.enabled() {
+        tracing::info!(
+            "admin API off: no --admin-token-file, MXLIMIT_ADMIN_TOKEN or --admin-cert-name"
+        );
+    } else if auth.uses_tokens() && !tls && !cli.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %cli.listen,
+            "admin tokens travel in plaintext: serve TLS (--tls-cert) on a port reachable from other hosts"
+        );
+    }
+    Ok(auth)
 }
 
 /// The PEM files for TLS to Redis, read now (a connection made later uses them).
@@ -198,7 +229,7 @@ fn redis_password(cli: &Cli) -> Result<Option<String>> {
     Ok(cli.redis_password.clone())
 }
 
-async fn run<S: Store>(
+async fn run<S: Store + Ledger>(
     store: S,
     policy: Arc<PolicyHandle>,
     listener: TcpListener,

@@ -27,6 +27,17 @@ pub const LEASES_FREED: &str = "mxlimit_leases_freed_total";
 pub const RULE_RELOADS: &str = "mxlimit_rule_reloads_total";
 /// TLS certificate reloads by `result`.
 pub const TLS_RELOADS: &str = "mxlimit_tls_reloads_total";
+/// Operator blocks and automatic bans in force, cluster-wide, by `kind` (`block`, `ban`).
+pub const BANS_IN_FORCE: &str = "mxlimit_bans_in_force";
+/// Leases held by live sessions, cluster-wide, as of each node's last heartbeat.
+pub const LEASES_LIVE: &str = "mxlimit_leases_live";
+/// Ledger flushes (top lists, ban index, live leases) by `result`.
+pub const LEDGER_FLUSHES: &str = "mxlimit_ledger_flushes_total";
+/// Events not counted in the top lists because too many distinct sources came in one
+/// flush interval.
+pub const TALLY_DROPPED: &str = "mxlimit_tally_dropped_total";
+/// Admin calls by `rpc` and `result` (`ok`, `unauthenticated`, `error`).
+pub const ADMIN_CALLS: &str = "mxlimit_admin_calls_total";
 /// 1, with the `version` and the `store` kind as labels.
 pub const BUILD_INFO: &str = "mxlimit_build_info";
 
@@ -83,6 +94,23 @@ pub fn describe() {
         TLS_RELOADS,
         "TLS certificate reloads, by result (ok, error)."
     );
+    describe_gauge!(
+        BANS_IN_FORCE,
+        "Operator blocks and automatic bans in force, cluster-wide, by kind (block, ban)."
+    );
+    describe_gauge!(
+        LEASES_LIVE,
+        "Leases of live sessions, cluster-wide, as of each node's last heartbeat."
+    );
+    describe_counter!(
+        LEDGER_FLUSHES,
+        "Flushes of top-list counts and bans to the store, by result (ok, error)."
+    );
+    describe_counter!(
+        TALLY_DROPPED,
+        "Events left out of the top lists: too many distinct sources in one second."
+    );
+    describe_counter!(ADMIN_CALLS, "Admin calls, by rpc and result.");
     describe_gauge!(
         BUILD_INFO,
         "1, labelled with the version and the store kind."

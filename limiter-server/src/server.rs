@@ -5,14 +5,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mxlimit_proto::v1::admin_server::AdminServer;
 use mxlimit_proto::v1::limiter_server::LimiterServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use crate::admin::auth::{AdminAuth, AuthConfig, RequireAdmin};
+use crate::admin::service::AdminService;
+use crate::admin::{KeeperOptions, keeper};
 use crate::decision::Engine;
 use crate::grpc::LimiterService;
 use crate::store::Store;
+use crate::store::ledger::Ledger;
 use crate::tls::ServerTls;
 
 /// The health-check name of the limiter service.
@@ -33,6 +38,9 @@ pub struct ServeOptions {
     /// A second, plaintext port that serves only gRPC health: for probes that cannot
     /// speak TLS (Kubernetes' gRPC probes) while the main port requires it.
     pub health_listener: Option<TcpListener>,
+    /// Who may call `Admin`; without credentials every admin call is refused.
+    pub admin: Option<Arc<AdminAuth>>,
+    pub keeper: KeeperOptions,
 }
 
 impl Default for ServeOptions {
@@ -43,13 +51,15 @@ impl Default for ServeOptions {
             shutdown_grace: Duration::from_secs(5),
             tls: None,
             health_listener: None,
+            admin: None,
+            keeper: KeeperOptions::default(),
         }
     }
 }
 
 /// Serves until `shutdown` resolves, then stops taking calls and lets the ones in
 /// flight finish.
-pub async fn serve<S: Store>(
+pub async fn serve<S: Store + Ledger>(
     engine: Arc<Engine<S>>,
     listener: TcpListener,
     options: ServeOptions,
@@ -107,6 +117,19 @@ pub async fn serve<S: Store>(
         })
     };
 
+    let (keeper_stop, keeper_stopped) = tokio::sync::oneshot::channel::<()>();
+    let keeper = tokio::spawn(keeper(engine.clone(), options.keeper, async move {
+        let _ = keeper_stopped.await;
+    }));
+    let admin_auth = match options.admin {
+        Some(a) => a,
+        None => {
+            AdminAuth::new(AuthConfig::default()).expect("no credentials is a valid configuration")
+        }
+    };
+    let admin =
+        AdminServer::with_interceptor(AdminService::new(engine.clone()), RequireAdmin(admin_auth));
+
     let (began, draining) = tokio::sync::oneshot::channel::<()>();
     let (health_stop, health_stopped) = tokio::sync::watch::channel(false);
     if let Some(l) = options.health_listener {
@@ -127,7 +150,8 @@ pub async fn serve<S: Store>(
         .timeout(options.request_timeout)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(LimiterServer::new(LimiterService::new(engine)));
+        .add_service(LimiterServer::new(LimiterService::new(engine)))
+        .add_service(admin);
     let stopping = async move {
         shutdown.await;
         tracing::info!("shutting down: finishing calls in flight");
@@ -165,6 +189,9 @@ pub async fn serve<S: Store>(
     };
     watcher.abort();
     let _ = health_stop.send(true);
+    // The last counts go to the ledger before the process exits.
+    let _ = keeper_stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), keeper).await;
     result
 }
 

@@ -194,6 +194,44 @@ impl<S: limiter_server::store::Store> limiter_server::store::Store for AnswersLa
     }
 }
 
+// The operator's ledger is not under test here: passed through.
+mod ledger_passthrough {
+    use ipnet::IpNet;
+    use limiter_server::source::{Level, Source};
+    use limiter_server::store::StoreError;
+    use limiter_server::store::ledger::{Batch, Inspection, Ledger, Standing, TopQuery, TopRow};
+
+    impl<S: Ledger> Ledger for super::AnswersLate<S> {
+        async fn record(&self, b: &Batch, keep: u32) -> Result<(), StoreError> {
+            self.inner.record(b, keep).await
+        }
+        async fn top(&self, q: &TopQuery) -> Result<Vec<TopRow>, StoreError> {
+            self.inner.top(q).await
+        }
+        async fn inspect(
+            &self,
+            s: &Source,
+            rate: u64,
+            bad: u64,
+            shadow: bool,
+        ) -> Result<Inspection, StoreError> {
+            self.inner.inspect(s, rate, bad, shadow).await
+        }
+        async fn put_block(&self, t: IpNet, ttl: u64, reason: &str) -> Result<(), StoreError> {
+            self.inner.put_block(t, ttl, reason).await
+        }
+        async fn remove_block(&self, t: IpNet) -> Result<bool, StoreError> {
+            self.inner.remove_block(t).await
+        }
+        async fn clear_ban(&self, s: &Source, l: Level, shadow: bool) -> Result<bool, StoreError> {
+            self.inner.clear_ban(s, l, shadow).await
+        }
+        async fn standing(&self, ttl: u64) -> Result<Standing, StoreError> {
+            self.inner.standing(ttl).await
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_the_limiter_took_after_the_deadline_is_released_at_the_end() {
     let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 1\nnetwork = 0\nlease_ttl = \"1h\"\n";

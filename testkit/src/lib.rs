@@ -25,6 +25,7 @@ use limiter_server::policy::reload::PolicyHandle;
 use limiter_server::policy::{Policy, parse_settings};
 use limiter_server::server::{ServeOptions, serve};
 use limiter_server::store::Store;
+use limiter_server::store::ledger::Ledger;
 use mxlimit_proto::v1::limiter_client::LimiterClient;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -76,12 +77,12 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    pub async fn start<S: Store>(store: S, policy: Arc<PolicyHandle>) -> Limiter {
+    pub async fn start<S: Store + Ledger>(store: S, policy: Arc<PolicyHandle>) -> Limiter {
         Limiter::start_at(store, policy, "127.0.0.1:0".parse().unwrap()).await
     }
 
     /// On a given address (to come back where a stopped one was).
-    pub async fn start_at<S: Store>(
+    pub async fn start_at<S: Store + Ledger>(
         store: S,
         policy: Arc<PolicyHandle>,
         at: SocketAddr,
@@ -90,11 +91,25 @@ impl Limiter {
     }
 
     /// Serving over TLS when `tls` is given.
-    pub async fn start_tls<S: Store>(
+    pub async fn start_tls<S: Store + Ledger>(
         store: S,
         policy: Arc<PolicyHandle>,
         at: SocketAddr,
         tls: Option<Arc<limiter_server::tls::ServerTls>>,
+    ) -> Limiter {
+        let options = ServeOptions {
+            tls,
+            ..Default::default()
+        };
+        Limiter::start_with(store, policy, at, options).await
+    }
+
+    /// With any server options (health checks every 200 ms whatever they say).
+    pub async fn start_with<S: Store + Ledger>(
+        store: S,
+        policy: Arc<PolicyHandle>,
+        at: SocketAddr,
+        options: ServeOptions,
     ) -> Limiter {
         let listener = tokio::net::TcpListener::bind(at).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -102,8 +117,7 @@ impl Limiter {
         let (stop, stopped) = oneshot::channel::<()>();
         let options = ServeOptions {
             health_interval: Duration::from_millis(200),
-            tls,
-            ..Default::default()
+            ..options
         };
         let task = tokio::spawn(async move {
             serve(engine, listener, options, async move {

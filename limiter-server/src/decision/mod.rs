@@ -12,11 +12,14 @@ use mxlimit_proto::v1::{
     ConnectReply, HeartbeatReply, LookupReply, RecipientReply, SessionPolicy, Verdict,
 };
 
+use crate::admin::blocks::BlockTable;
+use crate::admin::tally::Tally;
 use crate::names::NameResolver;
 use crate::policy::access::{ConnectAction, Value};
 use crate::policy::reload::PolicyHandle;
 use crate::policy::{ClientRules, Policy};
 use crate::source::{Level, Source};
+use crate::store::ledger::Metric;
 use crate::store::{
     BanPolicy, ConnectOp, HeartbeatOp, LeaseId, NetSessions, PerLevel, RecipientOp, Refusal, Store,
     StoreError,
@@ -59,6 +62,10 @@ pub struct Engine<S> {
     policy: Arc<PolicyHandle>,
     names: NameResolver,
     lookups: bool,
+    /// Operators' blocks, kept fresh by the ledger keeper.
+    blocks: BlockTable,
+    /// Refusals and bad recipients for the top lists, flushed by the ledger keeper.
+    tally: Tally,
 }
 
 impl<S: Store> Engine<S> {
@@ -68,6 +75,8 @@ impl<S: Store> Engine<S> {
             policy,
             names: NameResolver::default(),
             lookups: true,
+            blocks: BlockTable::default(),
+            tally: Tally::default(),
         }
     }
 
@@ -85,6 +94,24 @@ impl<S: Store> Engine<S> {
 
     pub fn policy(&self) -> &Arc<PolicyHandle> {
         &self.policy
+    }
+
+    pub fn blocks(&self) -> &BlockTable {
+        &self.blocks
+    }
+
+    pub fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    /// The name host and domain rules match for `ip` (for `Explain`).
+    pub async fn name_for(
+        &self,
+        policy: &Policy,
+        ip: IpAddr,
+        given: Option<&str>,
+    ) -> Option<Arc<str>> {
+        self.client_name(policy, ip, given).await
     }
 
     /// The name host and domain rules match: the caller's, else (only when such rules
@@ -119,7 +146,17 @@ impl<S: Store> Engine<S> {
             lease_ttl_ms: s.client_conn.lease_ttl.as_millis(),
         };
 
-        // 1. The access file: OK/RELAY skip everything; a refusal needs no counting.
+        // 1. An operator's block beats everything, access file included.
+        if let Some(b) = self.blocks.check(source.ip) {
+            let v = verdict::blocked(
+                s.bad_rcpt.ban_reply,
+                &verdict::block_rule(&b.target),
+                &b.reason,
+            );
+            return Ok(self.refused(reply(v), req.lease.node, &source));
+        }
+
+        // 2. The access file: OK/RELAY skip everything; a refusal needs no counting.
         let access = match rules.connect.map(|e| (&e.value, e.rule.as_str())) {
             Some((Value::Connect(ConnectAction::Exempt), rule)) => {
                 return Ok(reply(verdict::exempt(rule)));
@@ -137,10 +174,10 @@ impl<S: Store> Engine<S> {
         if let Some(v) = &access
             && !s.shadow
         {
-            return Ok(reply(v.clone()));
+            return Ok(self.refused(reply(v.clone()), req.lease.node, &source));
         }
 
-        // 2. Bans, ClientRate and ClientConn at both levels: one store operation.
+        // 3. Bans, ClientRate and ClientConn at both levels: one store operation.
         let op = ConnectOp {
             source: &source,
             lease: req.lease,
@@ -158,27 +195,21 @@ impl<S: Store> Engine<S> {
         };
         let outcome = self.store.connect(&op).await?;
 
-        // 3. The verdict.
+        // 4. The verdict.
         let v = match (access, outcome.refusal) {
             (Some(v), _) => v,
-            (None, None) => verdict::accept(rules.rate.rule),
-            (None, Some(Refusal::Banned { level, .. })) => verdict::banned_at_connect(
-                s.bad_rcpt.ban_reply,
-                level,
-                &verdict::ban_rule(&source.at(level)),
-            ),
-            (None, Some(Refusal::Rate { level, .. })) => verdict::client_rate(match level {
-                Level::Address => rules.rate.rule,
-                Level::Network => rules.net_rate.rule,
-            }),
-            (None, Some(Refusal::Conn { level, .. })) => verdict::client_conn(match level {
-                Level::Address => rules.conn.rule,
-                Level::Network => rules.net_conn.rule,
-            }),
+            (None, refusal) => connect_verdict(&policy, &rules, &source, refusal),
         };
-        let r = reply(v);
-        log_refusal("connect", req.lease.node, &source, r.verdict.as_ref());
-        Ok(r)
+        Ok(self.refused(reply(v), req.lease.node, &source))
+    }
+
+    /// Logs and tallies a refused (or, in shadow mode, would-be refused) connection.
+    fn refused(&self, r: ConnectReply, node: &str, source: &Source) -> ConnectReply {
+        if r.verdict.as_ref().is_some_and(verdict::is_block) {
+            self.tally.count(Metric::RefusedConnections, source);
+            log_refusal("connect", node, source, r.verdict.as_ref());
+        }
+        r
     }
 
     pub async fn recipient(&self, req: &Recipient<'_>) -> Result<RecipientReply, StoreError> {
@@ -190,7 +221,19 @@ impl<S: Store> Engine<S> {
         let name = self.client_name(&policy, req.ip, req.client_name).await;
         let rules = policy.client_rules(&source, name.as_deref());
 
-        // 1. Count the bad recipient cluster-wide (and learn of bans): one store
+        // 1. An operator's block closes the session.
+        if let Some(b) = self.blocks.check(source.ip) {
+            let v = verdict::blocked(
+                crate::policy::settings::BanReply::Tempfail,
+                &verdict::block_rule(&b.target),
+                &b.reason,
+            );
+            let v = finish(&policy, v);
+            log_refusal("recipient", req.node, &source, Some(&v));
+            return Ok(RecipientReply { verdict: Some(v) });
+        }
+
+        // 2. Count the bad recipient cluster-wide (and learn of bans): one store
         //    operation. Exempt sources are neither counted nor banned.
         let outcome = if rules.exempt() {
             Default::default()
@@ -216,10 +259,20 @@ impl<S: Store> Engine<S> {
                 ban: ban_policy(&policy),
                 shadow: s.shadow,
             };
-            self.store.recipient(&op).await?
+            let outcome = self.store.recipient(&op).await?;
+            if req.rejected {
+                self.tally.count(Metric::BadRecipients, &source);
+            }
+            if let Some(ban) = outcome.ban
+                && ban.new
+                && !s.shadow
+            {
+                self.tally.ban(ban.level, &source, ban.remaining_ms);
+            }
+            outcome
         };
 
-        // 2. The verdict, strongest first: ban, too many recipients, tarpit, throttle.
+        // 3. The verdict, strongest first: ban, too many recipients, tarpit, throttle.
         let prior_bad = req
             .envelope_bad_rcpts
             .saturating_sub(u32::from(req.rejected));
@@ -264,6 +317,16 @@ impl<S: Store> Engine<S> {
         let source = policy.source(ip);
         let name = self.client_name(&policy, ip, client_name).await;
         let rules = policy.client_rules(&source, name.as_deref());
+        if let Some(b) = self.blocks.check(source.ip) {
+            let v = verdict::blocked(
+                s.bad_rcpt.ban_reply,
+                &verdict::block_rule(&b.target),
+                &b.reason,
+            );
+            return Ok(LookupReply {
+                verdict: Some(finish(&policy, v)),
+            });
+        }
         let v = match rules.connect.map(|e| (&e.value, e.rule.as_str())) {
             Some((Value::Connect(ConnectAction::Exempt), rule)) => verdict::exempt(rule),
             Some((
@@ -316,6 +379,7 @@ impl<S: Store> Engine<S> {
             lease_ttl_ms,
         };
         let out = self.store.heartbeat(&op).await?;
+        self.tally.leases(req.node, out.renewed);
         if out.freed > 0 {
             tracing::info!(
                 node = req.node,
@@ -325,6 +389,31 @@ impl<S: Store> Engine<S> {
             );
         }
         Ok(HeartbeatReply { lease_ttl_ms })
+    }
+}
+
+/// The verdict of a `Connect` the store admitted or refused (access rules aside).
+pub fn connect_verdict(
+    policy: &Policy,
+    rules: &ClientRules<'_>,
+    source: &Source,
+    refusal: Option<Refusal>,
+) -> Verdict {
+    match refusal {
+        None => verdict::accept(rules.rate.rule),
+        Some(Refusal::Banned { level, .. }) => verdict::banned_at_connect(
+            policy.settings.bad_rcpt.ban_reply,
+            level,
+            &verdict::ban_rule(&source.at(level)),
+        ),
+        Some(Refusal::Rate { level, .. }) => verdict::client_rate(match level {
+            Level::Address => rules.rate.rule,
+            Level::Network => rules.net_rate.rule,
+        }),
+        Some(Refusal::Conn { level, .. }) => verdict::client_conn(match level {
+            Level::Address => rules.conn.rule,
+            Level::Network => rules.net_conn.rule,
+        }),
     }
 }
 
@@ -348,7 +437,7 @@ fn session_policy(p: &Policy, rules: &ClientRules<'_>) -> SessionPolicy {
     }
 }
 
-fn finish(p: &Policy, v: Verdict) -> Verdict {
+pub fn finish(p: &Policy, v: Verdict) -> Verdict {
     if p.settings.shadow {
         verdict::shadow(v)
     } else {

@@ -11,6 +11,7 @@ pub mod reason {
     pub const ACCESS: &str = "access";
     pub const EXEMPT: &str = "exempt";
     pub const BANNED: &str = "banned";
+    pub const BLOCKED: &str = "blocked";
     pub const CLIENT_RATE: &str = "client_rate";
     pub const CLIENT_CONN: &str = "client_conn";
     pub const BAD_RCPT: &str = "bad_rcpt";
@@ -127,6 +128,26 @@ pub fn banned_at_connect(reply: BanReply, level: Level, rule: &str) -> Verdict {
 /// `ban_reply` says: a 5xx mid-session would not close it).
 pub fn banned_in_session(level: Level, rule: &str) -> Verdict {
     banned_at_connect(BanReply::Tempfail, level, rule)
+}
+
+/// The rule of an operator's block: `Block:206.81.85.0/24`.
+pub fn block_rule(target: &ipnet::IpNet) -> String {
+    format!("Block:{target}")
+}
+
+/// A source under an operator's block: at `Connect` as `ban_reply` says (421 or 554),
+/// in a session always 421 (see `banned_in_session`).
+pub fn blocked(reply: BanReply, rule: &str, reason_text: &str) -> Verdict {
+    let text = if reason_text.is_empty() {
+        "Blocked by the mail administrator.".to_string()
+    } else {
+        format!("Blocked by the mail administrator: {reason_text}")
+    };
+    let (action, code, enhanced) = match reply {
+        BanReply::Tempfail => (Action::Disconnect, 421, "4.7.1"),
+        BanReply::Reject => (Action::Reject, 554, "5.7.1"),
+    };
+    verdict(action, code, enhanced, &text, rule, reason::BLOCKED)
 }
 
 /// sendmail: "452 4.5.3 Too many recipients"

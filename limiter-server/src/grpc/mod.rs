@@ -79,6 +79,7 @@ fn reason_label(r: &str) -> &'static str {
         reason::ACCESS,
         reason::EXEMPT,
         reason::BANNED,
+        reason::BLOCKED,
         reason::CLIENT_RATE,
         reason::CLIENT_CONN,
         reason::BAD_RCPT,

@@ -5,12 +5,14 @@ use std::time::Instant;
 
 use metrics::{counter, histogram};
 
+use super::ledger::{Batch, Inspection, Ledger, Standing, TopQuery, TopRow};
 use super::{
     Ban, ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, RecipientOp,
     RecipientOutcome, Store, StoreError,
 };
 use crate::metrics::{LEASES_FREED, LEASES_RELEASED, LEASES_TAKEN, STORE_ERRORS, STORE_SECONDS};
-use crate::source::Source;
+use crate::source::{Level, Source};
+use ipnet::IpNet;
 
 pub struct Instrumented<S>(pub S);
 
@@ -76,5 +78,71 @@ impl<S: Store> Store for Instrumented<S> {
 
     fn kind(&self) -> &'static str {
         self.0.kind()
+    }
+}
+
+/// The ledger's operations, timed like the decisions' (op `ledger_*`).
+impl<S: Ledger> Ledger for Instrumented<S> {
+    async fn record(&self, batch: &Batch, keep: u32) -> Result<(), StoreError> {
+        let t = Instant::now();
+        let r = self.0.record(batch, keep).await;
+        observe("ledger_record", t, &r);
+        r
+    }
+
+    async fn top(&self, q: &TopQuery) -> Result<Vec<TopRow>, StoreError> {
+        let t = Instant::now();
+        let r = self.0.top(q).await;
+        observe("ledger_top", t, &r);
+        r
+    }
+
+    async fn inspect(
+        &self,
+        source: &Source,
+        rate_window_ms: u64,
+        bad_window_ms: u64,
+        shadow: bool,
+    ) -> Result<Inspection, StoreError> {
+        let t = Instant::now();
+        let r = self
+            .0
+            .inspect(source, rate_window_ms, bad_window_ms, shadow)
+            .await;
+        observe("ledger_inspect", t, &r);
+        r
+    }
+
+    async fn put_block(&self, target: IpNet, ttl_ms: u64, reason: &str) -> Result<(), StoreError> {
+        let t = Instant::now();
+        let r = self.0.put_block(target, ttl_ms, reason).await;
+        observe("ledger_block", t, &r);
+        r
+    }
+
+    async fn remove_block(&self, target: IpNet) -> Result<bool, StoreError> {
+        let t = Instant::now();
+        let r = self.0.remove_block(target).await;
+        observe("ledger_unblock", t, &r);
+        r
+    }
+
+    async fn clear_ban(
+        &self,
+        source: &Source,
+        level: Level,
+        shadow: bool,
+    ) -> Result<bool, StoreError> {
+        let t = Instant::now();
+        let r = self.0.clear_ban(source, level, shadow).await;
+        observe("ledger_unban", t, &r);
+        r
+    }
+
+    async fn standing(&self, node_ttl_ms: u64) -> Result<Standing, StoreError> {
+        let t = Instant::now();
+        let r = self.0.standing(node_ttl_ms).await;
+        observe("ledger_standing", t, &r);
+        r
     }
 }

@@ -6,6 +6,7 @@
 //! *which* limits apply; the store applies them atomically and says what it found.
 
 pub mod instrumented;
+pub mod ledger;
 pub mod memory;
 pub mod redis;
 

@@ -6,6 +6,7 @@
 //! expired state is swept, and past `max_entries` the coldest unbanned state goes first.
 
 mod clock;
+mod ledger;
 mod state;
 
 use std::collections::hash_map::DefaultHasher;
@@ -64,6 +65,7 @@ pub struct MemoryStore {
     nodes: Mutex<HashMap<String, NodeState>>,
     clock: Clock,
     shard_cap: usize,
+    ledger: Mutex<ledger::LedgerState>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -83,6 +85,7 @@ impl MemoryStore {
             nodes: Mutex::default(),
             clock,
             shard_cap: (config.max_entries / SHARDS).max(16),
+            ledger: Mutex::default(),
         }
     }
 

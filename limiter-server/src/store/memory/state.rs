@@ -34,6 +34,15 @@ impl Penalty {
         self.ban_until > now
     }
 
+    /// Lifts the ban and forgets the bad recipients (an operator's unblock); whether
+    /// a ban was in force.
+    pub fn lift(&mut self, now: u64) -> bool {
+        let had = self.banned(now);
+        self.ban_until = 0;
+        self.bad.clear();
+        had
+    }
+
     /// Bad recipients in the window, without counting one.
     pub fn peek_bad(&self, now: u64, window: u64) -> u32 {
         let cut = now.saturating_sub(window);
@@ -111,6 +120,12 @@ impl LevelState {
         self.penalty.banned(now) || self.shadow.banned(now)
     }
 
+    /// Connections in the log within the window that ends now, counting nothing.
+    pub fn peek_rate(&self, now: u64, window: u64) -> u32 {
+        let cut = now.saturating_sub(window);
+        self.rate.iter().filter(|(t, _)| *t > cut).count() as u32
+    }
+
     /// Connections admitted in the window that ends now.
     pub fn rate_count(&mut self, now: u64, window: u64) -> u32 {
         let cut = now.saturating_sub(window);
@@ -175,6 +190,14 @@ impl Leases {
 
     pub fn count(&self) -> u32 {
         self.map.len() as u32
+    }
+
+    /// Live leases, counting nothing.
+    pub fn live(&self, now: u64, ip: Option<&IpAddr>) -> u32 {
+        self.map
+            .values()
+            .filter(|(e, a)| *e > now && ip.is_none_or(|ip| ip == a))
+            .count() as u32
     }
 
     pub fn count_addr(&self, ip: &IpAddr) -> u32 {

@@ -2,6 +2,7 @@
 //! over one multiplexed connection shared by all requests.
 
 mod keys;
+mod ledger;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -162,6 +163,7 @@ pub struct RedisStore {
     conn: Conn,
     prefix: String,
     scripts: Scripts,
+    ledger_scripts: ledger::Scripts,
     registered: Registered,
 }
 
@@ -259,6 +261,7 @@ impl RedisStore {
             conn,
             prefix: config.prefix.clone(),
             scripts: Scripts::new(),
+            ledger_scripts: ledger::Scripts::new(),
             registered: Registered::default(),
         };
         store.check_version().await?;

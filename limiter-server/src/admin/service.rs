@@ -1,0 +1,552 @@
+//! The gRPC `mxlimit.v1.Admin` service. Authentication happens before any of this
+//! (see `auth`); here requests are validated, answered from the ledger and the policy,
+//! and every change is logged with who made it.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use metrics::counter;
+use mxlimit_proto::v1::admin_server::Admin;
+use mxlimit_proto::v1::{
+    BlockEntry, BlockReply, BlockRequest, ExplainReply, ExplainRequest, GroupBy, LevelState,
+    ListBlocksReply, ListBlocksRequest, RankBy, ReloadRulesReply, ReloadRulesRequest, RuleMatch,
+    TopSource, TopSourcesReply, TopSourcesRequest, UnblockReply, UnblockRequest, Verdict,
+};
+use tonic::{Request, Response, Status};
+
+use super::auth::Identity;
+use crate::decision::{Engine, connect_verdict, finish, verdict};
+use crate::grpc::validate;
+use crate::metrics::ADMIN_CALLS;
+use crate::policy::access::{ConnectAction, Value};
+use crate::policy::{ClientRules, Policy};
+use crate::source::{Level, Source, canonical};
+use crate::store::ledger::{Buckets, HOUR_MS, Inspection, Ledger, MAX_WINDOW_MS, Metric, TopQuery};
+use crate::store::{Refusal, Store, StoreError};
+
+const DEFAULT_WINDOW_MS: u64 = 24 * HOUR_MS;
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 10_000;
+const DEFAULT_BLOCK_MS: u64 = HOUR_MS;
+const MAX_BLOCK_MS: u64 = 365 * 24 * HOUR_MS;
+/// Reasons go into SMTP replies: one short printable line.
+const MAX_REASON: usize = 200;
+
+pub struct AdminService<S> {
+    engine: Arc<Engine<S>>,
+}
+
+impl<S> AdminService<S> {
+    pub fn new(engine: Arc<Engine<S>>) -> Self {
+        AdminService { engine }
+    }
+}
+
+fn store_error(e: StoreError) -> Status {
+    tracing::warn!(error = %e, "admin: store error");
+    Status::unavailable(format!("store unavailable: {e}"))
+}
+
+fn done<T>(rpc: &'static str, r: Result<T, Status>) -> Result<Response<T>, Status> {
+    let result = if r.is_ok() { "ok" } else { "error" };
+    counter!(ADMIN_CALLS, "rpc" => rpc, "result" => result).increment(1);
+    r.map(Response::new)
+}
+
+fn who<T>(req: &Request<T>) -> String {
+    req.extensions()
+        .get::<Identity>()
+        .map_or_else(|| "unknown".into(), |i| i.0.clone())
+}
+
+/// An address (`/32` or `/128`) or a network; host bits are cleared.
+pub fn parse_target(text: &str) -> Result<IpNet, Status> {
+    let t = text.trim();
+    let net = if let Ok(ip) = t.parse::<IpAddr>() {
+        IpNet::from(canonical(ip))
+    } else {
+        t.parse::<IpNet>()
+            .map_err(|_| {
+                Status::invalid_argument(format!(
+                    "target {t:?} is neither an address nor a network (1.2.3.4, 206.81.85.0/24, 2001:db8::/64)"
+                ))
+            })?
+            .trunc()
+    };
+    let shortest = match net {
+        IpNet::V4(_) => 8,
+        IpNet::V6(_) => 16,
+    };
+    if net.prefix_len() < shortest {
+        return Err(Status::invalid_argument(format!(
+            "{t} is wider than /{shortest}: refusing to block that much of the Internet"
+        )));
+    }
+    Ok(net)
+}
+
+fn block_entry(target: String, expires_in_ms: u64, reason: String, kind: &str) -> BlockEntry {
+    BlockEntry {
+        target,
+        expires_in_ms,
+        reason,
+        kind: kind.into(),
+    }
+}
+
+fn connect_rule(rules: &ClientRules<'_>) -> Option<RuleMatch> {
+    let e = rules.connect?;
+    let value = match &e.value {
+        Value::Connect(ConnectAction::Exempt) => "OK (no limits)".to_string(),
+        Value::Connect(ConnectAction::Refuse {
+            code,
+            enhanced,
+            text,
+        }) => format!("{code} {enhanced} {text}"),
+        other => format!("{other:?}"),
+    };
+    Some(RuleMatch {
+        kind: "Connect".into(),
+        level: String::new(),
+        rule: e.rule.clone(),
+        value,
+    })
+}
+
+fn limit_rule(kind: &str, level: Level, rule: &str, value: u32) -> RuleMatch {
+    RuleMatch {
+        kind: kind.into(),
+        level: level.as_str().into(),
+        rule: rule.into(),
+        value: if value == 0 {
+            "0 (unlimited)".into()
+        } else {
+            value.to_string()
+        },
+    }
+}
+
+/// What the store would answer a `Connect` now, in the order the store checks.
+fn refusal(rules: &ClientRules<'_>, i: &Inspection) -> Option<Refusal> {
+    let over = |count: u32, limit: u32| limit > 0 && count >= limit;
+    if let Some((ms, _)) = i.ban.address {
+        return Some(Refusal::Banned {
+            level: Level::Address,
+            remaining_ms: ms,
+        });
+    }
+    if let Some((ms, _)) = i.ban.network {
+        return Some(Refusal::Banned {
+            level: Level::Network,
+            remaining_ms: ms,
+        });
+    }
+    let checks = [
+        (
+            i.connections.address,
+            rules.rate.value,
+            Level::Address,
+            true,
+        ),
+        (
+            i.connections.network,
+            rules.net_rate.value,
+            Level::Network,
+            true,
+        ),
+        (i.sessions.address, rules.conn.value, Level::Address, false),
+        (
+            i.sessions.network,
+            rules.net_conn.value,
+            Level::Network,
+            false,
+        ),
+    ];
+    checks
+        .into_iter()
+        .find(|(count, limit, _, _)| over(*count, *limit))
+        .map(|(count, _, level, rate)| {
+            if rate {
+                Refusal::Rate { level, count }
+            } else {
+                Refusal::Conn { level, count }
+            }
+        })
+}
+
+impl<S: Store + Ledger> AdminService<S> {
+    fn connect_now(
+        &self,
+        policy: &Policy,
+        rules: &ClientRules<'_>,
+        source: &Source,
+        i: &Inspection,
+    ) -> Verdict {
+        let s = &policy.settings;
+        let v = if let Some(b) = self.engine.blocks().check(source.ip) {
+            verdict::blocked(
+                s.bad_rcpt.ban_reply,
+                &verdict::block_rule(&b.target),
+                &b.reason,
+            )
+        } else {
+            match rules.connect.map(|e| (&e.value, e.rule.as_str())) {
+                Some((Value::Connect(ConnectAction::Exempt), rule)) => verdict::exempt(rule),
+                Some((
+                    Value::Connect(ConnectAction::Refuse {
+                        code,
+                        enhanced,
+                        text,
+                    }),
+                    rule,
+                )) => verdict::access(*code, enhanced, text, rule),
+                _ => connect_verdict(policy, rules, source, refusal(rules, i)),
+            }
+        };
+        finish(policy, v)
+    }
+
+    async fn top(&self, r: TopSourcesRequest) -> Result<TopSourcesReply, Status> {
+        let window_ms = match r.window_ms {
+            0 => DEFAULT_WINDOW_MS,
+            w if w > MAX_WINDOW_MS => {
+                return Err(Status::invalid_argument(format!(
+                    "window_ms {w} is longer than the {} days kept",
+                    MAX_WINDOW_MS / (24 * HOUR_MS)
+                )));
+            }
+            w => w,
+        };
+        let limit = match r.limit {
+            0 => DEFAULT_LIMIT,
+            l if l > MAX_LIMIT => {
+                return Err(Status::invalid_argument(format!(
+                    "limit {l} is over {MAX_LIMIT}"
+                )));
+            }
+            l => l,
+        };
+        let level = match r.group_by() {
+            GroupBy::Address => Level::Address,
+            GroupBy::Unspecified | GroupBy::Network => Level::Network,
+        };
+        let rank = match r.rank_by() {
+            RankBy::Unspecified | RankBy::BadRecipients => Metric::BadRecipients,
+            RankBy::RefusedConnections => Metric::RefusedConnections,
+        };
+        let buckets = Buckets::for_window(window_ms);
+        let q = TopQuery {
+            rank,
+            level,
+            buckets,
+            limit,
+        };
+        let rows = self.engine.store().top(&q).await.map_err(store_error)?;
+        Ok(TopSourcesReply {
+            sources: rows
+                .into_iter()
+                .map(|r| TopSource {
+                    source: r.source,
+                    bad_recipients: r.bad_recipients,
+                    refused_connections: r.refused_connections,
+                })
+                .collect(),
+            window_ms: buckets.window_ms(),
+        })
+    }
+
+    async fn explain(&self, r: ExplainRequest) -> Result<ExplainReply, Status> {
+        let ip = validate::client_ip("client_ip", &r.client_ip)?;
+        let given = validate::client_name(&r.client_name)?;
+        let policy = self.engine.policy().get();
+        let s = &policy.settings;
+        let source = policy.source(ip);
+        let name = self.engine.name_for(&policy, ip, given).await;
+        let rules = policy.client_rules(&source, name.as_deref());
+        let i = self
+            .engine
+            .store()
+            .inspect(
+                &source,
+                s.client_rate.window.as_millis(),
+                s.bad_rcpt.window.as_millis(),
+                s.shadow,
+            )
+            .await
+            .map_err(store_error)?;
+        let b = &s.bad_rcpt;
+        let level_state = |level: Level, rate: u32, conn: u32, tarpit: u32, block: u32| {
+            let ban = i.ban.at(level);
+            LevelState {
+                source: source.at(level),
+                connections: i.connections.at(level),
+                rate_limit: rate,
+                sessions: i.sessions.at(level),
+                conn_limit: conn,
+                bad_recipients: i.bad_recipients.at(level),
+                tarpit_after: tarpit,
+                block_after: block,
+                ban_ms_left: ban.map_or(0, |(ms, _)| ms),
+                offence: ban.map_or(0, |(_, o)| o),
+            }
+        };
+        let mut matched: Vec<RuleMatch> = connect_rule(&rules).into_iter().collect();
+        matched.extend([
+            limit_rule(
+                "ClientRate",
+                Level::Address,
+                rules.rate.rule,
+                rules.rate.value,
+            ),
+            limit_rule(
+                "ClientRate",
+                Level::Network,
+                rules.net_rate.rule,
+                rules.net_rate.value,
+            ),
+            limit_rule(
+                "ClientConn",
+                Level::Address,
+                rules.conn.rule,
+                rules.conn.value,
+            ),
+            limit_rule(
+                "ClientConn",
+                Level::Network,
+                rules.net_conn.rule,
+                rules.net_conn.value,
+            ),
+        ]);
+        if rules.greet_pause_ms > 0 {
+            matched.push(RuleMatch {
+                kind: "GreetPause".into(),
+                level: String::new(),
+                rule: "GreetPause".into(),
+                value: format!("{} ms", rules.greet_pause_ms),
+            });
+        }
+        Ok(ExplainReply {
+            client_ip: source.ip_text.clone(),
+            network: source.net.to_string(),
+            client_name: name.as_deref().unwrap_or("").to_string(),
+            rules: matched,
+            address: Some(level_state(
+                Level::Address,
+                rules.rate.value,
+                rules.conn.value,
+                b.tarpit_after,
+                b.block_after,
+            )),
+            net: Some(level_state(
+                Level::Network,
+                rules.net_rate.value,
+                rules.net_conn.value,
+                b.network_tarpit_after,
+                b.network_block_after,
+            )),
+            blocks: self
+                .engine
+                .blocks()
+                .covering(source.ip)
+                .into_iter()
+                .map(|b| {
+                    let left = b.until.saturating_duration_since(std::time::Instant::now());
+                    block_entry(
+                        b.target.to_string(),
+                        left.as_millis() as u64,
+                        b.reason,
+                        "block",
+                    )
+                })
+                .collect(),
+            connect: Some(self.connect_now(&policy, &rules, &source, &i)),
+            shadow: s.shadow,
+        })
+    }
+
+    async fn block(&self, r: BlockRequest, by: &str) -> Result<BlockReply, Status> {
+        let target = parse_target(&r.target)?;
+        let ttl_ms = match r.ttl_ms {
+            0 => DEFAULT_BLOCK_MS,
+            t if t > MAX_BLOCK_MS => {
+                return Err(Status::invalid_argument("ttl_ms is over 365 days"));
+            }
+            t => t,
+        };
+        let reason = r.reason.trim();
+        if reason.len() > MAX_REASON || !reason.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(Status::invalid_argument(format!(
+                "reason must be printable ASCII of at most {MAX_REASON} characters (it goes into SMTP replies)"
+            )));
+        }
+        self.engine
+            .store()
+            .put_block(target, ttl_ms, reason)
+            .await
+            .map_err(store_error)?;
+        self.engine
+            .blocks()
+            .update(target, Some((Duration::from_millis(ttl_ms), reason)));
+        tracing::warn!(%target, ttl_ms, reason, by, "blocked by an operator");
+        Ok(BlockReply {
+            block: Some(block_entry(
+                target.to_string(),
+                ttl_ms,
+                reason.to_string(),
+                "block",
+            )),
+        })
+    }
+
+    async fn unblock(&self, r: UnblockRequest, by: &str) -> Result<UnblockReply, Status> {
+        let target = parse_target(&r.target)?;
+        let store = self.engine.store();
+        let block_removed = store.remove_block(target).await.map_err(store_error)?;
+        self.engine.blocks().update(target, None);
+        // Automatic bans exist for addresses and for the configured networks.
+        let policy = self.engine.policy().get();
+        let source = policy.source(target.network());
+        let level = if target.prefix_len() == target.max_prefix_len() {
+            Some(Level::Address)
+        } else if source.net == target {
+            Some(Level::Network)
+        } else {
+            None
+        };
+        let ban_removed = match level {
+            Some(l) => store
+                .clear_ban(&source, l, policy.settings.shadow)
+                .await
+                .map_err(store_error)?,
+            None => false,
+        };
+        tracing::warn!(%target, block_removed, ban_removed, by, "unblocked by an operator");
+        Ok(UnblockReply {
+            block_removed,
+            ban_removed,
+        })
+    }
+
+    async fn list(&self) -> Result<ListBlocksReply, Status> {
+        let policy = self.engine.policy().get();
+        let node_ttl = policy.settings.client_conn.lease_ttl.as_millis();
+        let st = self
+            .engine
+            .store()
+            .standing(node_ttl)
+            .await
+            .map_err(store_error)?;
+        let mut blocks: Vec<BlockEntry> = st
+            .blocks
+            .into_iter()
+            .map(|b| block_entry(b.target.to_string(), b.expires_in_ms, b.reason, "block"))
+            .collect();
+        blocks.extend(st.bans.into_iter().map(|b| {
+            let why = format!("too many bad recipients from this {}", b.level.as_str());
+            block_entry(b.source, b.expires_in_ms, why, "ban")
+        }));
+        blocks.sort_by_key(|b| std::cmp::Reverse(b.expires_in_ms));
+        Ok(ListBlocksReply { blocks })
+    }
+
+    fn reload(&self, by: &str) -> Result<ReloadRulesReply, Status> {
+        tracing::info!(by, "rules reload asked by an operator");
+        match self.engine.policy().reload() {
+            Ok(p) => Ok(ReloadRulesReply {
+                summary: p.to_string(),
+                warnings: p.warnings.clone(),
+            }),
+            Err(e) => Err(Status::failed_precondition(format!(
+                "rules not reloaded; the previous rules stay in force: {e}"
+            ))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store + Ledger> Admin for AdminService<S> {
+    async fn top_sources(
+        &self,
+        request: Request<TopSourcesRequest>,
+    ) -> Result<Response<TopSourcesReply>, Status> {
+        done("top_sources", self.top(request.into_inner()).await)
+    }
+
+    async fn explain(
+        &self,
+        request: Request<ExplainRequest>,
+    ) -> Result<Response<ExplainReply>, Status> {
+        done(
+            "explain",
+            AdminService::explain(self, request.into_inner()).await,
+        )
+    }
+
+    async fn block(&self, request: Request<BlockRequest>) -> Result<Response<BlockReply>, Status> {
+        let by = who(&request);
+        done(
+            "block",
+            AdminService::block(self, request.into_inner(), &by).await,
+        )
+    }
+
+    async fn unblock(
+        &self,
+        request: Request<UnblockRequest>,
+    ) -> Result<Response<UnblockReply>, Status> {
+        let by = who(&request);
+        done(
+            "unblock",
+            AdminService::unblock(self, request.into_inner(), &by).await,
+        )
+    }
+
+    async fn list_blocks(
+        &self,
+        _request: Request<ListBlocksRequest>,
+    ) -> Result<Response<ListBlocksReply>, Status> {
+        done("list_blocks", self.list().await)
+    }
+
+    async fn reload_rules(
+        &self,
+        request: Request<ReloadRulesRequest>,
+    ) -> Result<Response<ReloadRulesReply>, Status> {
+        let by = who(&request);
+        done("reload_rules", self.reload(&by))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_addresses_or_networks_of_sane_width() {
+        assert_eq!(
+            parse_target("206.81.85.7").unwrap().to_string(),
+            "206.81.85.7/32"
+        );
+        assert_eq!(
+            parse_target(" 206.81.85.7/24 ").unwrap().to_string(),
+            "206.81.85.0/24"
+        );
+        assert_eq!(
+            parse_target("::ffff:192.0.2.1").unwrap().to_string(),
+            "192.0.2.1/32"
+        );
+        assert_eq!(
+            parse_target("2001:db8:1:2::9/64").unwrap().to_string(),
+            "2001:db8:1:2::/64"
+        );
+        for bad in ["", "nope", "1.2.3.4/33", "0.0.0.0/0", "10.0.0.0/7", "::/8"] {
+            assert_eq!(
+                parse_target(bad).unwrap_err().code(),
+                tonic::Code::InvalidArgument,
+                "{bad}"
+            );
+        }
+    }
+}

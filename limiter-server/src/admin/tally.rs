@@ -1,0 +1,119 @@
+//! Counts of refusals and bad recipients between two flushes to the ledger. A
+//! decision adds to a map under a short lock (never across an await); the ledger
+//! keeper takes the whole map once a second.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use metrics::counter;
+
+use crate::metrics::TALLY_DROPPED;
+use crate::source::{Level, Source};
+use crate::store::ledger::{Batch, Metric};
+
+/// Distinct sources counted between two flushes at most: an attack from ever new
+/// addresses cannot grow the map without bound. Past it, new sources of that
+/// interval are not counted (their networks still are, unless those overflow too).
+pub const MAX_PENDING: usize = 100_000;
+
+#[derive(Default)]
+struct Pending {
+    counts: HashMap<(Metric, Level, String), u64>,
+    bans: Vec<(Level, String, u64)>,
+    leases: HashMap<String, u64>,
+}
+
+#[derive(Default)]
+pub struct Tally(Mutex<Pending>);
+
+impl Tally {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One event at both levels of a source.
+    pub fn count(&self, metric: Metric, source: &Source) {
+        let mut p = self.pending();
+        for (level, text) in [
+            (Level::Address, source.ip_text.as_str()),
+            // The tag is `n4:<network>`: its text without an allocation.
+            (Level::Network, &source.tag[3..]),
+        ] {
+            // Looked up first: no allocation for a source already counted.
+            let key = (metric, level, text.to_string());
+            if let Some(n) = p.counts.get_mut(&key) {
+                *n += 1;
+            } else if p.counts.len() < MAX_PENDING {
+                p.counts.insert(key, 1);
+            } else {
+                counter!(TALLY_DROPPED).increment(1);
+            }
+        }
+    }
+
+    pub fn ban(&self, level: Level, source: &Source, length_ms: u64) {
+        let mut p = self.pending();
+        if p.bans.len() < MAX_PENDING {
+            p.bans.push((level, source.at(level), length_ms));
+        } else {
+            counter!(TALLY_DROPPED).increment(1);
+        }
+    }
+
+    /// The leases a node renewed on its heartbeat (all its live sessions).
+    pub fn leases(&self, node: &str, renewed: u64) {
+        let mut p = self.pending();
+        let room = p.leases.len() < MAX_PENDING;
+        match p.leases.get_mut(node) {
+            Some(n) => *n = renewed,
+            None if room => {
+                p.leases.insert(node.to_string(), renewed);
+            }
+            None => counter!(TALLY_DROPPED).increment(1),
+        }
+    }
+
+    /// Everything counted since the last call.
+    pub fn take(&self) -> Batch {
+        let p = std::mem::take(&mut *self.pending());
+        Batch {
+            counts: p
+                .counts
+                .into_iter()
+                .map(|((m, l, s), n)| (m, l, s, n))
+                .collect(),
+            bans: p.bans,
+            leases: p.leases.into_iter().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Aggregation;
+
+    #[test]
+    fn counts_both_levels_and_empties_on_take() {
+        let t = Tally::default();
+        let a = Source::new("192.0.2.1".parse().unwrap(), Aggregation::default());
+        let b = Source::new("192.0.2.2".parse().unwrap(), Aggregation::default());
+        t.count(Metric::BadRecipients, &a);
+        t.count(Metric::BadRecipients, &a);
+        t.count(Metric::BadRecipients, &b);
+        let mut counts = t.take().counts;
+        counts.sort_by(|x, y| x.2.cmp(&y.2));
+        assert_eq!(
+            counts
+                .iter()
+                .map(|(_, l, s, n)| (*l, s.as_str(), *n))
+                .collect::<Vec<_>>(),
+            [
+                (Level::Network, "192.0.2.0/24", 3),
+                (Level::Address, "192.0.2.1", 2),
+                (Level::Address, "192.0.2.2", 1),
+            ]
+        );
+        assert!(t.take().is_empty());
+    }
+}

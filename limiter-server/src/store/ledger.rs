@@ -1,0 +1,265 @@
+//! What operators ask of the store, off the decision path: top lists, operator blocks,
+//! the automatic bans in force and the live leases, and a look at one source's
+//! counters. Decisions never wait on these: their counts reach the ledger in batches.
+
+use std::future::Future;
+
+use ipnet::IpNet;
+
+use super::{PerLevel, StoreError};
+use crate::source::{Level, Source};
+
+/// What a top list counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    /// Rejected recipients.
+    BadRecipients,
+    /// Refused `Connect` calls.
+    RefusedConnections,
+}
+
+impl Metric {
+    /// One letter per metric and level, in store key names.
+    pub fn code(self, level: Level) -> &'static str {
+        match (self, level) {
+            (Metric::BadRecipients, Level::Address) => "ba",
+            (Metric::BadRecipients, Level::Network) => "bn",
+            (Metric::RefusedConnections, Level::Address) => "fa",
+            (Metric::RefusedConnections, Level::Network) => "fn",
+        }
+    }
+}
+
+/// Counts of one flush interval, and what happened in it that the ledger must know.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    /// (metric, level, source text, count)
+    pub counts: Vec<(Metric, Level, String, u64)>,
+    /// Automatic bans imposed: (level, source text, length ms).
+    pub bans: Vec<(Level, String, u64)>,
+    /// Leases each node renewed on its last heartbeat.
+    pub leases: Vec<(String, u64)>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty() && self.bans.is_empty() && self.leases.is_empty()
+    }
+}
+
+/// Time buckets of the top lists: minutes for windows up to an hour, hours beyond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buckets {
+    pub width_ms: u64,
+    /// Buckets counted, the current one included.
+    pub count: u64,
+}
+
+pub const MINUTE_MS: u64 = 60_000;
+pub const HOUR_MS: u64 = 3_600_000;
+/// The longest window a top list covers; hour buckets are kept a little longer.
+pub const MAX_WINDOW_MS: u64 = 7 * 24 * HOUR_MS;
+/// How long buckets are kept.
+pub const MINUTE_BUCKETS_KEEP_MS: u64 = 2 * HOUR_MS;
+pub const HOUR_BUCKETS_KEEP_MS: u64 = MAX_WINDOW_MS + 2 * HOUR_MS;
+
+impl Buckets {
+    /// The buckets that cover `window_ms` (1 ms to `MAX_WINDOW_MS`).
+    pub fn for_window(window_ms: u64) -> Buckets {
+        let window_ms = window_ms.clamp(1, MAX_WINDOW_MS);
+        let width_ms = if window_ms <= HOUR_MS {
+            MINUTE_MS
+        } else {
+            HOUR_MS
+        };
+        Buckets {
+            width_ms,
+            count: window_ms.div_ceil(width_ms),
+        }
+    }
+
+    /// The window actually counted.
+    pub fn window_ms(&self) -> u64 {
+        self.width_ms * self.count
+    }
+}
+
+/// A top-list query.
+#[derive(Debug, Clone, Copy)]
+pub struct TopQuery {
+    pub rank: Metric,
+    pub level: Level,
+    pub buckets: Buckets,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopRow {
+    pub source: String,
+    pub bad_recipients: u64,
+    pub refused_connections: u64,
+}
+
+/// A source's counters, read without counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Inspection {
+    /// Connections admitted within the ClientRate window (only logged where a limit
+    /// applies).
+    pub connections: PerLevel<u32>,
+    pub sessions: PerLevel<u32>,
+    pub bad_recipients: PerLevel<u32>,
+    /// (ms left, offence) of the ban in force.
+    pub ban: PerLevel<Option<(u64, u32)>>,
+}
+
+/// An operator's block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminBlock {
+    pub target: IpNet,
+    pub reason: String,
+    pub expires_in_ms: u64,
+}
+
+/// An automatic ban in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoBan {
+    pub level: Level,
+    pub source: String,
+    pub expires_in_ms: u64,
+}
+
+/// Everything in force now, cluster-wide.
+#[derive(Debug, Clone, Default)]
+pub struct Standing {
+    pub blocks: Vec<AdminBlock>,
+    pub bans: Vec<AutoBan>,
+    /// Leases the nodes renewed on their last heartbeats.
+    pub leases_live: u64,
+}
+
+/// The operator's view of the store. Each method is one store round trip (two for
+/// `clear_ban` on a cluster: the ban and the index live on different shards).
+pub trait Ledger: Send + Sync + 'static {
+    /// Adds a batch: top-list counts (each bucket kept to its `keep` largest
+    /// entries), bans to index, nodes' live leases.
+    fn record(
+        &self,
+        batch: &Batch,
+        keep: u32,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn top(&self, q: &TopQuery) -> impl Future<Output = Result<Vec<TopRow>, StoreError>> + Send;
+
+    fn inspect(
+        &self,
+        source: &Source,
+        rate_window_ms: u64,
+        bad_window_ms: u64,
+        shadow: bool,
+    ) -> impl Future<Output = Result<Inspection, StoreError>> + Send;
+
+    fn put_block(
+        &self,
+        target: IpNet,
+        ttl_ms: u64,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether there was a block on exactly `target`.
+    fn remove_block(&self, target: IpNet) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Lifts the automatic ban of one level of a source (and forgets its bad
+    /// recipients, so it is not banned again at the next one). Whether there was one.
+    fn clear_ban(
+        &self,
+        source: &Source,
+        level: Level,
+        shadow: bool,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Blocks, bans and live leases in force; nodes silent for `node_ttl_ms` count no
+    /// more.
+    fn standing(
+        &self,
+        node_ttl_ms: u64,
+    ) -> impl Future<Output = Result<Standing, StoreError>> + Send;
+}
+
+impl<T: Ledger> Ledger for std::sync::Arc<T> {
+    fn record(
+        &self,
+        batch: &Batch,
+        keep: u32,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).record(batch, keep)
+    }
+    fn top(&self, q: &TopQuery) -> impl Future<Output = Result<Vec<TopRow>, StoreError>> + Send {
+        (**self).top(q)
+    }
+    fn inspect(
+        &self,
+        source: &Source,
+        rate_window_ms: u64,
+        bad_window_ms: u64,
+        shadow: bool,
+    ) -> impl Future<Output = Result<Inspection, StoreError>> + Send {
+        (**self).inspect(source, rate_window_ms, bad_window_ms, shadow)
+    }
+    fn put_block(
+        &self,
+        target: IpNet,
+        ttl_ms: u64,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).put_block(target, ttl_ms, reason)
+    }
+    fn remove_block(&self, target: IpNet) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).remove_block(target)
+    }
+    fn clear_ban(
+        &self,
+        source: &Source,
+        level: Level,
+        shadow: bool,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).clear_ban(source, level, shadow)
+    }
+    fn standing(
+        &self,
+        node_ttl_ms: u64,
+    ) -> impl Future<Output = Result<Standing, StoreError>> + Send {
+        (**self).standing(node_ttl_ms)
+    }
+}
+
+/// Sorts a merged list best first (ties by source, so that answers are stable) and
+/// keeps `limit`.
+pub fn rank(rows: &mut Vec<TopRow>, by: Metric, limit: usize) {
+    let key = |r: &TopRow| match by {
+        Metric::BadRecipients => r.bad_recipients,
+        Metric::RefusedConnections => r.refused_connections,
+    };
+    rows.retain(|r| key(r) > 0);
+    rows.sort_by(|a, b| key(b).cmp(&key(a)).then_with(|| a.source.cmp(&b.source)));
+    rows.truncate(limit);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_round_up_to_whole_buckets() {
+        assert_eq!(
+            Buckets::for_window(5 * MINUTE_MS),
+            Buckets {
+                width_ms: MINUTE_MS,
+                count: 5
+            }
+        );
+        assert_eq!(Buckets::for_window(HOUR_MS).count, 60);
+        let day = Buckets::for_window(24 * HOUR_MS + 1);
+        assert_eq!((day.width_ms, day.count), (HOUR_MS, 25));
+        assert_eq!(Buckets::for_window(u64::MAX).window_ms(), MAX_WINDOW_MS);
+    }
+}

@@ -1,0 +1,304 @@
+//! The operator's ledger on Redis. Its keys share the hash tag `{adm}` (one shard of
+//! a cluster); they are written by one flush per limiter per second, never by a
+//! decision.
+
+use std::collections::HashMap;
+
+use ipnet::IpNet;
+use redis::Script;
+
+use super::keys::{INDEX, LEASES, NetKeys, RATE, penalties};
+use super::{Conn, RedisStore};
+use crate::source::{Level, Source};
+use crate::store::ledger::{
+    AdminBlock, AutoBan, Batch, HOUR_BUCKETS_KEEP_MS, HOUR_MS, Inspection, Ledger,
+    MINUTE_BUCKETS_KEEP_MS, Metric, Standing, TopQuery, TopRow, rank,
+};
+use crate::store::{PerLevel, SEP, StoreError};
+
+pub(super) struct Scripts {
+    record: Script,
+    inspect: Script,
+    block: Script,
+    unban: Script,
+    standing: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Scripts {
+        Scripts {
+            record: Script::new(include_str!("scripts/record.lua")),
+            inspect: Script::new(include_str!("scripts/inspect.lua")),
+            block: Script::new(include_str!("scripts/block.lua")),
+            unban: Script::new(include_str!("scripts/unban.lua")),
+            standing: Script::new(include_str!("scripts/standing.lua")),
+        }
+    }
+}
+
+/// Entries of one `record` call at most: a flush of a large attack is cut into calls
+/// that each hold Redis for a short time only.
+const CHUNK: usize = 1000;
+
+/// A member of the ban index: `a␟1.2.3.4` or `n␟206.81.85.0/24`.
+pub(crate) fn ban_member(level: Level, source: &str) -> String {
+    let l = match level {
+        Level::Address => 'a',
+        Level::Network => 'n',
+    };
+    format!("{l}{SEP}{source}")
+}
+
+fn parse_ban_member(m: &str) -> Option<(Level, &str)> {
+    let (l, s) = m.split_once(SEP)?;
+    Some((
+        match l {
+            "a" => Level::Address,
+            "n" => Level::Network,
+            _ => return None,
+        },
+        s,
+    ))
+}
+
+/// Node entries outlive their last heartbeat by this much at most.
+fn node_keep_ms(node_ttl_ms: u64) -> u64 {
+    node_ttl_ms.max(60_000)
+}
+
+impl RedisStore {
+    fn ledger_key(&self, name: &str) -> String {
+        format!("{}:{{adm}}:{name}", self.prefix)
+    }
+
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        Ok(match self.conn.clone() {
+            Conn::Single(mut c) => pipe.query_async(&mut c).await?,
+            Conn::Cluster(mut c) => pipe.query_async(&mut c).await?,
+        })
+    }
+
+    async fn store_time_ms(&self) -> Result<u64, StoreError> {
+        let mut pipe = redis::pipe();
+        // TIME on the ledger's own shard, so that bucket numbers agree with `record`.
+        pipe.cmd("TIME").cmd("EXISTS").arg(self.ledger_key("bans"));
+        let ((secs, micros), _): ((u64, u64), i64) = self.query(&pipe).await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+}
+
+impl Ledger for RedisStore {
+    async fn record(&self, batch: &Batch, keep: u32) -> Result<(), StoreError> {
+        let base = self.ledger_key("");
+        let bans_key = self.ledger_key("bans");
+        let counts = batch.counts.chunks(CHUNK);
+        let n_chunks = counts.len().max(1);
+        let mut counts = counts;
+        for i in 0..n_chunks {
+            let mut inv = self.ledger_scripts.record.key(&bans_key);
+            inv.arg(&base)
+                .arg(keep)
+                .arg(MINUTE_BUCKETS_KEEP_MS)
+                .arg(HOUR_BUCKETS_KEEP_MS)
+                .arg(HOUR_MS);
+            let chunk = counts.next().unwrap_or(&[]);
+            inv.arg(chunk.len());
+            for (metric, lvl, source, count) in chunk {
+                inv.arg(metric.code(*lvl)).arg(source).arg(*count);
+            }
+            // Bans and leases go with the first call.
+            let (bans, leases) = if i == 0 {
+                (&batch.bans[..], &batch.leases[..])
+            } else {
+                (&[][..], &[][..])
+            };
+            inv.arg(bans.len());
+            for (lvl, source, ms) in bans {
+                inv.arg(ban_member(*lvl, source)).arg(*ms);
+            }
+            inv.arg(leases.len());
+            for (node, n) in leases {
+                inv.arg(node).arg(*n);
+            }
+            let _: i64 = self.invoke(&inv).await?;
+        }
+        Ok(())
+    }
+
+    async fn top(&self, q: &TopQuery) -> Result<Vec<TopRow>, StoreError> {
+        let now = self.store_time_ms().await?;
+        let g = if q.buckets.width_ms == HOUR_MS {
+            "h"
+        } else {
+            "m"
+        };
+        let last = now / q.buckets.width_ms;
+        let first = last + 1 - q.buckets.count.min(last + 1);
+        let metrics = [Metric::BadRecipients, Metric::RefusedConnections];
+        // Whole buckets (each at most `keep` entries), merged here: many short reads
+        // keep Redis free for decisions, where one big ZUNION would hold it.
+        let mut pipe = redis::pipe();
+        for m in metrics {
+            for b in first..=last {
+                pipe.cmd("ZRANGE")
+                    .arg(self.ledger_key(&format!("t:{}:{g}:{b}", m.code(q.level))))
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES");
+            }
+        }
+        let buckets: Vec<Vec<(String, f64)>> = self.query(&pipe).await?;
+        let per_metric = (last - first + 1) as usize;
+        let mut merged: HashMap<String, TopRow> = HashMap::new();
+        for (i, bucket) in buckets.into_iter().enumerate() {
+            let bad = i < per_metric;
+            for (source, score) in bucket {
+                let row = merged.entry(source).or_insert_with_key(|s| TopRow {
+                    source: s.clone(),
+                    bad_recipients: 0,
+                    refused_connections: 0,
+                });
+                let n = score.max(0.0) as u64;
+                if bad {
+                    row.bad_recipients += n;
+                } else {
+                    row.refused_connections += n;
+                }
+            }
+        }
+        let mut rows: Vec<TopRow> = merged.into_values().collect();
+        rank(&mut rows, q.rank, q.limit as usize);
+        Ok(rows)
+    }
+
+    async fn inspect(
+        &self,
+        source: &Source,
+        rate_window_ms: u64,
+        bad_window_ms: u64,
+        shadow: bool,
+    ) -> Result<Inspection, StoreError> {
+        let k = NetKeys::new(&self.prefix, source);
+        let p = penalties(shadow);
+        let mut inv = self.ledger_scripts.inspect.key(k.addr(p.ban));
+        inv.key(k.net(p.ban))
+            .key(k.addr(RATE))
+            .key(k.net(RATE))
+            .key(k.net(LEASES))
+            .key(k.net(INDEX))
+            .key(k.addr(p.bad))
+            .key(k.net(p.bad))
+            .arg(rate_window_ms)
+            .arg(bad_window_ms)
+            .arg(&source.ip_text);
+        let r: Vec<i64> = self.invoke(&inv).await?;
+        let [ra, rn, sa, sn, ba, bn, ma, oa, mn, on] = r[..] else {
+            return Err(StoreError::Reply(format!("inspect returned {r:?}")));
+        };
+        let n = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
+        let ban = |ms: i64, off: i64| (ms > 0).then_some((ms as u64, n(off).max(1)));
+        Ok(Inspection {
+            connections: PerLevel {
+                address: n(ra),
+                network: n(rn),
+            },
+            sessions: PerLevel {
+                address: n(sa),
+                network: n(sn),
+            },
+            bad_recipients: PerLevel {
+                address: n(ba),
+                network: n(bn),
+            },
+            ban: PerLevel {
+                address: ban(ma, oa),
+                network: ban(mn, on),
+            },
+        })
+    }
+
+    async fn put_block(&self, target: IpNet, ttl_ms: u64, reason: &str) -> Result<(), StoreError> {
+        let mut inv = self.ledger_scripts.block.key(self.ledger_key("blocks"));
+        inv.arg(target.to_string()).arg(ttl_ms).arg(reason);
+        let _: i64 = self.invoke(&inv).await?;
+        Ok(())
+    }
+
+    async fn remove_block(&self, target: IpNet) -> Result<bool, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HDEL")
+            .arg(self.ledger_key("blocks"))
+            .arg(target.to_string());
+        let (n,): (i64,) = self.query(&pipe).await?;
+        Ok(n > 0)
+    }
+
+    async fn clear_ban(
+        &self,
+        source: &Source,
+        lvl: Level,
+        shadow: bool,
+    ) -> Result<bool, StoreError> {
+        let k = NetKeys::new(&self.prefix, source);
+        let p = penalties(shadow);
+        let (ban, bad) = match lvl {
+            Level::Address => (k.addr(p.ban), k.addr(p.bad)),
+            Level::Network => (k.net(p.ban), k.net(p.bad)),
+        };
+        let mut inv = self.ledger_scripts.unban.key(ban);
+        inv.key(bad);
+        let had: i64 = self.invoke(&inv).await?;
+        // The ban's entry in the index lives on the ledger's shard: a second call.
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREM")
+            .arg(self.ledger_key("bans"))
+            .arg(ban_member(lvl, &source.at(lvl)));
+        let _: (i64,) = self.query(&pipe).await?;
+        Ok(had == 1)
+    }
+
+    async fn standing(&self, node_ttl_ms: u64) -> Result<Standing, StoreError> {
+        let mut inv = self.ledger_scripts.standing.key(self.ledger_key("blocks"));
+        inv.key(self.ledger_key("bans"))
+            .key(self.ledger_key("leases"))
+            .arg(node_keep_ms(node_ttl_ms));
+        let (blocks, bans, live): (Vec<redis::Value>, Vec<redis::Value>, i64) =
+            self.invoke(&inv).await?;
+        let text = |v: &redis::Value| {
+            <String as redis::FromRedisValue>::from_redis_value_ref(v).unwrap_or_default()
+        };
+        let int = |v: &redis::Value| {
+            <i64 as redis::FromRedisValue>::from_redis_value_ref(v)
+                .unwrap_or(0)
+                .max(0) as u64
+        };
+        let mut out = Standing {
+            leases_live: live.max(0) as u64,
+            ..Default::default()
+        };
+        for b in blocks.chunks_exact(3) {
+            // A field that is not a network was not written by mxlimit: skipped.
+            if let Ok(target) = text(&b[0]).parse::<IpNet>() {
+                out.blocks.push(AdminBlock {
+                    target,
+                    expires_in_ms: int(&b[1]),
+                    reason: text(&b[2]),
+                });
+            }
+        }
+        for b in bans.chunks_exact(2) {
+            let member = text(&b[0]);
+            if let Some((lvl, source)) = parse_ban_member(&member) {
+                out.bans.push(AutoBan {
+                    level: lvl,
+                    source: source.to_string(),
+                    expires_in_ms: int(&b[1]),
+                });
+            }
+        }
+        Ok(out)
+    }
+}

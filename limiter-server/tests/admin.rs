@@ -1,0 +1,607 @@
+//! The Admin API end to end over real stores: top lists after an attack spread over
+//! two limiter instances, explain, a block made on one instance enforced by the
+//! other, and authentication (tokens, admin client certificates, nothing).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use limiter_server::admin::KeeperOptions;
+use limiter_server::admin::auth::{AdminAuth, AuthConfig};
+use limiter_server::policy::reload::PolicyHandle;
+use limiter_server::server::ServeOptions;
+use limiter_server::store::memory::{MemoryConfig, MemoryStore};
+use limiter_server::store::redis::{RedisConfig, RedisStore};
+use limiter_server::tls::{ServerTls, TlsFiles};
+use mxlimit_proto::v1::admin_client::AdminClient;
+use mxlimit_proto::v1::{
+    Action, BlockRequest, ExplainReply, ExplainRequest, GroupBy, ListBlocksRequest, LookupRequest,
+    RankBy, TopSourcesRequest, UnblockRequest,
+};
+use support::*;
+use tonic::Request;
+use tonic::transport::Channel;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+fn options(token: Option<&str>) -> ServeOptions {
+    ServeOptions {
+        admin: Some(
+            AdminAuth::new(AuthConfig {
+                token: token.map(str::to_string),
+                ..Default::default()
+            })
+            .unwrap(),
+        ),
+        // Fast rounds, so that tests wait little for the ledger.
+        keeper: KeeperOptions {
+            every: Duration::from_millis(50),
+            keep: 1000,
+        },
+        ..Default::default()
+    }
+}
+
+/// Two instances over one store, each with the admin token.
+async fn two(backend: Backend, toml: &str, access: &str) -> (Vec<Limiter>, Keep) {
+    let policy = Arc::new(PolicyHandle::fixed(policy(toml, access)));
+    let at = "127.0.0.1:0".parse().unwrap();
+    match backend {
+        Backend::Memory => {
+            let store = Arc::new(MemoryStore::new(MemoryConfig::default()));
+            let a =
+                Limiter::start_with(store.clone(), policy.clone(), at, options(Some(TOKEN))).await;
+            let b = Limiter::start_with(store, policy, at, options(Some(TOKEN))).await;
+            (vec![a, b], Keep::None)
+        }
+        Backend::Redis | Backend::Cluster => {
+            let (urls, keep) = if backend == Backend::Redis {
+                let r = RedisServer::start();
+                (vec![r.url()], Keep::Redis(r))
+            } else {
+                let c = RedisCluster::start(3);
+                (c.urls(), Keep::Cluster(c))
+            };
+            let config = RedisConfig::new(urls);
+            let a = RedisStore::connect(&config).await.unwrap();
+            let b = RedisStore::connect(&config).await.unwrap();
+            let a = Limiter::start_with(a, policy.clone(), at, options(Some(TOKEN))).await;
+            let b = Limiter::start_with(b, policy, at, options(Some(TOKEN))).await;
+            (vec![a, b], keep)
+        }
+    }
+}
+
+/// Keeps the Redis servers alive for the test.
+#[allow(dead_code)]
+enum Keep {
+    None,
+    Redis(RedisServer),
+    Cluster(RedisCluster),
+}
+
+async fn admin(l: &Limiter) -> AdminClient<Channel> {
+    AdminClient::new(channel(l.addr).await)
+}
+
+fn authed<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    r
+}
+
+/// Polls `f` until it returns Some, for at most 10 s (the ledger keeper runs every
+/// 50 ms here).
+async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut f: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn top(l: &Limiter, by: GroupBy, rank: RankBy) -> Vec<(String, u64, u64)> {
+    admin(l)
+        .await
+        .top_sources(authed(TopSourcesRequest {
+            window_ms: 3_600_000,
+            group_by: by as i32,
+            rank_by: rank as i32,
+            limit: 10,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .sources
+        .into_iter()
+        .map(|s| (s.source, s.bad_recipients, s.refused_connections))
+        .collect()
+}
+
+// No bans (so every bad recipient counts), and a rate limit one attacker goes over.
+const ATTACK_POLICY: &str = "[bad_rcpt]\nblock_after = 0\nnetwork_block_after = 0\ntarpit_after = 0\nnetwork_tarpit_after = 0\n\
+                             [client_rate]\naddress = 2\nnetwork = 0\nwindow = \"1h\"\n";
+
+async fn top_lists_after_an_attack_across_two_instances(backend: Backend) {
+    let (ls, _keep) = two(backend, ATTACK_POLICY, "").await;
+    let mut c = [ls[0].client().await, ls[1].client().await];
+    // 198.51.100.1..5 send 5, 4, 3, 2, 1 bad recipients; 203.0.113.9 sends 12;
+    // every other call goes to the other instance.
+    let mut n = 0;
+    let mut send = async |ip: &str, count: u32| {
+        for i in 0..count {
+            bad_rcpt(
+                &mut c[n % 2],
+                "mx1",
+                &format!("s-{ip}-{i}"),
+                ip,
+                &format!("u{i}@x"),
+            )
+            .await;
+            n += 1;
+        }
+    };
+    for (i, count) in [5, 4, 3, 2, 1].into_iter().enumerate() {
+        send(&format!("198.51.100.{}", i + 1), count).await;
+    }
+    send("203.0.113.9", 12).await;
+    // 203.0.113.9 connects 5 times: 2 admitted, 3 refused (ClientRate 2).
+    let mut refused = 0;
+    for i in 0..5 {
+        let v = connect(&mut c[i % 2], "mx1", &format!("c{i}"), "203.0.113.9").await;
+        refused += u64::from(action(&v) != Action::Accept);
+    }
+    assert_eq!(refused, 3);
+
+    let by_net = vec![
+        ("198.51.100.0/24".to_string(), 15, 0),
+        ("203.0.113.0/24".to_string(), 12, 3),
+    ];
+    // Asked of either instance: the lists are cluster-wide.
+    let got = eventually("the network top list", || async {
+        let t = top(&ls[1], GroupBy::Network, RankBy::BadRecipients).await;
+        (t == by_net).then_some(t)
+    })
+    .await;
+    assert_eq!(got, by_net);
+    let by_addr = top(&ls[0], GroupBy::Address, RankBy::BadRecipients).await;
+    assert_eq!(
+        by_addr,
+        [
+            ("203.0.113.9", 12, 3),
+            ("198.51.100.1", 5, 0),
+            ("198.51.100.2", 4, 0),
+            ("198.51.100.3", 3, 0),
+            ("198.51.100.4", 2, 0),
+            ("198.51.100.5", 1, 0),
+        ]
+        .map(|(s, b, r)| (s.to_string(), b, r))
+    );
+    assert_eq!(
+        top(&ls[0], GroupBy::Address, RankBy::RefusedConnections).await,
+        [("203.0.113.9".to_string(), 12, 3)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_lists_on_redis() {
+    top_lists_after_an_attack_across_two_instances(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_lists_on_redis_cluster() {
+    top_lists_after_an_attack_across_two_instances(Backend::Cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_lists_in_memory() {
+    top_lists_after_an_attack_across_two_instances(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_list_requests_out_of_range_are_refused() {
+    let (ls, _keep) = two(Backend::Memory, "", "").await;
+    let mut a = admin(&ls[0]).await;
+    for (window_ms, limit) in [(8 * 86_400_000, 10), (3_600_000, 10_001)] {
+        let e = a
+            .top_sources(authed(TopSourcesRequest {
+                window_ms,
+                limit,
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    }
+}
+
+async fn explain(l: &Limiter, ip: &str) -> ExplainReply {
+    admin(l)
+        .await
+        .explain(authed(ExplainRequest {
+            client_ip: ip.into(),
+            client_name: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_rules_counters_bans_and_the_verdict_without_counting() {
+    let toml = "[bad_rcpt]\nblock_after = 3\nnetwork_block_after = 0\ntarpit_after = 0\nnetwork_tarpit_after = 0\nblock_for = \"10m\"\n\
+                [client_rate]\naddress = 5\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 3\n";
+    let (ls, _keep) = two(Backend::Redis, toml, "ClientRate:198.51.100 2\n").await;
+    let mut c = ls[0].client().await;
+    for i in 0..2 {
+        assert_eq!(
+            action(&connect(&mut c, "mx1", &format!("s{i}"), "198.51.100.7").await),
+            Action::Accept
+        );
+    }
+    let e = explain(&ls[1], "198.51.100.7").await;
+    assert_eq!(
+        (e.client_ip.as_str(), e.network.as_str()),
+        ("198.51.100.7", "198.51.100.0/24")
+    );
+    let rules: Vec<(&str, &str, &str, &str)> = e
+        .rules
+        .iter()
+        .map(|r| {
+            (
+                r.kind.as_str(),
+                r.level.as_str(),
+                r.rule.as_str(),
+                r.value.as_str(),
+            )
+        })
+        .collect();
+    assert!(
+        rules.contains(&("ClientRate", "address", "ClientRate:198.51.100", "2")),
+        "{rules:?}"
+    );
+    assert!(
+        rules.contains(&("ClientConn", "network", "policy:client_conn.network", "3")),
+        "{rules:?}"
+    );
+    let a = e.address.clone().unwrap();
+    assert_eq!(
+        (a.connections, a.rate_limit, a.sessions, a.block_after),
+        (2, 2, 2, 3)
+    );
+    assert_eq!(e.net.clone().unwrap().sessions, 2);
+    let v = e.connect.clone().unwrap();
+    assert_eq!(
+        (action(&v), v.reason.as_str(), v.rule.as_str()),
+        (Action::Disconnect, "client_rate", "ClientRate:198.51.100")
+    );
+    // Explaining counted nothing.
+    assert_eq!(explain(&ls[0], "198.51.100.7").await, e);
+
+    // Four bad recipients ban the address (block_after = 3).
+    for i in 0..4 {
+        bad_rcpt(&mut c, "mx1", "s0", "198.51.100.7", &format!("u{i}@x")).await;
+    }
+    let e = explain(&ls[1], "198.51.100.7").await;
+    let a = e.address.unwrap();
+    assert!(a.ban_ms_left > 590_000 && a.ban_ms_left <= 600_000, "{a:?}");
+    assert_eq!(a.offence, 1);
+    let v = e.connect.unwrap();
+    assert_eq!(
+        (action(&v), v.reason.as_str(), v.rule.as_str()),
+        (Action::Disconnect, "banned", "Ban:198.51.100.7")
+    );
+    // A neighbour is only counted at network level.
+    let n = explain(&ls[1], "198.51.100.8").await;
+    assert_eq!(
+        (n.address.unwrap().sessions, n.net.unwrap().sessions),
+        (0, 2)
+    );
+    assert_eq!(action(&n.connect.unwrap()), Action::Accept);
+
+    let bad = admin(&ls[0])
+        .await
+        .explain(authed(ExplainRequest {
+            client_ip: "not-an-ip".into(),
+            client_name: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+}
+
+async fn lookup_reason(
+    c: &mut mxlimit_proto::v1::limiter_client::LimiterClient<Channel>,
+    ip: &str,
+) -> String {
+    c.lookup(LookupRequest {
+        client_ip: ip.into(),
+        client_name: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .verdict
+    .unwrap()
+    .reason
+}
+
+async fn a_block_on_one_instance_is_enforced_by_the_other(backend: Backend) {
+    let toml = "[bad_rcpt]\nblock_after = 2\nnetwork_block_after = 0\ntarpit_after = 0\nnetwork_tarpit_after = 0\n";
+    let (ls, _keep) = two(backend, toml, "").await;
+    let mut a = admin(&ls[0]).await;
+    let mut b_lim = ls[1].client().await;
+    assert_eq!(
+        action(&connect(&mut b_lim, "mx2", "before", "198.51.100.7").await),
+        Action::Accept
+    );
+
+    let reply = a
+        .block(authed(BlockRequest {
+            target: "198.51.100.0/22".into(),
+            ttl_ms: 600_000,
+            reason: "dictionary attack".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .block
+        .unwrap();
+    assert_eq!(reply.target, "198.51.100.0/22");
+    // In force at once on the instance that took it ...
+    let mut a_lim = ls[0].client().await;
+    let v = connect(&mut a_lim, "mx1", "s1", "198.51.101.3").await;
+    assert_eq!(
+        (action(&v), v.reason.as_str(), v.rule.as_str()),
+        (Action::Disconnect, "blocked", "Block:198.51.100.0/22")
+    );
+    assert_eq!(
+        v.text,
+        "Blocked by the mail administrator: dictionary attack"
+    );
+    // ... and on the other within its ledger round.
+    eventually("the block on the other instance", || {
+        let mut c = b_lim.clone();
+        async move { (lookup_reason(&mut c, "198.51.100.9").await == "blocked").then_some(()) }
+    })
+    .await;
+    let v = connect(&mut b_lim, "mx2", "s2", "198.51.100.9").await;
+    assert_eq!(v.reason, "blocked");
+    assert_eq!(lookup_reason(&mut b_lim, "198.51.104.1").await, "ok");
+
+    // An automatic ban shows next to it, and unblocking the address lifts the ban at once.
+    for i in 0..3 {
+        bad_rcpt(&mut b_lim, "mx2", "x", "192.0.2.5", &format!("u{i}@x")).await;
+    }
+    assert_eq!(lookup_reason(&mut a_lim, "192.0.2.5").await, "banned");
+    let list = eventually("both entries listed", || async {
+        {
+            let l = admin(&ls[1])
+                .await
+                .list_blocks(authed(ListBlocksRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+                .blocks;
+            let kinds: Vec<(String, String)> = l
+                .iter()
+                .map(|e| (e.target.clone(), e.kind.clone()))
+                .collect();
+            (kinds.len() == 2).then_some(kinds)
+        }
+    })
+    .await;
+    assert!(
+        list.contains(&("198.51.100.0/22".into(), "block".into())),
+        "{list:?}"
+    );
+    assert!(
+        list.contains(&("192.0.2.5".into(), "ban".into())),
+        "{list:?}"
+    );
+    let u = admin(&ls[1])
+        .await
+        .unblock(authed(UnblockRequest {
+            target: "192.0.2.5".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(u.ban_removed && !u.block_removed, "{u:?}");
+    assert_eq!(lookup_reason(&mut a_lim, "192.0.2.5").await, "ok");
+
+    // Lifted on B, the block goes from A too.
+    let u = admin(&ls[1])
+        .await
+        .unblock(authed(UnblockRequest {
+            target: "198.51.100.0/22".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(u.block_removed, "{u:?}");
+    eventually("the block lifted on the other instance", || {
+        let mut c = a_lim.clone();
+        async move { (lookup_reason(&mut c, "198.51.101.3").await == "ok").then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_on_one_instance_is_enforced_by_the_other_on_redis() {
+    a_block_on_one_instance_is_enforced_by_the_other(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_on_one_instance_is_enforced_by_the_other_on_redis_cluster() {
+    a_block_on_one_instance_is_enforced_by_the_other(Backend::Cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_with_bad_targets_or_reasons_are_refused() {
+    let (ls, _keep) = two(Backend::Memory, "", "").await;
+    let mut a = admin(&ls[0]).await;
+    for (target, reason) in [
+        ("0.0.0.0/0", ""),
+        ("nonsense", ""),
+        ("192.0.2.1", "two\r\nlines"),
+    ] {
+        let e = a
+            .block(authed(BlockRequest {
+                target: target.into(),
+                ttl_ms: 1000,
+                reason: reason.into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{target}: {e:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_and_wrongly_authenticated_admin_calls_are_refused_on_the_limiter_port() {
+    let (ls, _keep) = two(Backend::Memory, "", "").await;
+    let mut a = admin(&ls[0]).await;
+    let e = a.list_blocks(ListBlocksRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let mut wrong = Request::new(BlockRequest {
+        target: "192.0.2.1".into(),
+        ..Default::default()
+    });
+    wrong.metadata_mut().insert(
+        "authorization",
+        "Bearer test-admin-token-0123456788".parse().unwrap(),
+    );
+    assert_eq!(
+        a.block(wrong).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    // Nothing was blocked, and the Limiter service on the same port needs no token.
+    let mut c = ls[0].client().await;
+    assert_eq!(
+        action(&connect(&mut c, "mx1", "s", "192.0.2.1").await),
+        Action::Accept
+    );
+
+    // A limiter with no admin credential configured refuses every admin call.
+    let policy = Arc::new(PolicyHandle::fixed(policy("", "")));
+    let store = Arc::new(MemoryStore::new(MemoryConfig::default()));
+    let off =
+        Limiter::start_with(store, policy, "127.0.0.1:0".parse().unwrap(), options(None)).await;
+    let e = admin(&off)
+        .await
+        .list_blocks(authed(ListBlocksRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert!(e.message().contains("admin API is off"), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_client_certificate_is_an_admin_and_an_agent_certificate_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = testkit::tls::Pki::new("test CA");
+    let (cert, key) = pki.server(&["localhost"]).write(dir.path(), "server");
+    let ca = pki.write_ca(dir.path(), "ca.pem");
+    let tls = ServerTls::open(TlsFiles {
+        cert,
+        key,
+        client_ca: Some(ca),
+    })
+    .unwrap();
+    let options = ServeOptions {
+        tls: Some(tls),
+        admin: Some(
+            AdminAuth::new(AuthConfig {
+                cert_names: vec!["admin.example".into()],
+                ..Default::default()
+            })
+            .unwrap(),
+        ),
+        ..Default::default()
+    };
+    let policy = Arc::new(PolicyHandle::fixed(policy("", "")));
+    let store = Arc::new(MemoryStore::new(MemoryConfig::default()));
+    let l = Limiter::start_with(store, policy, "127.0.0.1:0".parse().unwrap(), options).await;
+    let with_cert = |pair: testkit::tls::Pair| {
+        let ca = pki.ca_pem().to_string();
+        let addr = l.addr;
+        async move {
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .identity(tonic::transport::Identity::from_pem(pair.cert, pair.key))
+                .domain_name("localhost");
+            tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        }
+    };
+    let admin_ch = with_cert(pki.client("admin.example")).await;
+    let agent_ch = with_cert(pki.client("mx1.example")).await;
+    let r = AdminClient::new(admin_ch)
+        .block(BlockRequest {
+            target: "192.0.2.0/24".into(),
+            ttl_ms: 60_000,
+            reason: String::new(),
+        })
+        .await;
+    assert!(r.is_ok(), "{r:?}");
+    let e = AdminClient::new(agent_ch.clone())
+        .list_blocks(ListBlocksRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    // The agent's certificate still serves the Limiter, which sees the block.
+    let mut c = mxlimit_proto::v1::limiter_client::LimiterClient::new(agent_ch);
+    assert_eq!(lookup_reason(&mut c, "192.0.2.77").await, "blocked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_bans_are_listed_until_they_expire() {
+    let toml = "[bad_rcpt]\nblock_after = 1\nnetwork_block_after = 0\ntarpit_after = 0\nnetwork_tarpit_after = 0\nblock_for = \"1s\"\n";
+    let (ls, _keep) = two(Backend::Redis, toml, "").await;
+    let mut c = ls[0].client().await;
+    bad_rcpt(&mut c, "mx1", "s0", "203.0.113.1", "a@x").await;
+    bad_rcpt(&mut c, "mx1", "s0", "203.0.113.1", "b@x").await;
+    let st = eventually("the ban indexed", || async {
+        {
+            let l = admin(&ls[1])
+                .await
+                .list_blocks(authed(ListBlocksRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+                .blocks;
+            (l.len() == 1).then_some(l)
+        }
+    })
+    .await;
+    assert_eq!(
+        (st[0].target.as_str(), st[0].kind.as_str()),
+        ("203.0.113.1", "ban")
+    );
+    assert!(st[0].expires_in_ms <= 1000);
+    // The ban is over within a second, and so is its entry.
+    eventually("the ban gone from the list", || async {
+        {
+            let l = admin(&ls[0])
+                .await
+                .list_blocks(authed(ListBlocksRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+                .blocks;
+            l.is_empty().then_some(())
+        }
+    })
+    .await;
+}

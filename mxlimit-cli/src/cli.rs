@@ -1,0 +1,163 @@
+//! The command line: global connection flags, then one subcommand.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// The operator's command line for an mxlimit limiter cluster: who is attacking, why
+/// an address was refused, block a network everywhere, export access files.
+///
+/// Every command asks one limiter (any one: answers are cluster-wide) over its Admin
+/// API, which requires a bearer token (--token-file or MXLIMIT_ADMIN_TOKEN) or an
+/// admin client certificate (--tls-cert/--tls-key).
+#[derive(Debug, Parser)]
+#[command(name = "mxlimit", version, about, long_about)]
+pub struct Cli {
+    /// The limiter: http://HOST:PORT, or https://HOST:PORT for TLS.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "MXLIMIT_SERVER",
+        default_value = "http://127.0.0.1:7525"
+    )]
+    pub server: String,
+
+    /// File whose first line (not a `#` comment) is the admin bearer token.
+    #[arg(
+        long,
+        global = true,
+        env = "MXLIMIT_ADMIN_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// The admin bearer token, from the environment only.
+    #[arg(
+        long,
+        global = true,
+        env = "MXLIMIT_ADMIN_TOKEN",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// CA certificate(s) (PEM) to trust for https:// (default: the system's roots).
+    #[arg(long, global = true, env = "MXLIMIT_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM), for mutual TLS or as an admin certificate.
+    #[arg(
+        long,
+        global = true,
+        env = "MXLIMIT_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "MXLIMIT_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The name to check the server's certificate against, if not the URL's host.
+    #[arg(long, global = true, env = "MXLIMIT_TLS_DOMAIN", value_name = "NAME")]
+    pub tls_domain: Option<String>,
+
+    /// Longest wait for an answer.
+    #[arg(long, global = true, default_value = "10s", value_parser = crate::duration::parse)]
+    pub timeout: Duration,
+
+    /// Print JSON (one document) instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum By {
+    /// The limiter's networks (IPv4 /24, IPv6 /64 by default).
+    Net,
+    /// Single addresses.
+    Addr,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Rank {
+    /// Rejected recipients (dictionary attacks).
+    Bad,
+    /// Refused connections (floods, banned sources coming back).
+    Refused,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// sendmail access map: `Connect:206.81.85<TAB>REJECT`.
+    Sendmail,
+    /// Postfix cidr table: `206.81.85.0/24 REJECT`.
+    PostfixCidr,
+    /// The list with its counts.
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TopArgs {
+    /// The window counted (up to 7d), rounded up to whole minutes (up to 1h) or hours.
+    #[arg(long, default_value = "24h", value_parser = crate::duration::parse)]
+    pub window: Duration,
+    #[arg(long, value_enum, default_value = "net")]
+    pub by: By,
+    #[arg(long, value_enum, default_value = "bad")]
+    pub rank: Rank,
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The worst sources of the window, cluster-wide.
+    Top(TopArgs),
+    /// The top list as a ready access file (to stdout).
+    Export {
+        #[command(flatten)]
+        top: TopArgs,
+        #[arg(long, value_enum)]
+        format: Format,
+        /// The right-hand side of each entry.
+        #[arg(long, default_value = "REJECT")]
+        action: String,
+        /// Leave out sources with fewer than this many (of the ranked count).
+        #[arg(long, default_value_t = 1)]
+        min: u64,
+    },
+    /// Why an address is (or would be) refused: rules, counters, bans, and what a
+    /// connection would get now. Counts nothing.
+    Explain {
+        /// The client address.
+        address: String,
+        /// Its verified reverse name, for host and domain rules.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Block an address or network on every MX.
+    Block {
+        /// An address or CIDR network: 206.81.85.0/24, 2001:db8:1:2::/64.
+        target: String,
+        /// How long.
+        #[arg(long = "for", default_value = "1h", value_parser = crate::duration::parse)]
+        duration: Duration,
+        /// Why (shown to the sender in the SMTP reply, and in `blocks`).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Lift an operator's block on exactly this target, and the automatic ban of this
+    /// address or network.
+    Unblock { target: String },
+    /// Operator blocks and automatic bans in force.
+    Blocks,
+    /// Make the limiter read its rule files now.
+    Reload,
+}

@@ -1,0 +1,256 @@
+//! The `mxlimit` binary against a real limiter: the operator's daily tasks, exact
+//! output, and clear errors.
+
+use std::process::Output;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use limiter_server::admin::KeeperOptions;
+use limiter_server::admin::auth::{AdminAuth, AuthConfig};
+use limiter_server::policy::reload::{PolicyHandle, PolicySource};
+use limiter_server::server::ServeOptions;
+use limiter_server::store::memory::{MemoryConfig, MemoryStore};
+use mxlimit_proto::v1::RecipientRequest;
+use testkit::Limiter;
+
+const TOKEN: &str = "cli-test-token-0123456789";
+
+async fn limiter(policy: Arc<PolicyHandle>) -> Limiter {
+    let options = ServeOptions {
+        admin: Some(
+            AdminAuth::new(AuthConfig {
+                token: Some(TOKEN.into()),
+                ..Default::default()
+            })
+            .unwrap(),
+        ),
+        keeper: KeeperOptions {
+            every: Duration::from_millis(50),
+            keep: 1000,
+        },
+        ..Default::default()
+    };
+    let store = Arc::new(MemoryStore::new(MemoryConfig::default()));
+    Limiter::start_with(store, policy, "127.0.0.1:0".parse().unwrap(), options).await
+}
+
+/// Runs `mxlimit` against `l` with the token in the environment (or not).
+async fn mxlimit(l: &Limiter, token: bool, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mxlimit"));
+    cmd.env_remove("MXLIMIT_ADMIN_TOKEN")
+        .env_remove("MXLIMIT_ADMIN_TOKEN_FILE")
+        .env("MXLIMIT_SERVER", format!("http://{}", l.addr))
+        .args(args);
+    if token {
+        cmd.env("MXLIMIT_ADMIN_TOKEN", TOKEN);
+    }
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn out(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "mxlimit failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn err(o: &Output) -> String {
+    assert!(!o.status.success(), "mxlimit should have failed");
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+async fn bad_rcpts(l: &Limiter, ip: &str, n: u32) {
+    let mut c = l.client().await;
+    for i in 0..n {
+        c.recipient(RecipientRequest {
+            node: "mx1".into(),
+            session_id: format!("{ip}-{i}"),
+            client_ip: ip.into(),
+            recipient: format!("nobody{i}@example.org"),
+            rejected: true,
+            smtp_code: 550,
+            envelope_rcpts: 1,
+            envelope_bad_rcpts: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_is_attacking_and_the_access_files_for_sendmail_and_postfix() {
+    let l = limiter(Arc::new(PolicyHandle::fixed(testkit::policy(
+        "[bad_rcpt]\nblock_after = 0\nnetwork_block_after = 0\n",
+        "",
+    ))))
+    .await;
+    bad_rcpts(&l, "206.81.85.10", 3).await;
+    bad_rcpts(&l, "206.81.85.11", 2).await;
+    bad_rcpts(&l, "2001:db8:1:2::5", 1).await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let json = loop {
+        let o = out(&mxlimit(&l, true, &["top", "--window", "1h", "--json"]).await);
+        let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+        if v["sources"].as_array().unwrap().len() == 2 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the top list never filled: {o}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(json["window_ms"], 3_600_000);
+    assert_eq!(json["sources"][0]["source"], "206.81.85.0/24");
+    assert_eq!(json["sources"][0]["bad_recipients"], 5);
+    assert_eq!(json["sources"][1]["source"], "2001:db8:1:2::/64");
+
+    let table = out(&mxlimit(&l, true, &["top", "--window", "1h", "--by", "addr"]).await);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines[0], "top sources of the last 1h (cluster-wide)");
+    assert!(lines[1].starts_with("#  SOURCE"), "{table}");
+    assert!(
+        lines[2].contains("206.81.85.10") && lines[2].trim_end().ends_with('0'),
+        "{table}"
+    );
+    assert_eq!(lines.len(), 5, "{table}");
+
+    let sendmail = out(&mxlimit(
+        &l,
+        true,
+        &["export", "--format", "sendmail", "--window", "1h"],
+    )
+    .await);
+    let entries: Vec<&str> = sendmail.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        entries,
+        [
+            "Connect:206.81.85\tREJECT",
+            "Connect:IPv6:2001:db8:1:2\tREJECT"
+        ]
+    );
+    let postfix = out(&mxlimit(
+        &l,
+        true,
+        &[
+            "export",
+            "--format",
+            "postfix-cidr",
+            "--window",
+            "1h",
+            "--min",
+            "2",
+        ],
+    )
+    .await);
+    let entries: Vec<&str> = postfix.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(entries, ["206.81.85.0/24 REJECT"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_explain_list_and_unblock_a_network() {
+    let l = limiter(Arc::new(PolicyHandle::fixed(testkit::policy("", "")))).await;
+    let o = out(&mxlimit(
+        &l,
+        true,
+        &[
+            "block",
+            "198.51.100.0/24",
+            "--for",
+            "2h",
+            "--reason",
+            "dictionary attack",
+        ],
+    )
+    .await);
+    assert_eq!(
+        o,
+        "blocked 198.51.100.0/24 on every MX for 2h (dictionary attack)\n"
+    );
+
+    let e = out(&mxlimit(&l, true, &["explain", "198.51.100.7"]).await);
+    assert!(
+        e.starts_with("198.51.100.7 in network 198.51.100.0/24\n"),
+        "{e}"
+    );
+    assert!(e.contains("Connect now: DISCONNECT 421 4.7.1 Blocked by the mail administrator: dictionary attack [reason blocked, rule Block:198.51.100.0/24]"), "{e}");
+    assert!(
+        e.contains("Blocked by an operator: 198.51.100.0/24 for 1h59m"),
+        "{e}"
+    );
+
+    let v: serde_json::Value =
+        serde_json::from_str(&out(&mxlimit(&l, true, &["blocks", "--json"]).await)).unwrap();
+    assert_eq!(v[0]["target"], "198.51.100.0/24");
+    assert_eq!(v[0]["kind"], "block");
+    assert_eq!(v[0]["reason"], "dictionary attack");
+
+    let o = out(&mxlimit(&l, true, &["unblock", "198.51.100.0/24"]).await);
+    assert_eq!(o, "198.51.100.0/24: operator block lifted\n");
+    let e: serde_json::Value = serde_json::from_str(&out(&mxlimit(
+        &l,
+        true,
+        &["explain", "198.51.100.7", "--json"],
+    )
+    .await))
+    .unwrap();
+    assert_eq!(e["connect"]["action"], "ACTION_ACCEPT");
+    assert_eq!(
+        out(&mxlimit(&l, true, &["blocks"]).await),
+        "no blocks or bans in force\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_reports_success_and_a_broken_file_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access");
+    std::fs::write(&access, "Connect:192.0.2.1 REJECT\n").unwrap();
+    let policy = PolicyHandle::open(PolicySource {
+        policy_file: None,
+        access_files: vec![access.clone()],
+    })
+    .unwrap();
+    let l = limiter(Arc::new(policy)).await;
+    let o = out(&mxlimit(&l, true, &["reload"]).await);
+    assert!(o.starts_with("rules reloaded: 1 access entries"), "{o}");
+    std::fs::write(
+        &access,
+        "Connect:192.0.2.1 REJECT\nClientRate:192.0.2 lots\n",
+    )
+    .unwrap();
+    let e = err(&mxlimit(&l, true, &["reload"]).await);
+    assert!(
+        e.contains("rules not reloaded; the previous rules stay in force"),
+        "{e}"
+    );
+    assert!(e.contains(":2:"), "the broken line is named: {e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_say_what_to_do() {
+    let l = limiter(Arc::new(PolicyHandle::fixed(testkit::policy("", "")))).await;
+    let e = err(&mxlimit(&l, false, &["blocks"]).await);
+    assert!(
+        e.contains("not authorized") && e.contains("--token-file"),
+        "{e}"
+    );
+    let e = err(&mxlimit(&l, true, &["block", "10.0.0.0/4"]).await);
+    assert!(e.contains("refused: 10.0.0.0/4 is wider than /8"), "{e}");
+    let e = err(&mxlimit(&l, true, &["explain", "1.2.3"]).await);
+    assert!(e.contains("refused:") && e.contains("client_ip"), "{e}");
+    let e = err(&mxlimit(&l, true, &["block", "192.0.2.1", "--for", "10"]).await);
+    assert!(e.contains("give a unit"), "{e}");
+    let port = testkit::free_port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mxlimit"));
+    cmd.args(["--server", &format!("127.0.0.1:{port}"), "blocks"]);
+    let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(err(&o).contains(&format!(
+        "cannot reach the limiter at http://127.0.0.1:{port}"
+    )));
+}
