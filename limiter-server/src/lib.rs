@@ -18,6 +18,7 @@ pub mod policy;
 pub mod server;
 pub mod source;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 
 /// The port the limiter listens on by default (on loopback).

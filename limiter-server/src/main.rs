@@ -49,7 +49,11 @@ async fn main() -> Result<()> {
         };
         return health_check(&addr).await;
     }
-    init_logging(&cli)?;
+    let _telemetry = limiter_server::telemetry::init(
+        "limiter-server",
+        &cli.log,
+        matches!(cli.log_format, LogFormat::Json),
+    )?;
 
     let source = PolicySource {
         policy_file: cli.policy.clone(),
@@ -260,22 +264,6 @@ async fn run<S: Store + Ledger>(
         .await
         .context("gRPC server failed")?;
     tracing::info!("stopped");
-    Ok(())
-}
-
-fn init_logging(cli: &Cli) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .with_context(|| format!("bad --log filter {:?}", cli.log))?;
-    // Colours only for a person at a terminal, never in files or journald.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
     Ok(())
 }
 

@@ -173,6 +173,10 @@ fn help_explains_every_flag_and_its_environment_variable() {
         ("--tls-client-ca", "MXLIMIT_TLS_CLIENT_CA"),
         ("--health-listen", "MXLIMIT_HEALTH_LISTEN"),
         ("--metrics-listen", "MXLIMIT_METRICS_LISTEN"),
+        ("--admin-token-file", "MXLIMIT_ADMIN_TOKEN_FILE"),
+        ("--admin-cert-name", "MXLIMIT_ADMIN_CERT_NAME"),
+        ("--ledger-interval", "MXLIMIT_LEDGER_INTERVAL"),
+        ("--top-keep", "MXLIMIT_TOP_KEEP"),
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}");
         assert!(help.contains(env), "--help does not mention {env}");
@@ -183,6 +187,7 @@ fn help_explains_every_flag_and_its_environment_variable() {
         .arg("--help")
         .env("MXLIMIT_REDIS", "redis://:s3cret@db:6379")
         .env("MXLIMIT_REDIS_PASSWORD", "s3cret")
+        .env("MXLIMIT_ADMIN_TOKEN", "s3cret-admin-token")
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
@@ -901,4 +906,146 @@ async fn metrics_count_decisions_errors_store_round_trips_and_leases() {
         assert!(Instant::now() < deadline, "{}", scrape(&metrics_addr));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+fn admin_req<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// Polls a gauge until it has the value.
+async fn gauge_becomes(metrics: &str, name: &str, labels: &[&str], want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sample(&scrape(metrics), name, labels) != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "{name}{labels:?} never {want}: {}",
+            scrape(metrics)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn admin_tokens_from_a_file_rotate_and_the_gauges_follow_bans_blocks_and_leases() {
+    use mxlimit_proto::v1::admin_client::AdminClient;
+    use mxlimit_proto::v1::{BlockRequest, HeartbeatRequest, Lease, ListBlocksRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "# the operators' token\nfirst-token-0123456789\n").unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[bad_rcpt]\nblock_after = 1\nnetwork_block_after = 0\n",
+    )
+    .unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut s = Server::start(
+        &[
+            "--admin-token-file",
+            tokens.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--metrics-listen",
+            &metrics,
+            "--ledger-interval",
+            "100ms",
+            "--reload-interval",
+            "100ms",
+        ],
+        dir.path(),
+    );
+    s.wait_ready().await;
+    let mut admin = AdminClient::new(channel(s.addr.parse().unwrap()).await);
+    admin
+        .block(admin_req(
+            BlockRequest {
+                target: "198.51.100.0/24".into(),
+                ttl_ms: 60_000,
+                reason: "test".into(),
+            },
+            "first-token-0123456789",
+        ))
+        .await
+        .unwrap();
+    let mut c = s.client().await;
+    for i in 0..2 {
+        c.connect(connect_req(
+            "mx1",
+            &format!("s{i}"),
+            &format!("192.0.2.{}", i + 1),
+        ))
+        .await
+        .unwrap();
+    }
+    c.heartbeat(HeartbeatRequest {
+        node: "mx1".into(),
+        epoch: "e1".into(),
+        leases: (0..2)
+            .map(|i| Lease {
+                session_id: format!("s{i}"),
+                client_ip: format!("192.0.2.{}", i + 1),
+            })
+            .collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    bad_rcpt(&mut c, "mx1", "s0", "203.0.113.5", "a@x").await;
+    bad_rcpt(&mut c, "mx1", "s0", "203.0.113.5", "b@x").await;
+    gauge_becomes(&metrics, "mxlimit_leases_live", &[], 2.0).await;
+    gauge_becomes(&metrics, "mxlimit_bans_in_force", &[r#"kind="block""#], 1.0).await;
+    gauge_becomes(&metrics, "mxlimit_bans_in_force", &[r#"kind="ban""#], 1.0).await;
+
+    // A new token file: the old token stops working, the new one works.
+    std::fs::write(&tokens, "second-token-0123456789\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin
+        .list_blocks(admin_req(ListBlocksRequest {}, "first-token-0123456789"))
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the old token still works: {}",
+            s.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let list = admin
+        .list_blocks(admin_req(ListBlocksRequest {}, "second-token-0123456789"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.blocks.len(), 2);
+    let m = scrape(&metrics);
+    assert!(
+        sample(
+            &m,
+            "mxlimit_admin_calls_total",
+            &[r#"result="unauthenticated""#]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "mxlimit_admin_calls_total",
+            &[r#"rpc="block""#, r#"result="ok""#]
+        ),
+        Some(1.0)
+    );
+    // The refused and blocked are logged one line each, with what the operator needs.
+    let log = s.stderr();
+    assert!(
+        log.contains("blocked by an operator") && log.contains(r#"by="token""#),
+        "{log}"
+    );
+    assert!(
+        !log.contains("first-token-0123456789") && !log.contains("second-token"),
+        "a token leaked into the log"
+    );
 }

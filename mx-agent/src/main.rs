@@ -92,17 +92,11 @@ struct Cli {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .with_context(|| format!("bad --log filter {:?}", cli.log))?;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    let _telemetry = limiter_server::telemetry::init(
+        "mx-agent",
+        &cli.log,
+        matches!(cli.log_format, LogFormat::Json),
+    )?;
 
     let mut cfg = match &cli.config {
         Some(p) => AgentConfig::load(p).map_err(anyhow::Error::msg)?,

@@ -7,6 +7,7 @@
 
 pub mod dns;
 pub mod milter;
+pub mod otlp;
 pub mod postfix;
 pub mod prom;
 pub mod redis;

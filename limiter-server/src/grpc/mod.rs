@@ -14,11 +14,13 @@ use mxlimit_proto::v1::{
     HeartbeatRequest, LookupReply, LookupRequest, RecipientReply, RecipientRequest, Verdict,
 };
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::decision::verdict::reason;
 use crate::decision::{Connect, Engine, Heartbeat, Recipient};
 use crate::metrics::{DECISIONS, REQUEST_ERRORS, REQUEST_SECONDS};
 use crate::store::{LeaseId, Store, StoreError};
+use crate::telemetry;
 
 /// The `Limiter` service over an engine.
 pub struct LimiterService<S> {
@@ -254,7 +256,8 @@ impl<S: Store> Limiter for LimiterService<S> {
         req: Request<ConnectRequest>,
     ) -> Result<Response<ConnectReply>, Status> {
         let t = Instant::now();
-        let r = self.connect_inner(req).await;
+        let span = telemetry::server_span("mxlimit.v1.Limiter/Connect", req.metadata());
+        let r = self.connect_inner(req).instrument(span).await;
         observe("connect", t, &r);
         r
     }
@@ -264,7 +267,8 @@ impl<S: Store> Limiter for LimiterService<S> {
         req: Request<RecipientRequest>,
     ) -> Result<Response<RecipientReply>, Status> {
         let t = Instant::now();
-        let r = self.recipient_inner(req).await;
+        let span = telemetry::server_span("mxlimit.v1.Limiter/Recipient", req.metadata());
+        let r = self.recipient_inner(req).instrument(span).await;
         observe("recipient", t, &r);
         r
     }
@@ -274,7 +278,8 @@ impl<S: Store> Limiter for LimiterService<S> {
         req: Request<DisconnectRequest>,
     ) -> Result<Response<DisconnectReply>, Status> {
         let t = Instant::now();
-        let r = self.disconnect_inner(req).await;
+        let span = telemetry::server_span("mxlimit.v1.Limiter/Disconnect", req.metadata());
+        let r = self.disconnect_inner(req).instrument(span).await;
         observe("disconnect", t, &r);
         r
     }
@@ -284,14 +289,16 @@ impl<S: Store> Limiter for LimiterService<S> {
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
         let t = Instant::now();
-        let r = self.heartbeat_inner(req).await;
+        let span = telemetry::server_span("mxlimit.v1.Limiter/Heartbeat", req.metadata());
+        let r = self.heartbeat_inner(req).instrument(span).await;
         observe("heartbeat", t, &r);
         r
     }
 
     async fn lookup(&self, req: Request<LookupRequest>) -> Result<Response<LookupReply>, Status> {
         let t = Instant::now();
-        let r = self.lookup_inner(req).await;
+        let span = telemetry::server_span("mxlimit.v1.Limiter/Lookup", req.metadata());
+        let r = self.lookup_inner(req).instrument(span).await;
         observe("lookup", t, &r);
         r
     }

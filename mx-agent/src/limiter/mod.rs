@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use limiter_server::decision::{self, Engine};
 use limiter_server::store::LeaseId;
 use limiter_server::store::memory::MemoryStore;
+use limiter_server::telemetry;
 use mxlimit_proto::v1::limiter_client::LimiterClient;
 use mxlimit_proto::v1::{
     Action, ConnectRequest, DisconnectRequest, HeartbeatRequest, Lease, LookupRequest,
@@ -23,6 +24,7 @@ use mxlimit_proto::v1::{
 };
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
+use tracing::Instrument;
 
 use crate::config::FailMode;
 use breaker::Breaker;
@@ -195,7 +197,11 @@ impl Limiter {
             return Err(Failure::Skipped);
         }
         let start = Instant::now();
-        let r = self.attempts(rpc, deadline, breaker, start, call).await;
+        let span = telemetry::client_span(rpc_path(rpc));
+        let r = self
+            .attempts(rpc, deadline, breaker, start, call)
+            .instrument(span)
+            .await;
         histogram!(m::CALL_SECONDS, "rpc" => rpc).record(start.elapsed());
         let result = match &r {
             Ok(_) => "ok",
@@ -552,7 +558,21 @@ fn timed<T>(msg: T, left: Duration) -> Request<T> {
     let mut r = Request::new(msg);
     // The limiter stops working on a call nobody waits for any more.
     r.set_timeout(left);
+    // The limiter's span joins this call's trace.
+    telemetry::inject(r.metadata_mut());
     r
+}
+
+/// The gRPC method of an RPC, as spans name it.
+fn rpc_path(rpc: &'static str) -> &'static str {
+    match rpc {
+        "Connect" => "mxlimit.v1.Limiter/Connect",
+        "Recipient" => "mxlimit.v1.Limiter/Recipient",
+        "Disconnect" => "mxlimit.v1.Limiter/Disconnect",
+        "Heartbeat" => "mxlimit.v1.Limiter/Heartbeat",
+        "Lookup" => "mxlimit.v1.Limiter/Lookup",
+        other => other,
+    }
 }
 
 fn accept() -> Verdict {

@@ -25,6 +25,7 @@ use mxlimit_proto::v1::{Action, SessionPolicy, Verdict};
 use super::{capped, smtp_reply, verified_name};
 use crate::limiter::{Ends, Limiter, Rcpt, action};
 use crate::listen::Listener;
+use tracing::Instrument;
 
 /// One SMTP session, as the milter follows it.
 #[derive(Debug, Default)]
@@ -43,6 +44,18 @@ pub struct Session {
     tarpit_ms: u32,
     /// Set once the session must end (a ban): every later command gets this reply.
     closing: Option<Verdict>,
+    /// The session's trace: every limiter call of the session is a child of it.
+    span: SessionSpan,
+}
+
+/// A span that is none until the session has one.
+#[derive(Debug, Clone)]
+struct SessionSpan(tracing::Span);
+
+impl Default for SessionSpan {
+    fn default() -> Self {
+        SessionSpan(tracing::Span::none())
+    }
 }
 
 #[derive(Clone)]
@@ -108,7 +121,10 @@ fn callbacks(m: Milter) -> Callbacks<Session> {
                 if let Some(s) = cx.data.take()
                     && s.admitted
                 {
-                    m.limiter.disconnect(&s.id).await;
+                    m.limiter
+                        .disconnect(&s.id)
+                        .instrument(s.span.0.clone())
+                        .await;
                 }
                 Status::Continue
             })
@@ -245,9 +261,11 @@ impl Milter {
             .filter(|_| resolved_ok)
             .map(str::to_string);
         let id = self.limiter.new_session_id();
+        let span = session_span(self.limiter.node(), ip, &id);
         let adm = self
             .limiter
             .connect(&id, ip, name.as_deref(), "", Ends::Seen)
+            .instrument(span.clone())
             .await;
         let admitted = adm.admitted();
         let greet = capped(
@@ -260,6 +278,7 @@ impl Milter {
             name,
             admitted,
             policy: adm.policy,
+            span: SessionSpan(span),
             ..Default::default()
         });
         if !admitted {
@@ -310,9 +329,10 @@ impl Milter {
                     envelope_rcpts: s.seen,
                     envelope_bad_rcpts: s.bad,
                 };
-                let (id, name) = (s.id.clone(), s.name.clone());
+                let (id, name, span) = (s.id.clone(), s.name.clone(), s.span.0.clone());
                 self.limiter
                     .recipient(&id, ip, name.as_deref(), rcpt)
+                    .instrument(span)
                     .await
                     .0
             }
@@ -341,6 +361,14 @@ impl Milter {
             Action::Tempfail | Action::Reject => refuse(cx, &v),
         }
     }
+}
+
+/// One SMTP session's span (none when traces are off).
+fn session_span(node: &str, ip: IpAddr, session: &str) -> tracing::Span {
+    if !limiter_server::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!("smtp.session", node, client_ip = %ip, session)
 }
 
 /// The limits of one session for a recipient the MTA accepted.
