@@ -3,7 +3,7 @@
 #   docker build --target limiter-server -t mxlimit/limiter-server:0.1.0 .
 #   docker build --target mx-agent       -t mxlimit/mx-agent:0.1.0 .
 #
-# The build stage compiles both binaries once (protoc is vendored: no system
+# The build stage compiles the binaries once (protoc is vendored: no system
 # protobuf compiler). The runtime is Debian slim with the binary alone, as an
 # unprivileged user; the file system can be mounted read-only.
 
@@ -12,8 +12,9 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p limiter-server -p mx-agent \
-    && install -m 0755 target/release/limiter-server target/release/mx-agent /usr/local/bin/
+    cargo build --release --locked -p limiter-server -p mx-agent -p mxlimit-cli \
+    && install -m 0755 target/release/limiter-server target/release/mx-agent \
+        target/release/mxlimit /usr/local/bin/
 
 FROM debian:bookworm-slim AS runtime
 # The system's roots, for rediss:// and https endpoints given no CA of their own.
@@ -23,9 +24,10 @@ RUN apt-get update \
 # 65532: the conventional "nonroot" user; no shell, no home, no files of its own.
 USER 65532:65532
 
-# Apache-2.0.
+# Apache-2.0. With the operator's command, for `kubectl exec ... -- mxlimit top`.
 FROM runtime AS limiter-server
 COPY --from=build /usr/local/bin/limiter-server /usr/local/bin/limiter-server
+COPY --from=build /usr/local/bin/mxlimit /usr/local/bin/mxlimit
 ENV MXLIMIT_LISTEN=0.0.0.0:7525
 EXPOSE 7525
 # Serving means the store answers too (gRPC health of mxlimit.v1.Limiter). Without an

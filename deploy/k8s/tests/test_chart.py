@@ -61,6 +61,7 @@ SERVICE_MONITOR_SCHEMA = {
         },
     },
 }
+ADMIN_TOKEN = "admin-token-ADMIN-SECRET-0123456789"
 VALUE_SETS = {
     "defaults": {},
     "external-redis-cluster": {
@@ -80,11 +81,13 @@ VALUE_SETS = {
                                "existingSecret": "redis-auth",
                                "tls": {"existingSecret": "redis-client-cert", "clientCert": True}}},
         "tls": {"enabled": True, "existingSecret": "mxlimit-cert", "clientCA": {"enabled": True}},
+        "admin": {"existingSecret": "mxlimit-admin", "certNames": ["admin.mail.example"]},
         "agent": {"enabled": True, "tls": {"existingSecret": "mxlimit-agent-cert"}},
         "networkPolicy": {"enabled": True},
     },
     "tls-inline": {
         "redis": {"bundled": {"enabled": True}},
+        "admin": {"token": ADMIN_TOKEN},
         "tls": {"enabled": True, "cert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
                 "key": "-----BEGIN PRIVATE KEY-----\nTLS-KEY-SECRET-MATERIAL\n-----END PRIVATE KEY-----\n",
                 "clientCA": {"enabled": True, "pem": "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n"}},
@@ -218,6 +221,7 @@ def test_secrets_are_never_inlined_outside_secrets(chart, name):
             continue
         assert PASSWORD not in text, f"{d['kind']}/{d['metadata']['name']} holds the password"
         assert "TLS-KEY-SECRET-MATERIAL" not in text, f"{d['kind']}/{d['metadata']['name']} holds the TLS key"
+        assert "ADMIN-SECRET" not in text, f"{d['kind']}/{d['metadata']['name']} holds the admin token"
         assert encoded not in text, f"{d['kind']}/{d['metadata']['name']} holds the password (base64)"
 
 
@@ -239,6 +243,32 @@ def test_the_redis_password_reaches_the_limiter_as_a_mounted_secret_file(chart):
     vol = next(v for v in spec["volumes"] if v["name"] == "redis-auth")
     assert vol["secret"] == {"secretName": "redis-auth", "defaultMode": 0o440,
                              "items": [{"key": "redis-password", "path": "password"}]}
+
+
+def test_the_admin_token_reaches_the_limiter_as_a_mounted_secret_file(chart):
+    docs = render(chart, VALUE_SETS["tls-inline"])
+    secret = one(docs, "Secret", f"{FULL}-admin")
+    assert base64.b64decode(secret["data"]["token"]).decode() == ADMIN_TOKEN
+    spec = one(docs, "Deployment", FULL)["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["MXLIMIT_ADMIN_TOKEN_FILE"] == "/etc/mxlimit-admin/token"
+    vol = next(v for v in spec["volumes"] if v["name"] == "admin-token")
+    assert vol["secret"]["secretName"] == f"{FULL}-admin"
+    mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "admin-token")
+    assert mount["mountPath"] == "/etc/mxlimit-admin" and "subPath" not in mount
+    # An existing Secret is referenced, never copied; certificate names go along.
+    docs = render(chart, VALUE_SETS["redis-cluster-mutual-tls"])
+    assert not [d for d in kinds(docs, "Secret") if d["metadata"]["name"].endswith("-admin")]
+    spec = one(docs, "Deployment", FULL)["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["MXLIMIT_ADMIN_CERT_NAME"] == "admin.mail.example"
+    vol = next(v for v in spec["volumes"] if v["name"] == "admin-token")
+    assert vol["secret"]["secretName"] == "mxlimit-admin"
+    assert vol["secret"]["items"] == [{"key": "token", "path": "token"}]
+    # Without credentials there is no token file, and NOTES say the API is off.
+    spec = one(render(chart, VALUE_SETS["defaults"]), "Deployment", FULL)["spec"]["template"]["spec"]
+    assert not [e for e in spec["containers"][0]["env"] if e["name"].startswith("MXLIMIT_ADMIN")]
+    assert "The Admin API is off" in notes(chart, VALUE_SETS["defaults"])
 
 
 def test_tls_material_is_mounted_from_secrets_and_probes_use_the_plaintext_health_port(chart):
@@ -431,6 +461,7 @@ def test_the_helm_test_pod_checks_health_through_the_service(chart):
         ({"tls": {"enabled": True, "cert": "c", "key": "k", "clientCA": {"enabled": True}}}, "tls.clientCA.enabled needs"),
         ({"tls": {"enabled": True, "existingSecret": "s"}, "redis": {"bundled": {"enabled": True}},
           "agent": {"enabled": True}}, "agent.tls.existingSecret"),
+        ({"admin": {"certNames": ["admin.mail.example"]}}, "admin.certNames needs mutual TLS"),
     ],
 )
 def test_contradictory_values_fail_with_a_clear_message(chart, values, message):
@@ -448,6 +479,8 @@ def test_contradictory_values_fail_with_a_clear_message(chart, values, message):
         {"agent": {"fallback": "maybe"}},
         {"limiter": {"redisTimeout": "half a second"}},
         {"redis": {"prefix": "{mxl}"}},  # braces would put every key in one cluster slot
+        {"admin": {"token": "short"}},  # guessable
+        {"admin": {"token": "a token with spaces in it"}},
     ],
 )
 def test_the_schema_refuses_bad_values(chart, values):

@@ -100,3 +100,16 @@ redis-password
 {{- define "mxlimit.healthPort" -}}
 {{- ternary .Values.tls.healthPort .Values.limiter.port .Values.tls.enabled }}
 {{- end }}
+
+{{/* The Secret and key with the admin tokens; empty when there are none. */}}
+{{- define "mxlimit.adminSecret" -}}
+{{- if .Values.admin.existingSecret -}}
+{{- .Values.admin.existingSecret }}
+{{- else if .Values.admin.token -}}
+{{- printf "%s-admin" (include "mxlimit.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "mxlimit.adminSecretKey" -}}
+{{- ternary .Values.admin.existingSecretKey "token" (ne .Values.admin.existingSecret "") }}
+{{- end }}
