@@ -54,15 +54,12 @@ pub struct Cli {
     pub tls_client_ca: Option<PathBuf>,
 
     /// Admin API: bearer tokens, one per line (several while rotating; `#` comments).
-    /// Reloaded when the file changes. Without any admin credential the Admin service
-    /// refuses every call.
+    /// Reloaded when the file changes: a token taken out is revoked. One token may also
+    /// come from the environment alone, as MXLIMIT_ADMIN_TOKEN (never a flag: flags show
+    /// in process listings). Without any admin credential the Admin service refuses
+    /// every call.
     #[arg(long, env = "MXLIMIT_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
-
-    /// Admin API: one bearer token, from the environment only (kept out of --help and
-    /// process listings).
-    #[arg(long, env = "MXLIMIT_ADMIN_TOKEN", hide = true, hide_env_values = true)]
-    pub admin_token: Option<String>,
 
     /// Admin API: client certificates valid for this DNS name (subjectAltName) are
     /// admins. Needs --tls-client-ca. Repeat for several names.

@@ -153,7 +153,10 @@ async fn main() -> Result<()> {
 fn admin_auth(cli: &Cli, tls: bool) -> Result<Arc<AdminAuth>> {
     let auth = AdminAuth::new(AuthConfig {
         token_file: cli.admin_token_file.clone(),
-        token: cli.admin_token.clone(),
+        // The environment only: a flag would show in process listings.
+        token: std::env::var("MXLIMIT_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
         cert_names: cli.admin_cert_name.clone(),
     })
     .context("cannot set up admin authentication")?;

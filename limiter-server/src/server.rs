@@ -127,8 +127,10 @@ pub async fn serve<S: Store + Ledger>(
             AdminAuth::new(AuthConfig::default()).expect("no credentials is a valid configuration")
         }
     };
-    let admin =
-        AdminServer::with_interceptor(AdminService::new(engine.clone()), RequireAdmin(admin_auth));
+    let admin = AdminServer::with_interceptor(
+        AdminService::new(engine.clone(), options.keeper.keep),
+        RequireAdmin(admin_auth),
+    );
 
     let (began, draining) = tokio::sync::oneshot::channel::<()>();
     let (health_stop, health_stopped) = tokio::sync::watch::channel(false);

@@ -547,6 +547,13 @@ async fn an_admin_client_certificate_is_an_admin_and_an_agent_certificate_is_not
     };
     let admin_ch = with_cert(pki.client("admin.example")).await;
     let agent_ch = with_cert(pki.client("mx1.example")).await;
+    // A wildcard certificate of the same CA would match the name as a server name;
+    // it is no admin.
+    let wildcard = AdminClient::new(with_cert(pki.client("*.example")).await)
+        .list_blocks(ListBlocksRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(wildcard.code(), tonic::Code::Unauthenticated);
     let r = AdminClient::new(admin_ch)
         .block(BlockRequest {
             target: "192.0.2.0/24".into(),
@@ -604,4 +611,38 @@ async fn automatic_bans_are_listed_until_they_expire() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_blocks_bite_in_shadow_mode_where_automatic_limits_only_report() {
+    let (ls, _keep) = two(
+        Backend::Memory,
+        "shadow = true\n[client_rate]\naddress = 1\nnetwork = 0\n",
+        "",
+    )
+    .await;
+    let mut c = ls[0].client().await;
+    connect(&mut c, "mx1", "s0", "192.0.2.1").await;
+    let over = connect(&mut c, "mx1", "s1", "192.0.2.1").await;
+    assert_eq!(
+        (action(&over), over.shadow, over.reason.as_str()),
+        (Action::Accept, true, "client_rate")
+    );
+    admin(&ls[0])
+        .await
+        .block(authed(BlockRequest {
+            target: "192.0.2.0/24".into(),
+            ttl_ms: 60_000,
+            reason: String::new(),
+        }))
+        .await
+        .unwrap();
+    let v = connect(&mut c, "mx1", "s2", "192.0.2.1").await;
+    assert_eq!(
+        (action(&v), v.shadow, v.reason.as_str()),
+        (Action::Disconnect, false, "blocked")
+    );
+    let e = explain(&ls[0], "192.0.2.1").await;
+    assert_eq!(e.connect.unwrap().reason, "blocked");
+    assert!(e.shadow);
 }

@@ -1049,3 +1049,42 @@ async fn admin_tokens_from_a_file_rotate_and_the_gauges_follow_bans_blocks_and_l
         "a token leaked into the log"
     );
 }
+
+#[tokio::test]
+async fn every_refusal_is_one_json_log_line_with_source_rule_reason_and_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access");
+    std::fs::write(&access, "Connect:198.51.100\tREJECT\n").unwrap();
+    let mut s = Server::start(
+        &["--access", access.to_str().unwrap(), "--log-format", "json"],
+        dir.path(),
+    );
+    s.wait_ready().await;
+    let mut c = s.client().await;
+    c.connect(connect_req("mx7", "s1", "198.51.100.9"))
+        .await
+        .unwrap();
+    c.connect(connect_req("mx7", "s2", "192.0.2.1"))
+        .await
+        .unwrap();
+    s.signal("-TERM");
+    s.wait_exit().await;
+    let log = s.stderr();
+    let refusals: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))
+        })
+        .filter(|v| v["message"] == "refused")
+        .collect();
+    assert_eq!(refusals.len(), 1, "{log}");
+    let r = &refusals[0];
+    assert_eq!(r["source"], "198.51.100.9");
+    assert_eq!(r["network"], "198.51.100.0/24");
+    assert_eq!(r["rule"], "Connect:198.51.100");
+    assert_eq!(r["reason"], "access");
+    assert_eq!(r["node"], "mx7");
+    assert_eq!(r["rpc"], "connect");
+    assert_eq!(r["code"], 550);
+}

@@ -24,7 +24,8 @@ pub struct Cli {
     )]
     pub server: String,
 
-    /// File whose first line (not a `#` comment) is the admin bearer token.
+    /// File whose first line (not a `#` comment) is the admin bearer token. Or give the
+    /// token in MXLIMIT_ADMIN_TOKEN (environment only: a flag would show in `ps`).
     #[arg(
         long,
         global = true,
@@ -32,16 +33,6 @@ pub struct Cli {
         value_name = "FILE"
     )]
     pub token_file: Option<PathBuf>,
-
-    /// The admin bearer token, from the environment only.
-    #[arg(
-        long,
-        global = true,
-        env = "MXLIMIT_ADMIN_TOKEN",
-        hide = true,
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
 
     /// CA certificate(s) (PEM) to trust for https:// (default: the system's roots).
     #[arg(long, global = true, env = "MXLIMIT_TLS_CA", value_name = "FILE")]

@@ -37,7 +37,10 @@ fn token(cli: &Cli) -> Result<Option<String>> {
             None => bail!("the token file {} holds no token", path.display()),
         };
     }
-    Ok(cli.token.clone().map(|t| t.trim().to_string()))
+    Ok(std::env::var("MXLIMIT_ADMIN_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>> {

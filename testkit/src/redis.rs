@@ -263,15 +263,17 @@ impl Monitor {
         Monitor { lines }
     }
 
-    /// Client commands seen so far, by name.
+    /// Client commands seen so far, by name. The limiters' ledger rounds (keys tagged
+    /// `{adm}`, and the `TIME` they read) run in the background, off the decision
+    /// path: they are left out.
     pub fn commands(&self) -> Vec<String> {
         self.lines
             .lock()
             .unwrap()
             .iter()
-            .filter(|l| !l.contains(" lua]"))
+            .filter(|l| !l.contains(" lua]") && !l.contains("{adm}"))
             .filter_map(|l| l.split('"').nth(1).map(str::to_ascii_uppercase))
-            .filter(|c| c != "PING" && c != "INFO")
+            .filter(|c| c != "PING" && c != "INFO" && c != "TIME")
             .collect()
     }
 

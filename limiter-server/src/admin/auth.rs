@@ -56,34 +56,54 @@ pub struct AdminAuth {
     names: Vec<ServerName<'static>>,
 }
 
-fn read_tokens(config: &AuthConfig) -> Result<Vec<String>, AuthError> {
+/// The tokens of the file and the environment. At start (`strict`) any problem is an
+/// error. On a reload a file that is gone, empty or unreadable revokes its tokens,
+/// and a line too short is left out: taking a token out of the file must always
+/// revoke it, whatever else is wrong with the file. Returns the tokens and the
+/// problems met.
+fn read_tokens(
+    config: &AuthConfig,
+    strict: bool,
+) -> Result<(Vec<String>, Vec<AuthError>), AuthError> {
     let mut tokens = Vec::new();
+    let mut problems = Vec::new();
     if let Some(path) = &config.token_file {
-        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let before = tokens.len();
-        tokens.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_string),
-        );
-        if tokens.len() == before {
-            return Err(AuthError::Empty(path.clone()));
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let lines: Vec<&str> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .collect();
+                if lines.is_empty() {
+                    problems.push(AuthError::Empty(path.clone()));
+                }
+                for l in lines {
+                    if l.len() < MIN_TOKEN {
+                        problems.push(AuthError::Short(format!("in {}", path.display())));
+                    } else {
+                        tokens.push(l.to_string());
+                    }
+                }
+            }
+            Err(source) => problems.push(AuthError::Read {
+                path: path.clone(),
+                source,
+            }),
         }
     }
     if let Some(t) = &config.token {
-        tokens.push(t.trim().to_string());
+        let t = t.trim();
+        if t.len() < MIN_TOKEN {
+            problems.push(AuthError::Short("MXLIMIT_ADMIN_TOKEN".into()));
+        } else {
+            tokens.push(t.to_string());
+        }
     }
-    if tokens.iter().any(|t| t.len() < MIN_TOKEN) {
-        return Err(AuthError::Short(match &config.token_file {
-            Some(p) => format!("in {}", p.display()),
-            None => "MXLIMIT_ADMIN_TOKEN".into(),
-        }));
+    if strict && let Some(first) = problems.pop() {
+        return Err(first);
     }
-    Ok(tokens)
+    Ok((tokens, problems))
 }
 
 /// Equal in time whatever the contents, so that timing tells nothing about a token.
@@ -93,7 +113,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 impl AdminAuth {
     pub fn new(config: AuthConfig) -> Result<Arc<AdminAuth>, AuthError> {
-        let tokens = read_tokens(&config)?;
+        let (tokens, _) = read_tokens(&config, true)?;
         let names = config
             .cert_names
             .iter()
@@ -126,9 +146,9 @@ impl AdminAuth {
         !self.tokens.load().is_empty()
     }
 
-    /// Reads the token file again if it changed. A broken file is reported and the
-    /// tokens in force stay.
-    pub fn reload_if_changed(&self) -> Result<bool, AuthError> {
+    /// Reads the token file again if it changed. Problems are reported; the tokens
+    /// that remain valid are the ones now in the file (and the environment's).
+    pub fn reload_if_changed(&self) -> Result<bool, Vec<AuthError>> {
         let Some(path) = &self.config.token_file else {
             return Ok(false);
         };
@@ -138,8 +158,13 @@ impl AdminAuth {
             return Ok(false);
         }
         *stamp = now;
-        self.tokens.store(Arc::new(read_tokens(&self.config)?));
-        Ok(true)
+        let (tokens, problems) = read_tokens(&self.config, false).map_err(|e| vec![e])?;
+        self.tokens.store(Arc::new(tokens));
+        if problems.is_empty() {
+            Ok(true)
+        } else {
+            Err(problems)
+        }
     }
 
     pub async fn watch(self: Arc<Self>, every: Duration, stop: impl Future<Output = ()>) {
@@ -150,7 +175,11 @@ impl AdminAuth {
                 _ = tick.tick() => match self.reload_if_changed() {
                     Ok(true) => tracing::info!("admin tokens reloaded"),
                     Ok(false) => {}
-                    Err(e) => tracing::error!(error = %e, "admin tokens not reloaded; the previous ones stay"),
+                    Err(problems) => {
+                        for e in problems {
+                            tracing::error!(error = %e, "admin token file: bad entries are not accepted");
+                        }
+                    }
                 },
                 _ = &mut stop => return,
             }
@@ -165,11 +194,21 @@ impl AdminAuth {
             .fold(false, |ok, t| same(t.as_bytes(), presented.as_bytes()) | ok)
     }
 
+    /// The admin name the client certificate (already verified against the client
+    /// CA by the TLS handshake) carries as a subjectAltName, exactly: a wildcard
+    /// certificate never stands for an admin.
     fn cert_name(&self, certs: &[CertificateDer<'_>]) -> Option<&ServerName<'static>> {
         let leaf = webpki::EndEntityCert::try_from(certs.first()?).ok()?;
-        self.names
-            .iter()
-            .find(|n| leaf.verify_is_valid_for_subject_name(n).is_ok())
+        let presented: Vec<&str> = leaf
+            .valid_dns_names()
+            .filter(|n| !n.starts_with('*'))
+            .collect();
+        self.names.iter().find(|n| {
+            presented.iter().any(|p| {
+                p.trim_end_matches('.')
+                    .eq_ignore_ascii_case(n.to_str().trim_end_matches('.'))
+            })
+        })
     }
 
     /// Who this is, or why not.
@@ -274,6 +313,28 @@ mod tests {
             a.check(&Request::new(())).unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
+    }
+
+    #[test]
+    fn emptying_or_removing_the_token_file_revokes_its_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens");
+        std::fs::write(&file, "old-token-0123456789\n").unwrap();
+        let a = AdminAuth::new(AuthConfig {
+            token_file: Some(file.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let ok = |t: &str| a.check(&with_header(&format!("Bearer {t}"))).is_ok();
+        assert!(ok("old-token-0123456789"));
+        // A new token next to a line too short: the short one is refused, the new one
+        // works, the old one is gone.
+        std::fs::write(&file, "new-token-0123456789\nshort\n").unwrap();
+        assert!(a.reload_if_changed().is_err());
+        assert!(ok("new-token-0123456789") && !ok("old-token-0123456789"));
+        std::fs::remove_file(&file).unwrap();
+        assert!(a.reload_if_changed().is_err());
+        assert!(!ok("new-token-0123456789"));
     }
 
     #[test]

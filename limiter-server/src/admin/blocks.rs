@@ -42,6 +42,15 @@ impl Table {
     }
 }
 
+/// `ms` from `now`, or as far as the clock goes (a garbage expiry from the store must
+/// not panic the keeper).
+fn later(now: Instant, ms: u64) -> Instant {
+    let year = Duration::from_secs(365 * 24 * 3600);
+    now.checked_add(Duration::from_millis(ms).min(year * 10))
+        .or_else(|| now.checked_add(year))
+        .unwrap_or(now)
+}
+
 #[derive(Default)]
 pub struct BlockTable(ArcSwap<Table>);
 
@@ -85,7 +94,7 @@ impl BlockTable {
             .store(Arc::new(Table::new(blocks.iter().map(|b| Block {
                 target: b.target,
                 reason: b.reason.clone(),
-                until: now + Duration::from_millis(b.expires_in_ms),
+                until: later(now, b.expires_in_ms),
             }))));
     }
 
@@ -103,7 +112,7 @@ impl BlockTable {
             blocks.push(Block {
                 target,
                 reason: reason.to_string(),
-                until: now + ttl,
+                until: now.checked_add(ttl).unwrap_or_else(|| later(now, u64::MAX)),
             });
         }
         self.0.store(Arc::new(Table::new(blocks)));

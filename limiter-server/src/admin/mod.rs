@@ -56,11 +56,12 @@ pub async fn keep_once<S: Store + Ledger>(engine: &Engine<S>, keep: u32) {
         .client_conn
         .lease_ttl
         .as_millis();
-    match engine.store().standing(node_ttl).await {
+    // Bans only counted: under an attack the list is long, and every instance asks.
+    match engine.store().standing(node_ttl, false).await {
         Ok(st) => {
             engine.blocks().replace(&st.blocks);
             gauge!(BANS_IN_FORCE, "kind" => "block").set(st.blocks.len() as f64);
-            gauge!(BANS_IN_FORCE, "kind" => "ban").set(st.bans.len() as f64);
+            gauge!(BANS_IN_FORCE, "kind" => "ban").set(st.ban_count as f64);
             gauge!(LEASES_LIVE).set(st.leases_live as f64);
         }
         // The blocks in force stay until the store answers again (each expires by
@@ -76,6 +77,9 @@ pub async fn keeper<S: Store + Ledger>(
     options: KeeperOptions,
     stop: impl Future<Output = ()>,
 ) {
+    // Counting starts now that someone empties the tally (an engine without a keeper,
+    // as the agent's local fallback, counts nothing).
+    engine.tally().enable();
     let mut stop = std::pin::pin!(stop);
     let mut tick = tokio::time::interval(options.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

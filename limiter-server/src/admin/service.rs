@@ -17,7 +17,7 @@ use mxlimit_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::auth::Identity;
-use crate::decision::{Engine, connect_verdict, finish, verdict};
+use crate::decision::{Engine, access_verdict, connect_verdict, finish, verdict};
 use crate::grpc::validate;
 use crate::metrics::ADMIN_CALLS;
 use crate::policy::access::{ConnectAction, Value};
@@ -36,11 +36,13 @@ const MAX_REASON: usize = 200;
 
 pub struct AdminService<S> {
     engine: Arc<Engine<S>>,
+    /// Entries kept per top-list bucket (`--top-keep`): the most a bucket can give.
+    keep: u32,
 }
 
 impl<S> AdminService<S> {
-    pub fn new(engine: Arc<Engine<S>>) -> Self {
-        AdminService { engine }
+    pub fn new(engine: Arc<Engine<S>>, keep: u32) -> Self {
+        AdminService { engine, keep }
     }
 }
 
@@ -67,13 +69,25 @@ pub fn parse_target(text: &str) -> Result<IpNet, Status> {
     let net = if let Ok(ip) = t.parse::<IpAddr>() {
         IpNet::from(canonical(ip))
     } else {
-        t.parse::<IpNet>()
+        let net = t
+            .parse::<IpNet>()
             .map_err(|_| {
                 Status::invalid_argument(format!(
                     "target {t:?} is neither an address nor a network (1.2.3.4, 206.81.85.0/24, 2001:db8::/64)"
                 ))
             })?
-            .trunc()
+            .trunc();
+        // Clients are matched by their IPv4 address, never the mapped IPv6 form.
+        match net {
+            IpNet::V6(n) if n.prefix_len() >= 96 && n.network().to_ipv4_mapped().is_some() => {
+                let v4 = n
+                    .network()
+                    .to_ipv4_mapped()
+                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+                IpNet::new(IpAddr::V4(v4), n.prefix_len() - 96).unwrap_or(net)
+            }
+            _ => net,
+        }
     };
     let shortest = match net {
         IpNet::V4(_) => 8,
@@ -185,26 +199,16 @@ impl<S: Store + Ledger> AdminService<S> {
         i: &Inspection,
     ) -> Verdict {
         let s = &policy.settings;
-        let v = if let Some(b) = self.engine.blocks().check(source.ip) {
-            verdict::blocked(
+        // Operator blocks bite in shadow mode too: they are no automatic decision.
+        if let Some(b) = self.engine.blocks().check(source.ip) {
+            return verdict::blocked(
                 s.bad_rcpt.ban_reply,
                 &verdict::block_rule(&b.target),
                 &b.reason,
-            )
-        } else {
-            match rules.connect.map(|e| (&e.value, e.rule.as_str())) {
-                Some((Value::Connect(ConnectAction::Exempt), rule)) => verdict::exempt(rule),
-                Some((
-                    Value::Connect(ConnectAction::Refuse {
-                        code,
-                        enhanced,
-                        text,
-                    }),
-                    rule,
-                )) => verdict::access(*code, enhanced, text, rule),
-                _ => connect_verdict(policy, rules, source, refusal(rules, i)),
-            }
-        };
+            );
+        }
+        let v = access_verdict(rules)
+            .unwrap_or_else(|| connect_verdict(policy, rules, source, refusal(rules, i)));
         finish(policy, v)
     }
 
@@ -242,6 +246,7 @@ impl<S: Store + Ledger> AdminService<S> {
             level,
             buckets,
             limit,
+            per_bucket: Buckets::per_bucket(limit, self.keep),
         };
         let rows = self.engine.store().top(&q).await.map_err(store_error)?;
         Ok(TopSourcesReply {
@@ -435,7 +440,7 @@ impl<S: Store + Ledger> AdminService<S> {
         let st = self
             .engine
             .store()
-            .standing(node_ttl)
+            .standing(node_ttl, true)
             .await
             .map_err(store_error)?;
         let mut blocks: Vec<BlockEntry> = st

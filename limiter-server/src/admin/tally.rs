@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use metrics::counter;
 
@@ -23,17 +24,29 @@ struct Pending {
     leases: HashMap<String, u64>,
 }
 
+/// Off until a ledger keeper runs: nobody would empty it.
 #[derive(Default)]
-pub struct Tally(Mutex<Pending>);
+pub struct Tally {
+    on: AtomicBool,
+    pending: Mutex<Pending>,
+}
 
 impl Tally {
-    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn enable(&self) {
+        self.on.store(true, Ordering::Relaxed);
+    }
+
+    fn pending(&self) -> Option<std::sync::MutexGuard<'_, Pending>> {
+        self.on
+            .load(Ordering::Relaxed)
+            .then(|| self.pending.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// One event at both levels of a source.
     pub fn count(&self, metric: Metric, source: &Source) {
-        let mut p = self.pending();
+        let Some(mut p) = self.pending() else {
+            return;
+        };
         for (level, text) in [
             (Level::Address, source.ip_text.as_str()),
             // The tag is `n4:<network>`: its text without an allocation.
@@ -52,7 +65,9 @@ impl Tally {
     }
 
     pub fn ban(&self, level: Level, source: &Source, length_ms: u64) {
-        let mut p = self.pending();
+        let Some(mut p) = self.pending() else {
+            return;
+        };
         if p.bans.len() < MAX_PENDING {
             p.bans.push((level, source.at(level), length_ms));
         } else {
@@ -62,7 +77,9 @@ impl Tally {
 
     /// The leases a node renewed on its heartbeat (all its live sessions).
     pub fn leases(&self, node: &str, renewed: u64) {
-        let mut p = self.pending();
+        let Some(mut p) = self.pending() else {
+            return;
+        };
         let room = p.leases.len() < MAX_PENDING;
         match p.leases.get_mut(node) {
             Some(n) => *n = renewed,
@@ -75,7 +92,7 @@ impl Tally {
 
     /// Everything counted since the last call.
     pub fn take(&self) -> Batch {
-        let p = std::mem::take(&mut *self.pending());
+        let p = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         Batch {
             counts: p
                 .counts
@@ -96,6 +113,13 @@ mod tests {
     #[test]
     fn counts_both_levels_and_empties_on_take() {
         let t = Tally::default();
+        let early = Source::new("192.0.2.9".parse().unwrap(), Aggregation::default());
+        t.count(Metric::BadRecipients, &early);
+        assert!(
+            t.take().is_empty(),
+            "nothing is counted before a keeper enables it"
+        );
+        t.enable();
         let a = Source::new("192.0.2.1".parse().unwrap(), Aggregation::default());
         let b = Source::new("192.0.2.2".parse().unwrap(), Aggregation::default());
         t.count(Metric::BadRecipients, &a);

@@ -153,24 +153,22 @@ impl<S: Store> Engine<S> {
                 &verdict::block_rule(&b.target),
                 &b.reason,
             );
-            return Ok(self.refused(reply(v), req.lease.node, &source));
+            // Blocks bite in shadow mode too: they are no automatic decision.
+            let r = ConnectReply {
+                verdict: Some(v),
+                policy: Some(session_policy(&policy, &rules)),
+                lease_ttl_ms: s.client_conn.lease_ttl.as_millis(),
+            };
+            return Ok(self.refused(r, req.lease.node, &source));
         }
 
         // 2. The access file: OK/RELAY skip everything; a refusal needs no counting.
-        let access = match rules.connect.map(|e| (&e.value, e.rule.as_str())) {
-            Some((Value::Connect(ConnectAction::Exempt), rule)) => {
-                return Ok(reply(verdict::exempt(rule)));
-            }
-            Some((
-                Value::Connect(ConnectAction::Refuse {
-                    code,
-                    enhanced,
-                    text,
-                }),
-                rule,
-            )) => Some(verdict::access(*code, enhanced, text, rule)),
-            _ => None,
-        };
+        let mut access = access_verdict(&rules);
+        if rules.exempt()
+            && let Some(v) = access.take()
+        {
+            return Ok(reply(v));
+        }
         if let Some(v) = &access
             && !s.shadow
         {
@@ -228,7 +226,6 @@ impl<S: Store> Engine<S> {
                 &verdict::block_rule(&b.target),
                 &b.reason,
             );
-            let v = finish(&policy, v);
             log_refusal("recipient", req.node, &source, Some(&v));
             return Ok(RecipientReply { verdict: Some(v) });
         }
@@ -323,21 +320,11 @@ impl<S: Store> Engine<S> {
                 &verdict::block_rule(&b.target),
                 &b.reason,
             );
-            return Ok(LookupReply {
-                verdict: Some(finish(&policy, v)),
-            });
+            return Ok(LookupReply { verdict: Some(v) });
         }
-        let v = match rules.connect.map(|e| (&e.value, e.rule.as_str())) {
-            Some((Value::Connect(ConnectAction::Exempt), rule)) => verdict::exempt(rule),
-            Some((
-                Value::Connect(ConnectAction::Refuse {
-                    code,
-                    enhanced,
-                    text,
-                }),
-                rule,
-            )) => verdict::access(*code, enhanced, text, rule),
-            _ => match self.store.ban(&source, s.shadow).await? {
+        let v = match access_verdict(&rules) {
+            Some(v) => v,
+            None => match self.store.ban(&source, s.shadow).await? {
                 Some(ban) => verdict::banned_at_connect(
                     s.bad_rcpt.ban_reply,
                     ban.level,
@@ -389,6 +376,23 @@ impl<S: Store> Engine<S> {
             );
         }
         Ok(HeartbeatReply { lease_ttl_ms })
+    }
+}
+
+/// What the access file's `Connect:` entry says: exempt (`OK`, `RELAY`), a refusal,
+/// or nothing (no entry, or `SKIP`).
+pub fn access_verdict(rules: &ClientRules<'_>) -> Option<Verdict> {
+    match rules.connect.map(|e| (&e.value, e.rule.as_str()))? {
+        (Value::Connect(ConnectAction::Exempt), rule) => Some(verdict::exempt(rule)),
+        (
+            Value::Connect(ConnectAction::Refuse {
+                code,
+                enhanced,
+                text,
+            }),
+            rule,
+        ) => Some(verdict::access(*code, enhanced, text, rule)),
+        _ => None,
     }
 }
 

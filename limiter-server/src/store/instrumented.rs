@@ -139,9 +139,9 @@ impl<S: Ledger> Ledger for Instrumented<S> {
         r
     }
 
-    async fn standing(&self, node_ttl_ms: u64) -> Result<Standing, StoreError> {
+    async fn standing(&self, node_ttl_ms: u64, list_bans: bool) -> Result<Standing, StoreError> {
         let t = Instant::now();
-        let r = self.0.standing(node_ttl_ms).await;
+        let r = self.0.standing(node_ttl_ms, list_bans).await;
         observe("ledger_standing", t, &r);
         r
     }

@@ -19,6 +19,22 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// The four top lists, in the order stores number them.
+    pub const LISTS: [(Metric, Level); 4] = [
+        (Metric::BadRecipients, Level::Address),
+        (Metric::BadRecipients, Level::Network),
+        (Metric::RefusedConnections, Level::Address),
+        (Metric::RefusedConnections, Level::Network),
+    ];
+
+    /// The number of a top list in `LISTS`.
+    pub fn list(self, level: Level) -> usize {
+        Metric::LISTS
+            .iter()
+            .position(|l| *l == (self, level))
+            .unwrap_or(0)
+    }
+
     /// One letter per metric and level, in store key names.
     pub fn code(self, level: Level) -> &'static str {
         match (self, level) {
@@ -48,10 +64,12 @@ impl Batch {
 }
 
 /// Time buckets of the top lists: minutes for windows up to an hour, hours beyond.
+/// A window of `count` buckets reads `count` whole buckets and the current one, so
+/// that it covers at least the time asked for (and less than one bucket more).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Buckets {
     pub width_ms: u64,
-    /// Buckets counted, the current one included.
+    /// Whole buckets counted, besides the current one.
     pub count: u64,
 }
 
@@ -62,6 +80,8 @@ pub const MAX_WINDOW_MS: u64 = 7 * 24 * HOUR_MS;
 /// How long buckets are kept.
 pub const MINUTE_BUCKETS_KEEP_MS: u64 = 2 * HOUR_MS;
 pub const HOUR_BUCKETS_KEEP_MS: u64 = MAX_WINDOW_MS + 2 * HOUR_MS;
+/// Node entries of the live-lease count are kept this long after their heartbeat.
+pub const NODE_KEEP_MS: u64 = HOUR_MS;
 
 impl Buckets {
     /// The buckets that cover `window_ms` (1 ms to `MAX_WINDOW_MS`).
@@ -78,9 +98,22 @@ impl Buckets {
         }
     }
 
-    /// The window actually counted.
+    /// The window counted at least (the current bucket's time so far comes on top).
     pub fn window_ms(&self) -> u64 {
         self.width_ms * self.count
+    }
+
+    /// The bucket numbers to read at store time `now_ms`, the current one included.
+    pub fn range(&self, now_ms: u64) -> std::ops::RangeInclusive<u64> {
+        let last = now_ms / self.width_ms;
+        last.saturating_sub(self.count)..=last
+    }
+
+    /// Entries read from each bucket at most, for a list of `limit`: far more than
+    /// the list, so that a source just below the top of every bucket still sums up
+    /// right, yet bounded whatever the window and `--top-keep`.
+    pub fn per_bucket(limit: u32, keep: u32) -> u32 {
+        limit.saturating_mul(4).max(2000).min(keep.max(1))
     }
 }
 
@@ -91,6 +124,8 @@ pub struct TopQuery {
     pub level: Level,
     pub buckets: Buckets,
     pub limit: u32,
+    /// Entries read from each bucket at most (see `Buckets::per_bucket`).
+    pub per_bucket: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +167,9 @@ pub struct AutoBan {
 #[derive(Debug, Clone, Default)]
 pub struct Standing {
     pub blocks: Vec<AdminBlock>,
+    /// Listed only when asked for.
     pub bans: Vec<AutoBan>,
+    pub ban_count: u64,
     /// Leases the nodes renewed on their last heartbeats.
     pub leases_live: u64,
 }
@@ -178,10 +215,11 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Blocks, bans and live leases in force; nodes silent for `node_ttl_ms` count no
-    /// more.
+    /// more. Bans are listed only with `list_bans` (else only counted).
     fn standing(
         &self,
         node_ttl_ms: u64,
+        list_bans: bool,
     ) -> impl Future<Output = Result<Standing, StoreError>> + Send;
 }
 
@@ -227,8 +265,37 @@ impl<T: Ledger> Ledger for std::sync::Arc<T> {
     fn standing(
         &self,
         node_ttl_ms: u64,
+        list_bans: bool,
     ) -> impl Future<Output = Result<Standing, StoreError>> + Send {
-        (**self).standing(node_ttl_ms)
+        (**self).standing(node_ttl_ms, list_bans)
+    }
+}
+
+/// Bucket entries summed per source, both metrics side by side.
+#[derive(Default)]
+pub struct Merge(std::collections::HashMap<String, TopRow>);
+
+impl Merge {
+    pub fn add(&mut self, metric: Metric, source: &str, n: u64) {
+        let row = match self.0.get_mut(source) {
+            Some(r) => r,
+            None => self.0.entry(source.to_string()).or_insert_with(|| TopRow {
+                source: source.to_string(),
+                bad_recipients: 0,
+                refused_connections: 0,
+            }),
+        };
+        match metric {
+            Metric::BadRecipients => row.bad_recipients += n,
+            Metric::RefusedConnections => row.refused_connections += n,
+        }
+    }
+
+    /// The best `limit` by `by`.
+    pub fn top(self, by: Metric, limit: usize) -> Vec<TopRow> {
+        let mut rows: Vec<TopRow> = self.0.into_values().collect();
+        rank(&mut rows, by, limit);
+        rows
     }
 }
 
@@ -258,6 +325,13 @@ mod tests {
             }
         );
         assert_eq!(Buckets::for_window(HOUR_MS).count, 60);
+        // 5 whole minutes and the current one.
+        assert_eq!(
+            Buckets::for_window(5 * MINUTE_MS).range(10 * MINUTE_MS + 7),
+            5..=10
+        );
+        assert_eq!(Buckets::per_bucket(500, 10_000), 2000);
+        assert_eq!(Buckets::per_bucket(5000, 10_000), 10_000);
         let day = Buckets::for_window(24 * HOUR_MS + 1);
         assert_eq!((day.width_ms, day.count), (HOUR_MS, 25));
         assert_eq!(Buckets::for_window(u64::MAX).window_ms(), MAX_WINDOW_MS);

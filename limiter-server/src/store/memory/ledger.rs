@@ -9,7 +9,7 @@ use super::{MemoryStore, lock};
 use crate::source::{Level, Source};
 use crate::store::ledger::{
     AdminBlock, AutoBan, Batch, HOUR_BUCKETS_KEEP_MS, HOUR_MS, Inspection, Ledger,
-    MINUTE_BUCKETS_KEEP_MS, MINUTE_MS, Metric, Standing, TopQuery, TopRow, rank,
+    MINUTE_BUCKETS_KEEP_MS, MINUTE_MS, Merge, Metric, Standing, TopQuery, TopRow,
 };
 use crate::store::{PerLevel, StoreError};
 
@@ -94,32 +94,23 @@ impl Ledger for MemoryStore {
     async fn top(&self, q: &TopQuery) -> Result<Vec<TopRow>, StoreError> {
         let now = self.clock.now_ms();
         let width = q.buckets.width_ms;
-        let last = now / width;
-        let first = last + 1 - q.buckets.count.min(last + 1);
         let l = lock(&self.ledger);
-        let mut merged: HashMap<&str, TopRow> = HashMap::new();
+        let mut merged = Merge::default();
         for metric in [Metric::BadRecipients, Metric::RefusedConnections] {
-            for n in first..=last {
+            for n in q.buckets.range(now) {
                 let Some(b) = l.buckets.get(&(metric.code(q.level), width, n)) else {
                     continue;
                 };
-                for (source, count) in b {
-                    let row = merged.entry(source).or_insert_with(|| TopRow {
-                        source: source.clone(),
-                        bad_recipients: 0,
-                        refused_connections: 0,
-                    });
-                    match metric {
-                        Metric::BadRecipients => row.bad_recipients += count,
-                        Metric::RefusedConnections => row.refused_connections += count,
-                    }
+                // The bucket's largest entries, as the Redis store reads them.
+                let mut entries: Vec<(&String, &u64)> = b.iter().collect();
+                entries.sort_unstable_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+                for (source, count) in entries.into_iter().take(q.per_bucket as usize) {
+                    merged.add(metric, source, *count);
                 }
             }
         }
-        let mut rows: Vec<TopRow> = merged.into_values().collect();
         drop(l);
-        rank(&mut rows, q.rank, q.limit as usize);
-        Ok(rows)
+        Ok(merged.top(q.rank, q.limit as usize))
     }
 
     async fn inspect(
@@ -198,7 +189,7 @@ impl Ledger for MemoryStore {
         Ok(had)
     }
 
-    async fn standing(&self, node_ttl_ms: u64) -> Result<Standing, StoreError> {
+    async fn standing(&self, node_ttl_ms: u64, list_bans: bool) -> Result<Standing, StoreError> {
         let now = self.clock.now_ms();
         let mut l = lock(&self.ledger);
         l.blocks.retain(|_, (until, _)| *until > now);
@@ -215,9 +206,11 @@ impl Ledger for MemoryStore {
                     expires_in_ms: until - now,
                 })
                 .collect(),
+            ban_count: l.bans.len() as u64,
             bans: l
                 .bans
                 .iter()
+                .filter(|_| list_bans)
                 .map(|((level, source), until)| AutoBan {
                     level: *level,
                     source: source.clone(),

@@ -2,8 +2,6 @@
 //! a cluster); they are written by one flush per limiter per second, never by a
 //! decision.
 
-use std::collections::HashMap;
-
 use ipnet::IpNet;
 use redis::Script;
 
@@ -12,7 +10,7 @@ use super::{Conn, RedisStore};
 use crate::source::{Level, Source};
 use crate::store::ledger::{
     AdminBlock, AutoBan, Batch, HOUR_BUCKETS_KEEP_MS, HOUR_MS, Inspection, Ledger,
-    MINUTE_BUCKETS_KEEP_MS, Metric, Standing, TopQuery, TopRow, rank,
+    MINUTE_BUCKETS_KEEP_MS, MINUTE_MS, Merge, Metric, NODE_KEEP_MS, Standing, TopQuery, TopRow,
 };
 use crate::store::{PerLevel, SEP, StoreError};
 
@@ -25,6 +23,16 @@ pub(super) struct Scripts {
 }
 
 impl Scripts {
+    pub(super) fn all(&self) -> [&Script; 5] {
+        [
+            &self.record,
+            &self.inspect,
+            &self.block,
+            &self.unban,
+            &self.standing,
+        ]
+    }
+
     pub(super) fn new() -> Scripts {
         Scripts {
             record: Script::new(include_str!("scripts/record.lua")),
@@ -61,11 +69,6 @@ fn parse_ban_member(m: &str) -> Option<(Level, &str)> {
     ))
 }
 
-/// Node entries outlive their last heartbeat by this much at most.
-fn node_keep_ms(node_ttl_ms: u64) -> u64 {
-    node_ttl_ms.max(60_000)
-}
-
 impl RedisStore {
     fn ledger_key(&self, name: &str) -> String {
         format!("{}:{{adm}}:{name}", self.prefix)
@@ -92,22 +95,32 @@ impl RedisStore {
 
 impl Ledger for RedisStore {
     async fn record(&self, batch: &Batch, keep: u32) -> Result<(), StoreError> {
-        let base = self.ledger_key("");
-        let bans_key = self.ledger_key("bans");
+        // Bucket numbers from the ledger shard's clock, named in KEYS as Redis Cluster
+        // wants (a flush that crosses a minute lands in the one before: harmless).
+        let now = self.store_time_ms().await?;
+        let (minute, hour) = (now / MINUTE_MS, now / HOUR_MS);
+        let mut keys = vec![self.ledger_key("bans"), self.ledger_key("leases")];
+        for (metric, level) in Metric::LISTS {
+            let code = metric.code(level);
+            keys.push(self.ledger_key(&format!("t:{code}:m:{minute}")));
+            keys.push(self.ledger_key(&format!("t:{code}:h:{hour}")));
+        }
         let counts = batch.counts.chunks(CHUNK);
         let n_chunks = counts.len().max(1);
         let mut counts = counts;
         for i in 0..n_chunks {
-            let mut inv = self.ledger_scripts.record.key(&bans_key);
-            inv.arg(&base)
-                .arg(keep)
+            let mut inv = self.ledger_scripts.record.prepare_invoke();
+            for k in &keys {
+                inv.key(k);
+            }
+            inv.arg(keep)
                 .arg(MINUTE_BUCKETS_KEEP_MS)
                 .arg(HOUR_BUCKETS_KEEP_MS)
-                .arg(HOUR_MS);
+                .arg(NODE_KEEP_MS);
             let chunk = counts.next().unwrap_or(&[]);
             inv.arg(chunk.len());
             for (metric, lvl, source, count) in chunk {
-                inv.arg(metric.code(*lvl)).arg(source).arg(*count);
+                inv.arg(metric.list(*lvl)).arg(source).arg(*count);
             }
             // Bans and leases go with the first call.
             let (bans, leases) = if i == 0 {
@@ -135,43 +148,31 @@ impl Ledger for RedisStore {
         } else {
             "m"
         };
-        let last = now / q.buckets.width_ms;
-        let first = last + 1 - q.buckets.count.min(last + 1);
+        let range = q.buckets.range(now);
         let metrics = [Metric::BadRecipients, Metric::RefusedConnections];
-        // Whole buckets (each at most `keep` entries), merged here: many short reads
-        // keep Redis free for decisions, where one big ZUNION would hold it.
+        // The largest entries of each bucket, merged here: many short reads keep Redis
+        // free for decisions, where one big ZUNION would hold it.
         let mut pipe = redis::pipe();
         for m in metrics {
-            for b in first..=last {
+            for b in range.clone() {
                 pipe.cmd("ZRANGE")
                     .arg(self.ledger_key(&format!("t:{}:{g}:{b}", m.code(q.level))))
                     .arg(0)
-                    .arg(-1)
+                    .arg(q.per_bucket.max(1) - 1)
+                    .arg("REV")
                     .arg("WITHSCORES");
             }
         }
         let buckets: Vec<Vec<(String, f64)>> = self.query(&pipe).await?;
-        let per_metric = (last - first + 1) as usize;
-        let mut merged: HashMap<String, TopRow> = HashMap::new();
+        let per_metric = range.count();
+        let mut merged = Merge::default();
         for (i, bucket) in buckets.into_iter().enumerate() {
-            let bad = i < per_metric;
+            let metric = metrics[usize::from(i >= per_metric)];
             for (source, score) in bucket {
-                let row = merged.entry(source).or_insert_with_key(|s| TopRow {
-                    source: s.clone(),
-                    bad_recipients: 0,
-                    refused_connections: 0,
-                });
-                let n = score.max(0.0) as u64;
-                if bad {
-                    row.bad_recipients += n;
-                } else {
-                    row.refused_connections += n;
-                }
+                merged.add(metric, &source, score.max(0.0) as u64);
             }
         }
-        let mut rows: Vec<TopRow> = merged.into_values().collect();
-        rank(&mut rows, q.rank, q.limit as usize);
-        Ok(rows)
+        Ok(merged.top(q.rank, q.limit as usize))
     }
 
     async fn inspect(
@@ -260,12 +261,13 @@ impl Ledger for RedisStore {
         Ok(had == 1)
     }
 
-    async fn standing(&self, node_ttl_ms: u64) -> Result<Standing, StoreError> {
+    async fn standing(&self, node_ttl_ms: u64, list_bans: bool) -> Result<Standing, StoreError> {
         let mut inv = self.ledger_scripts.standing.key(self.ledger_key("blocks"));
         inv.key(self.ledger_key("bans"))
             .key(self.ledger_key("leases"))
-            .arg(node_keep_ms(node_ttl_ms));
-        let (blocks, bans, live): (Vec<redis::Value>, Vec<redis::Value>, i64) =
+            .arg(node_ttl_ms.max(MINUTE_MS))
+            .arg(if list_bans { "1" } else { "0" });
+        let (blocks, bans, live, ban_count): (Vec<redis::Value>, Vec<redis::Value>, i64, i64) =
             self.invoke(&inv).await?;
         let text = |v: &redis::Value| {
             <String as redis::FromRedisValue>::from_redis_value_ref(v).unwrap_or_default()
@@ -277,6 +279,7 @@ impl Ledger for RedisStore {
         };
         let mut out = Standing {
             leases_live: live.max(0) as u64,
+            ban_count: ban_count.max(0) as u64,
             ..Default::default()
         };
         for b in blocks.chunks_exact(3) {

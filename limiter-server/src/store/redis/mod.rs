@@ -265,7 +265,12 @@ impl RedisStore {
             registered: Registered::default(),
         };
         store.check_version().await?;
-        for s in store.scripts.all() {
+        for s in store
+            .scripts
+            .all()
+            .into_iter()
+            .chain(store.ledger_scripts.all())
+        {
             // On a cluster SCRIPT LOAD goes to every primary; later NOSCRIPT (a
             // failover, a flush) is healed by the invocation itself.
             match store.conn.clone() {

@@ -1,8 +1,8 @@
 -- standing: operator blocks, automatic bans and live leases in force; drops what
 -- has expired.
 -- KEYS: 1 blocks hash  2 bans index  3 node leases hash
--- ARGV: 1 node entries kept ms
--- Returns {{target, ms left, reason ...}, {member, ms left ...}, live leases}
+-- ARGV: 1 node entries kept ms  2 list the bans (1) or only count them (0)
+-- Returns {{target, ms left, reason ...}, {member, ms left ...}, live leases, bans}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local blocks = {}
@@ -19,10 +19,12 @@ for i = 1, #all, 2 do
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local bans = {}
-local b = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-for i = 1, #b, 2 do
-  table.insert(bans, b[i])
-  table.insert(bans, tonumber(b[i + 1]) - now)
+if ARGV[2] == '1' then
+  local b = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  for i = 1, #b, 2 do
+    table.insert(bans, b[i])
+    table.insert(bans, tonumber(b[i + 1]) - now)
+  end
 end
 local live = 0
 local nodes = redis.call('HGETALL', KEYS[3])
@@ -35,4 +37,4 @@ for i = 1, #nodes, 2 do
     redis.call('HDEL', KEYS[3], nodes[i])
   end
 end
-return {blocks, bans, live}
+return {blocks, bans, live, redis.call('ZCARD', KEYS[2])}
