@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -51,16 +52,27 @@ fn later(now: Instant, ms: u64) -> Instant {
         .unwrap_or(now)
 }
 
+/// The table, and whether it holds anything: with no block in force (the usual case)
+/// a decision pays one atomic load, not an `ArcSwap` guard.
 #[derive(Default)]
-pub struct BlockTable(ArcSwap<Table>);
+pub struct BlockTable {
+    table: ArcSwap<Table>,
+    any: AtomicBool,
+}
 
 impl BlockTable {
+    /// Whether any block is held (in force or just expired).
+    #[inline]
+    pub fn any(&self) -> bool {
+        self.any.load(Ordering::Relaxed)
+    }
+
     /// The most specific block in force on `ip`.
     pub fn check(&self, ip: IpAddr) -> Option<Block> {
-        let t = self.0.load();
-        if t.by_net.is_empty() {
+        if !self.any() {
             return None;
         }
+        let t = self.table.load();
         let now = Instant::now();
         let lens = match ip {
             IpAddr::V4(_) => &t.v4_lens,
@@ -76,7 +88,7 @@ impl BlockTable {
     pub fn covering(&self, ip: IpAddr) -> Vec<Block> {
         let now = Instant::now();
         let mut v: Vec<Block> = self
-            .0
+            .table
             .load()
             .by_net
             .values()
@@ -90,18 +102,23 @@ impl BlockTable {
     /// Replaces the table with the ledger's.
     pub fn replace(&self, blocks: &[AdminBlock]) {
         let now = Instant::now();
-        self.0
-            .store(Arc::new(Table::new(blocks.iter().map(|b| Block {
-                target: b.target,
-                reason: b.reason.clone(),
-                until: later(now, b.expires_in_ms),
-            }))));
+        self.set(Table::new(blocks.iter().map(|b| Block {
+            target: b.target,
+            reason: b.reason.clone(),
+            until: later(now, b.expires_in_ms),
+        })));
+    }
+
+    fn set(&self, t: Table) {
+        let any = !t.by_net.is_empty();
+        self.table.store(Arc::new(t));
+        self.any.store(any, Ordering::Relaxed);
     }
 
     /// Adds or removes one block at once (the ledger already has the change).
     pub fn update(&self, target: IpNet, block: Option<(Duration, &str)>) {
         let now = Instant::now();
-        let old = self.0.load();
+        let old = self.table.load();
         let mut blocks: Vec<Block> = old
             .by_net
             .values()
@@ -115,7 +132,7 @@ impl BlockTable {
                 until: now.checked_add(ttl).unwrap_or_else(|| later(now, u64::MAX)),
             });
         }
-        self.0.store(Arc::new(Table::new(blocks)));
+        self.set(Table::new(blocks));
     }
 }
 

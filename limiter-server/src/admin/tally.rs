@@ -19,7 +19,11 @@ pub const MAX_PENDING: usize = 100_000;
 
 #[derive(Default)]
 struct Pending {
-    counts: HashMap<(Metric, Level, String), u64>,
+    /// Per top list (`Metric::LISTS`), source -> count: looked up by `&str`, so that
+    /// a source already counted costs no allocation.
+    counts: [HashMap<Box<str>, u64>; 4],
+    /// Distinct sources in `counts`, all lists together.
+    distinct: usize,
     bans: Vec<(Level, String, u64)>,
     leases: HashMap<String, u64>,
 }
@@ -52,12 +56,13 @@ impl Tally {
             // The tag is `n4:<network>`: its text without an allocation.
             (Level::Network, &source.tag[3..]),
         ] {
-            // Looked up first: no allocation for a source already counted.
-            let key = (metric, level, text.to_string());
-            if let Some(n) = p.counts.get_mut(&key) {
+            let room = p.distinct < MAX_PENDING;
+            let list = &mut p.counts[metric.list(level)];
+            if let Some(n) = list.get_mut(text) {
                 *n += 1;
-            } else if p.counts.len() < MAX_PENDING {
-                p.counts.insert(key, 1);
+            } else if room {
+                list.insert(text.into(), 1);
+                p.distinct += 1;
             } else {
                 counter!(TALLY_DROPPED).increment(1);
             }
@@ -93,12 +98,15 @@ impl Tally {
     /// Everything counted since the last call.
     pub fn take(&self) -> Batch {
         let p = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut counts = Vec::with_capacity(p.distinct);
+        for ((metric, level), list) in Metric::LISTS.into_iter().zip(p.counts) {
+            counts.extend(
+                list.into_iter()
+                    .map(|(source, n)| (metric, level, String::from(source), n)),
+            );
+        }
         Batch {
-            counts: p
-                .counts
-                .into_iter()
-                .map(|((m, l, s), n)| (m, l, s, n))
-                .collect(),
+            counts,
             bans: p.bans,
             leases: p.leases.into_iter().collect(),
         }

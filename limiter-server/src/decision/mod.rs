@@ -104,6 +104,30 @@ impl<S: Store> Engine<S> {
         &self.tally
     }
 
+    /// An operator's block on `ip`, as its verdict. The check is one atomic load when
+    /// no block is in force; the rest stays out of the decisions' code.
+    fn blocked(&self, ip: IpAddr, reply: crate::policy::settings::BanReply) -> Option<Verdict> {
+        if !self.blocks.any() {
+            return None;
+        }
+        self.blocked_slow(ip, reply)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn blocked_slow(
+        &self,
+        ip: IpAddr,
+        reply: crate::policy::settings::BanReply,
+    ) -> Option<Verdict> {
+        let b = self.blocks.check(ip)?;
+        Some(verdict::blocked(
+            reply,
+            &verdict::block_rule(&b.target),
+            &b.reason,
+        ))
+    }
+
     /// The name host and domain rules match for `ip` (for `Explain`).
     pub async fn name_for(
         &self,
@@ -147,12 +171,7 @@ impl<S: Store> Engine<S> {
         };
 
         // 1. An operator's block beats everything, access file included.
-        if let Some(b) = self.blocks.check(source.ip) {
-            let v = verdict::blocked(
-                s.bad_rcpt.ban_reply,
-                &verdict::block_rule(&b.target),
-                &b.reason,
-            );
+        if let Some(v) = self.blocked(source.ip, s.bad_rcpt.ban_reply) {
             // Blocks bite in shadow mode too: they are no automatic decision.
             let r = ConnectReply {
                 verdict: Some(v),
@@ -220,12 +239,7 @@ impl<S: Store> Engine<S> {
         let rules = policy.client_rules(&source, name.as_deref());
 
         // 1. An operator's block closes the session.
-        if let Some(b) = self.blocks.check(source.ip) {
-            let v = verdict::blocked(
-                crate::policy::settings::BanReply::Tempfail,
-                &verdict::block_rule(&b.target),
-                &b.reason,
-            );
+        if let Some(v) = self.blocked(source.ip, crate::policy::settings::BanReply::Tempfail) {
             log_refusal("recipient", req.node, &source, Some(&v));
             return Ok(RecipientReply { verdict: Some(v) });
         }
@@ -314,12 +328,7 @@ impl<S: Store> Engine<S> {
         let source = policy.source(ip);
         let name = self.client_name(&policy, ip, client_name).await;
         let rules = policy.client_rules(&source, name.as_deref());
-        if let Some(b) = self.blocks.check(source.ip) {
-            let v = verdict::blocked(
-                s.bad_rcpt.ban_reply,
-                &verdict::block_rule(&b.target),
-                &b.reason,
-            );
+        if let Some(v) = self.blocked(ip, s.bad_rcpt.ban_reply) {
             return Ok(LookupReply { verdict: Some(v) });
         }
         let v = match access_verdict(&rules) {
