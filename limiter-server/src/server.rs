@@ -117,6 +117,9 @@ pub async fn serve<S: Store + Ledger>(
         })
     };
 
+    // Counting starts before the first call is served, not when the keeper's task
+    // first runs.
+    engine.tally().enable();
     let (keeper_stop, keeper_stopped) = tokio::sync::oneshot::channel::<()>();
     let keeper = tokio::spawn(keeper(engine.clone(), options.keeper, async move {
         let _ = keeper_stopped.await;
