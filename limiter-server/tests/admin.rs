@@ -12,7 +12,6 @@ use limiter_server::admin::auth::{AdminAuth, AuthConfig};
 use limiter_server::policy::reload::PolicyHandle;
 use limiter_server::server::ServeOptions;
 use limiter_server::store::memory::{MemoryConfig, MemoryStore};
-use limiter_server::store::redis::{RedisConfig, RedisStore};
 use limiter_server::tls::{ServerTls, TlsFiles};
 use mxlimit_proto::v1::admin_client::AdminClient;
 use mxlimit_proto::v1::{
@@ -44,41 +43,8 @@ fn options(token: Option<&str>) -> ServeOptions {
 }
 
 /// Two instances over one store, each with the admin token.
-async fn two(backend: Backend, toml: &str, access: &str) -> (Vec<Limiter>, Keep) {
-    let policy = Arc::new(PolicyHandle::fixed(policy(toml, access)));
-    let at = "127.0.0.1:0".parse().unwrap();
-    match backend {
-        Backend::Memory => {
-            let store = Arc::new(MemoryStore::new(MemoryConfig::default()));
-            let a =
-                Limiter::start_with(store.clone(), policy.clone(), at, options(Some(TOKEN))).await;
-            let b = Limiter::start_with(store, policy, at, options(Some(TOKEN))).await;
-            (vec![a, b], Keep::None)
-        }
-        Backend::Redis | Backend::Cluster => {
-            let (urls, keep) = if backend == Backend::Redis {
-                let r = RedisServer::start();
-                (vec![r.url()], Keep::Redis(r))
-            } else {
-                let c = RedisCluster::start(3);
-                (c.urls(), Keep::Cluster(c))
-            };
-            let config = RedisConfig::new(urls);
-            let a = RedisStore::connect(&config).await.unwrap();
-            let b = RedisStore::connect(&config).await.unwrap();
-            let a = Limiter::start_with(a, policy.clone(), at, options(Some(TOKEN))).await;
-            let b = Limiter::start_with(b, policy, at, options(Some(TOKEN))).await;
-            (vec![a, b], keep)
-        }
-    }
-}
-
-/// Keeps the Redis servers alive for the test.
-#[allow(dead_code)]
-enum Keep {
-    None,
-    Redis(RedisServer),
-    Cluster(RedisCluster),
+async fn two(backend: Backend, toml: &str, access: &str) -> Pair {
+    Pair::start_with(backend, policy(toml, access), || options(Some(TOKEN))).await
 }
 
 async fn admin(l: &Limiter) -> AdminClient<Channel> {
@@ -128,7 +94,8 @@ const ATTACK_POLICY: &str = "[bad_rcpt]\nblock_after = 0\nnetwork_block_after = 
                              [client_rate]\naddress = 2\nnetwork = 0\nwindow = \"1h\"\n";
 
 async fn top_lists_after_an_attack_across_two_instances(backend: Backend) {
-    let (ls, _keep) = two(backend, ATTACK_POLICY, "").await;
+    let p = two(backend, ATTACK_POLICY, "").await;
+    let ls = &p.limiters;
     let mut c = [ls[0].client().await, ls[1].client().await];
     // 198.51.100.1..5 send 5, 4, 3, 2, 1 bad recipients; 203.0.113.9 sends 12;
     // every other call goes to the other instance.
@@ -205,7 +172,8 @@ async fn top_lists_in_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_list_requests_out_of_range_are_refused() {
-    let (ls, _keep) = two(Backend::Memory, "", "").await;
+    let p = two(Backend::Memory, "", "").await;
+    let ls = &p.limiters;
     let mut a = admin(&ls[0]).await;
     for (window_ms, limit) in [(8 * 86_400_000, 10), (3_600_000, 10_001)] {
         let e = a
@@ -236,7 +204,8 @@ async fn explain(l: &Limiter, ip: &str) -> ExplainReply {
 async fn explain_shows_rules_counters_bans_and_the_verdict_without_counting() {
     let toml = "[bad_rcpt]\nblock_after = 3\nnetwork_block_after = 0\ntarpit_after = 0\nnetwork_tarpit_after = 0\nblock_for = \"10m\"\n\
                 [client_rate]\naddress = 5\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 3\n";
-    let (ls, _keep) = two(Backend::Redis, toml, "ClientRate:198.51.100 2\n").await;
+    let p = two(Backend::Redis, toml, "ClientRate:198.51.100 2\n").await;
+    let ls = &p.limiters;
     let mut c = ls[0].client().await;
     for i in 0..2 {
         assert_eq!(
@@ -333,7 +302,8 @@ async fn lookup_reason(
 
 async fn a_block_on_one_instance_is_enforced_by_the_other(backend: Backend) {
     let toml = "[bad_rcpt]\nblock_after = 2\nnetwork_block_after = 0\ntarpit_after = 0\nnetwork_tarpit_after = 0\n";
-    let (ls, _keep) = two(backend, toml, "").await;
+    let p = two(backend, toml, "").await;
+    let ls = &p.limiters;
     let mut a = admin(&ls[0]).await;
     let mut b_lim = ls[1].client().await;
     assert_eq!(
@@ -444,7 +414,8 @@ async fn a_block_on_one_instance_is_enforced_by_the_other_on_redis_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocks_with_bad_targets_or_reasons_are_refused() {
-    let (ls, _keep) = two(Backend::Memory, "", "").await;
+    let p = two(Backend::Memory, "", "").await;
+    let ls = &p.limiters;
     let mut a = admin(&ls[0]).await;
     for (target, reason) in [
         ("0.0.0.0/0", ""),
@@ -465,7 +436,8 @@ async fn blocks_with_bad_targets_or_reasons_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_and_wrongly_authenticated_admin_calls_are_refused_on_the_limiter_port() {
-    let (ls, _keep) = two(Backend::Memory, "", "").await;
+    let p = two(Backend::Memory, "", "").await;
+    let ls = &p.limiters;
     let mut a = admin(&ls[0]).await;
     let e = a.list_blocks(ListBlocksRequest {}).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
@@ -575,7 +547,8 @@ async fn an_admin_client_certificate_is_an_admin_and_an_agent_certificate_is_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_bans_are_listed_until_they_expire() {
     let toml = "[bad_rcpt]\nblock_after = 1\nnetwork_block_after = 0\ntarpit_after = 0\nnetwork_tarpit_after = 0\nblock_for = \"1s\"\n";
-    let (ls, _keep) = two(Backend::Redis, toml, "").await;
+    let p = two(Backend::Redis, toml, "").await;
+    let ls = &p.limiters;
     let mut c = ls[0].client().await;
     bad_rcpt(&mut c, "mx1", "s0", "203.0.113.1", "a@x").await;
     bad_rcpt(&mut c, "mx1", "s0", "203.0.113.1", "b@x").await;
@@ -615,12 +588,13 @@ async fn automatic_bans_are_listed_until_they_expire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_blocks_bite_in_shadow_mode_where_automatic_limits_only_report() {
-    let (ls, _keep) = two(
+    let p = two(
         Backend::Memory,
         "shadow = true\n[client_rate]\naddress = 1\nnetwork = 0\n",
         "",
     )
     .await;
+    let ls = &p.limiters;
     let mut c = ls[0].client().await;
     connect(&mut c, "mx1", "s0", "192.0.2.1").await;
     let over = connect(&mut c, "mx1", "s1", "192.0.2.1").await;
@@ -645,4 +619,54 @@ async fn operator_blocks_bite_in_shadow_mode_where_automatic_limits_only_report(
     let e = explain(&ls[0], "192.0.2.1").await;
     assert_eq!(e.connect.unwrap().reason, "blocked");
     assert!(e.shadow);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_list_buckets_stay_bounded_however_many_sources_attack() {
+    let keep = 100;
+    let p = Pair::start_with(Backend::Redis, policy(ATTACK_POLICY, ""), || ServeOptions {
+        keeper: KeeperOptions {
+            every: Duration::from_millis(50),
+            keep,
+        },
+        ..options(Some(TOKEN))
+    })
+    .await;
+    let mut c = p.limiters[0].client().await;
+    // 300 addresses, one bad recipient each, then 5 more from one of them.
+    for i in 0..300u32 {
+        let ip = format!("2001:db8:{:x}::1", i + 1);
+        bad_rcpt(&mut c, "mx1", &format!("s{i}"), &ip, "x@y").await;
+    }
+    for i in 0..5 {
+        bad_rcpt(&mut c, "mx1", "heavy", "2001:db8:7::1", &format!("h{i}@y")).await;
+    }
+    let redis = p.redis.as_ref().unwrap();
+    let buckets = || -> Vec<String> {
+        redis
+            .cmd(&["KEYS", "mxl:{adm}:t:ba:*"])
+            .lines()
+            .filter(|k| !k.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    // The heavy hitter's first count may fall to the trimming (one among 300 equal
+    // counts); its later five come when it is the largest: it ends on top with 5 or 6.
+    let top = eventually("the heavy hitter on top", || async {
+        let t = top(&p.limiters[1], GroupBy::Address, RankBy::BadRecipients).await;
+        (t.first()
+            .is_some_and(|r| r.0 == "2001:db8:7::1" && (5..=6).contains(&r.1)))
+        .then_some(t)
+    })
+    .await;
+    assert_eq!(top.len(), 10);
+    assert!(!buckets().is_empty());
+    for k in buckets() {
+        let n: u32 = redis
+            .cmd(&["ZCARD", &k])
+            .trim_start_matches(':')
+            .parse()
+            .unwrap();
+        assert!(n <= keep, "{k} holds {n} sources, more than {keep}");
+    }
 }

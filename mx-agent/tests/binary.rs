@@ -1,5 +1,7 @@
 //! The `mx-agent` binary as an operator runs it.
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use testkit::prom::{sample, scrape};
@@ -105,27 +107,6 @@ fn it_serves_until_sigterm() {
     }
 }
 
-fn start_agent(node: &str, milter_port: u16, limiter: std::net::SocketAddr) -> std::process::Child {
-    let child = Command::new(BIN)
-        .args([
-            "--node",
-            node,
-            "--milter",
-            &format!("inet:127.0.0.1:{milter_port}"),
-            "--limiter",
-            &format!("http://{limiter}"),
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", milter_port)).is_err() {
-        assert!(Instant::now() < deadline, "the milter never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
-
 /// An agent that crashed leaves its sessions' leases behind; when it comes back (a new
 /// epoch) its first heartbeat frees them at once, not after their TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,11 +122,9 @@ async fn a_restarted_agent_frees_the_leases_its_previous_run_left() {
         )),
     )
     .await;
-    let port = testkit::free_port();
-    let mut first = start_agent("mx-restart", port, lim.addr);
-    let mut c = testkit::milter::MilterClient::open(format!("127.0.0.1:{port}").parse().unwrap())
-        .await
-        .unwrap();
+    let limiter = format!("http://{}", lim.addr);
+    let (mut first, milter) = common::spawn_agent("mx-restart", &limiter, &[], &[]);
+    let mut c = testkit::milter::MilterClient::open(milter).await.unwrap();
     assert_eq!(
         c.connect("unknown", "10.9.6.1".parse().unwrap(), &[])
             .await
@@ -175,7 +154,7 @@ async fn a_restarted_agent_frees_the_leases_its_previous_run_left() {
         "the dead agent's lease still holds"
     );
     // The agent starts again: same node, new epoch.
-    let mut second = start_agent("mx-restart", port, lim.addr);
+    let (mut second, _) = common::spawn_agent("mx-restart", &limiter, &[], &[]);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let v = direct
@@ -200,30 +179,14 @@ async fn a_restarted_agent_frees_the_leases_its_previous_run_left() {
 
 /// An agent binary with metrics on a free port; returns it, its milter and metrics addresses.
 async fn agent_with_metrics(limiter: &str) -> (std::process::Child, std::net::SocketAddr, String) {
-    let milter_port = testkit::free_port();
     let metrics = format!("127.0.0.1:{}", testkit::free_port());
-    let child = Command::new(BIN)
-        .args([
-            "--node",
-            "mx1",
-            "--milter",
-            &format!("inet:127.0.0.1:{milter_port}"),
-        ])
-        .args(["--limiter", limiter, "--deadline", "500ms"])
-        .args(["--metrics-listen", &metrics])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", milter_port)).is_err() {
-        assert!(Instant::now() < deadline, "the milter never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (
-        child,
-        format!("127.0.0.1:{milter_port}").parse().unwrap(),
-        metrics,
-    )
+    let (child, milter) = common::spawn_agent(
+        "mx1",
+        limiter,
+        &["--deadline", "500ms", "--metrics-listen", &metrics],
+        &[],
+    );
+    (child, milter, metrics)
 }
 
 async fn milter_connect(milter: std::net::SocketAddr, ip: &str) -> testkit::milter::Reply {

@@ -2,7 +2,8 @@
 //! and the limiter's span for each call is a child of the agent's span for it. The
 //! spans are received by a real OTLP/gRPC receiver started here.
 
-use std::process::{Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,12 +12,10 @@ use limiter_server::store::memory::MemoryStore;
 use testkit::milter::{MilterClient, Reply};
 use testkit::otlp::{Receiver, Span};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mx-agent");
-
 fn one<'a>(spans: &'a [Span], service: &str, name: &str, kind: &str) -> Option<&'a Span> {
-    spans.iter().find(|s| {
-        s.service == service && s.name == name && s.attr("span.kind").is_none_or(|k| k == kind)
-    })
+    spans
+        .iter()
+        .find(|s| s.service == service && s.name == name && s.kind == kind)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,35 +30,19 @@ async fn one_smtp_session_is_one_trace_from_the_agent_to_the_limiter() {
         Arc::new(PolicyHandle::fixed(testkit::policy("", ""))),
     )
     .await;
-    let milter_port = testkit::free_port();
-    let mut agent = Command::new(BIN)
-        .args([
-            "--node",
-            "mx1",
-            "--milter",
-            &format!("inet:127.0.0.1:{milter_port}"),
-        ])
-        .args([
-            "--limiter",
-            &format!("http://{}", lim.addr),
-            "--deadline",
-            "2s",
-        ])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint())
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env_remove("OTEL_SERVICE_NAME")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", milter_port)).is_err() {
-        assert!(Instant::now() < deadline, "the milter never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let limiter = format!("http://{}", lim.addr);
+    let endpoint = otlp.endpoint();
+    let (mut agent, milter) = common::spawn_agent(
+        "mx1",
+        &limiter,
+        &["--deadline", "2s"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
 
-    let mut c = MilterClient::open(format!("127.0.0.1:{milter_port}").parse().unwrap())
-        .await
-        .unwrap();
+    let mut c = MilterClient::open(milter).await.unwrap();
     assert_eq!(
         c.connect("unknown", "192.0.2.7".parse().unwrap(), &[])
             .await
@@ -96,13 +79,9 @@ async fn one_smtp_session_is_one_trace_from_the_agent_to_the_limiter() {
     assert_eq!(session.attr("node"), Some("mx1"));
     for rpc in ["Connect", "Recipient", "Disconnect"] {
         let name = format!("mxlimit.v1.Limiter/{rpc}");
-        let call = spans
-            .iter()
-            .find(|s| s.service == "mx-agent" && s.name == name)
+        let call = one(&spans, "mx-agent", &name, "client")
             .unwrap_or_else(|| panic!("no agent span for {rpc}: {spans:#?}"));
-        let served = spans
-            .iter()
-            .find(|s| s.service == "limiter-server" && s.name == name)
+        let served = one(&spans, "limiter-server", &name, "server")
             .unwrap_or_else(|| panic!("no limiter span for {rpc}: {spans:#?}"));
         // One trace: the session, the agent's call in it, the limiter's work under that.
         assert_eq!(call.trace_id, session.trace_id, "{rpc}");

@@ -18,6 +18,8 @@ use tonic::{Request, Response, Status};
 pub struct Span {
     pub service: String,
     pub name: String,
+    /// `internal`, `server`, `client`, `producer`, `consumer` or `unspecified`.
+    pub kind: &'static str,
     pub trace_id: Vec<u8>,
     pub span_id: Vec<u8>,
     pub parent_span_id: Vec<u8>,
@@ -62,6 +64,14 @@ impl TraceService for Sink {
                 for s in ss.spans {
                     out.push(Span {
                         service: service.clone(),
+                        kind: match s.kind {
+                            1 => "internal",
+                            2 => "server",
+                            3 => "client",
+                            4 => "producer",
+                            5 => "consumer",
+                            _ => "unspecified",
+                        },
                         name: s.name,
                         trace_id: s.trace_id,
                         span_id: s.span_id,

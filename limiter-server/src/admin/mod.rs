@@ -71,15 +71,14 @@ pub async fn keep_once<S: Store + Ledger>(engine: &Engine<S>, keep: u32) {
 }
 
 /// Runs `keep_once` every `options.every` until `stop` resolves, then flushes once
-/// more so that a clean shutdown loses no counts.
+/// more so that a clean shutdown loses no counts. The caller enables the engine's
+/// tally before serving (`server::serve` does): an engine without a keeper, as the
+/// agent's local fallback, counts nothing.
 pub async fn keeper<S: Store + Ledger>(
     engine: Arc<Engine<S>>,
     options: KeeperOptions,
     stop: impl Future<Output = ()>,
 ) {
-    // Counting starts now that someone empties the tally (an engine without a keeper,
-    // as the agent's local fallback, counts nothing).
-    engine.tally().enable();
     let mut stop = std::pin::pin!(stop);
     let mut tick = tokio::time::interval(options.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

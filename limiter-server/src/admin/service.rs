@@ -268,7 +268,7 @@ impl<S: Store + Ledger> AdminService<S> {
         let policy = self.engine.policy().get();
         let s = &policy.settings;
         let source = policy.source(ip);
-        let name = self.engine.name_for(&policy, ip, given).await;
+        let name = self.engine.client_name(&policy, ip, given).await;
         let rules = policy.client_rules(&source, name.as_deref());
         let i = self
             .engine

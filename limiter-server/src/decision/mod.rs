@@ -128,19 +128,9 @@ impl<S: Store> Engine<S> {
         ))
     }
 
-    /// The name host and domain rules match for `ip` (for `Explain`).
-    pub async fn name_for(
-        &self,
-        policy: &Policy,
-        ip: IpAddr,
-        given: Option<&str>,
-    ) -> Option<Arc<str>> {
-        self.client_name(policy, ip, given).await
-    }
-
     /// The name host and domain rules match: the caller's, else (only when such rules
     /// exist) the verified reverse name, within the DNS deadline.
-    async fn client_name(
+    pub async fn client_name(
         &self,
         policy: &Policy,
         ip: IpAddr,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use limiter_server::policy::Policy;
 use limiter_server::policy::reload::PolicyHandle;
+use limiter_server::server::ServeOptions;
 use limiter_server::store::memory::{MemoryConfig, MemoryStore};
 use limiter_server::store::redis::{RedisConfig, RedisStore};
 use mxlimit_proto::v1::limiter_client::LimiterClient;
@@ -34,14 +35,24 @@ pub struct Pair {
 
 impl Pair {
     pub async fn start(backend: Backend, policy: Policy) -> Pair {
+        Pair::start_with(backend, policy, ServeOptions::default).await
+    }
+
+    /// With server options of its own for each instance.
+    pub async fn start_with(
+        backend: Backend,
+        policy: Policy,
+        options: impl Fn() -> ServeOptions,
+    ) -> Pair {
+        let at: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
         let policy = Arc::new(PolicyHandle::fixed(policy));
         let (mut redis, mut cluster) = (None, None);
         let limiters = match backend {
             Backend::Memory => {
                 let store = Arc::new(MemoryStore::new(MemoryConfig::default()));
                 vec![
-                    Limiter::start(store.clone(), policy.clone()).await,
-                    Limiter::start(store, policy.clone()).await,
+                    Limiter::start_with(store.clone(), policy.clone(), at, options()).await,
+                    Limiter::start_with(store, policy.clone(), at, options()).await,
                 ]
             }
             Backend::Redis | Backend::Cluster => {
@@ -61,8 +72,8 @@ impl Pair {
                 let s2 = RedisStore::connect(&config).await.expect("redis store");
                 assert_eq!(s1.is_cluster(), backend == Backend::Cluster);
                 vec![
-                    Limiter::start(s1, policy.clone()).await,
-                    Limiter::start(s2, policy.clone()).await,
+                    Limiter::start_with(s1, policy.clone(), at, options()).await,
+                    Limiter::start_with(s2, policy.clone(), at, options()).await,
                 ]
             }
         };

@@ -46,3 +46,38 @@ pub fn tcp(a: &ListenAddr) -> SocketAddr {
         ListenAddr::Unix(p) => panic!("{} is not TCP", p.display()),
     }
 }
+
+/// The mx-agent binary as node `node` with a milter on a free loopback port, asking
+/// `limiter`; `extra` flags and `env` on top. Returns once the milter listens.
+pub fn spawn_agent(
+    node: &str,
+    limiter: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, SocketAddr) {
+    let port = testkit::free_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mx-agent"))
+        .args([
+            "--node",
+            node,
+            "--milter",
+            &format!("inet:127.0.0.1:{port}"),
+        ])
+        .args(["--limiter", limiter])
+        .args(extra)
+        // The service name in traces is the agent's own unless a test sets one.
+        .env_remove("OTEL_SERVICE_NAME")
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the milter never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (child, SocketAddr::from(([127, 0, 0, 1], port)))
+}
