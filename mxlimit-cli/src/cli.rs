@@ -57,7 +57,7 @@ pub struct Cli {
     pub tls_domain: Option<String>,
 
     /// Longest wait for an answer.
-    #[arg(long, global = true, default_value = "10s", value_parser = crate::duration::parse)]
+    #[arg(long, global = true, default_value = "10s", value_parser = mxlimit_proto::duration::parse)]
     pub timeout: Duration,
 
     /// Print JSON (one document) instead of a table.
@@ -97,7 +97,7 @@ pub enum Format {
 #[derive(Debug, clap::Args)]
 pub struct TopArgs {
     /// The window counted (up to 7d), rounded up to whole minutes (up to 1h) or hours.
-    #[arg(long, default_value = "24h", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "24h", value_parser = mxlimit_proto::duration::parse)]
     pub window: Duration,
     #[arg(long, value_enum, default_value = "net")]
     pub by: By,
@@ -138,7 +138,7 @@ pub enum Command {
         /// An address or CIDR network: 206.81.85.0/24, 2001:db8:1:2::/64.
         target: String,
         /// How long.
-        #[arg(long = "for", default_value = "1h", value_parser = crate::duration::parse)]
+        #[arg(long = "for", default_value = "1h", value_parser = mxlimit_proto::duration::parse)]
         duration: Duration,
         /// Why (shown to the sender in the SMTP reply, and in `blocks`).
         #[arg(long, default_value = "")]

@@ -1,43 +1,5 @@
-//! Durations as operators write them: `90s`, `15m`, `24h`, `7d`, `1h30m`.
-
-use std::time::Duration;
-
-pub fn parse(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if t.is_empty() {
-        return Err("empty duration".into());
-    }
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1_000,
-            'm' => 60_000,
-            'h' => 3_600_000,
-            'd' => 86_400_000,
-            'w' => 7 * 86_400_000,
-            _ => return Err(format!("{t:?}: unknown unit {c:?} (use s, m, h, d, w)")),
-        };
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("{t:?}: a number must come before {c:?}"))?;
-        digits.clear();
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("{t:?} is too long"))?;
-    }
-    if !digits.is_empty() {
-        return Err(format!(
-            "{t:?}: give a unit (for example {digits}s or {digits}m)"
-        ));
-    }
-    Ok(Duration::from_millis(total))
-}
+//! Remaining times as a table shows them: `1d2h`, `15m`, `350ms`. Durations the
+//! operator types are parsed by `mxlimit_proto::duration`, as the servers parse theirs.
 
 /// `1d2h`, `15m`, `42s`, `350ms`.
 pub fn show(ms: u64) -> String {
@@ -45,13 +7,18 @@ pub fn show(ms: u64) -> String {
         return format!("{ms}ms");
     }
     let mut s = ms / 1000;
+    // The largest unit, and the next one when it is not zero: enough to read a TTL.
     let mut out = String::new();
+    let mut shown = 0;
     for (unit, len) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
         if s >= len {
             out.push_str(&format!("{}{unit}", s / len));
             s %= len;
+            shown += 1;
+        } else if shown > 0 {
+            break;
         }
-        if out.len() >= 4 {
+        if shown == 2 {
             break;
         }
     }
@@ -63,13 +30,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_and_shows_durations() {
-        assert_eq!(parse("24h").unwrap(), Duration::from_secs(86_400));
-        assert_eq!(parse("1h30m").unwrap(), Duration::from_secs(5_400));
-        assert!(parse("10").unwrap_err().contains("give a unit"));
-        assert!(parse("5y").unwrap_err().contains("unknown unit"));
-        assert!(parse("").is_err());
+    fn shows_the_two_largest_units() {
         assert_eq!(show(90_061_000), "1d1h");
+        assert_eq!(show(86_460_000), "1d");
+        assert_eq!(show(5_400_000), "1h30m");
         assert_eq!(show(42_000), "42s");
         assert_eq!(show(350), "350ms");
     }

@@ -243,7 +243,7 @@ async fn errors_say_what_to_do() {
     let e = err(&mxlimit(&l, true, &["explain", "1.2.3"]).await);
     assert!(e.contains("refused:") && e.contains("client_ip"), "{e}");
     let e = err(&mxlimit(&l, true, &["block", "192.0.2.1", "--for", "10"]).await);
-    assert!(e.contains("give a unit"), "{e}");
+    assert!(e.contains("has no unit") && e.contains("\"10s\""), "{e}");
     let port = testkit::free_port();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mxlimit"));
     cmd.args(["--server", &format!("127.0.0.1:{port}"), "blocks"]);

@@ -1,5 +1,8 @@
 //! The `mxlimit.v1` API: protobuf messages and the tonic client and server of the
 //! `Limiter` service. Every other mxlimit crate and any custom MTA in Rust uses this crate.
+//! It also holds the one duration syntax the servers and the `mxlimit` CLI share.
+
+pub mod duration;
 
 /// Generated code of the `mxlimit.v1` package.
 pub mod v1 {

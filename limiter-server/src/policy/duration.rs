@@ -1,5 +1,5 @@
-//! Durations in policy files: `500ms`, `30s`, `15m`, `1h`, `7d`, or a combination
-//! such as `1h30m`. A bare number is refused: its unit would be a guess.
+//! Durations in policy files, in the syntax of [`mxlimit_proto::duration`]: `500ms`,
+//! `30s`, `15m`, `1h`, `7d`, `2w`, or a combination such as `1h30m`.
 
 use std::fmt;
 use std::time::Duration;
@@ -39,52 +39,7 @@ impl fmt::Display for Span {
     }
 }
 
-/// Parses `1h30m`, `250ms`, `7d` ...
-pub fn parse(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if t.is_empty() {
-        return Err("empty duration; write it with a unit, e.g. \"30s\"".into());
-    }
-    let mut total: u64 = 0;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(format!(
-                "{text:?} is not a duration (expected e.g. 500ms, 30s, 15m, 1h, 7d)"
-            ));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let scale: u64 = match unit {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "" => {
-                return Err(format!(
-                    "{text:?} has no unit; write e.g. \"{n}s\" or \"{n}ms\""
-                ));
-            }
-            other => {
-                return Err(format!(
-                    "{text:?}: unknown unit {other:?} (use ms, s, m, h, d)"
-                ));
-            }
-        };
-        total = n
-            .checked_mul(scale)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("{text:?}: duration too large"))?;
-    }
-    Ok(Duration::from_millis(total))
-}
+pub use mxlimit_proto::duration::parse;
 
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -112,19 +67,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_units_and_combinations() {
-        assert_eq!(parse("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse("7d").unwrap(), Duration::from_secs(7 * 86400));
-    }
-
-    #[test]
-    fn refuses_missing_or_unknown_units() {
-        assert!(parse("30").unwrap_err().contains("no unit"));
-        assert!(parse("3w").unwrap_err().contains("unknown unit"));
-        assert!(parse("").is_err());
-        assert!(parse("s").is_err());
+    fn policy_durations_need_a_unit() {
+        let ok: Span = toml::from_str::<std::collections::BTreeMap<String, Span>>("t = \"1h30m\"")
+            .unwrap()["t"];
+        assert_eq!(ok, Span::secs(5400));
+        let bare =
+            toml::from_str::<std::collections::BTreeMap<String, Span>>("t = 30").unwrap_err();
+        assert!(bare.to_string().contains("has no unit"), "{bare}");
     }
 
     #[test]
