@@ -76,6 +76,7 @@ async fn a_dictionary_attack_through_sendmail_is_banned_on_sendmail_and_postfix(
         &SendmailOptions {
             milter: Some(format!("inet:{}@127.0.0.1", tcp(&a3.milter[0]).port())),
             socketmap: Some(format!("inet:{}@127.0.0.1", tcp(&a3.socketmap[0]).port())),
+            ..Default::default()
         },
     );
     let mut cfg = config("mx4", &[lim.addr]);
@@ -160,6 +161,7 @@ async fn a_dictionary_attack_through_sendmail_is_banned_on_sendmail_and_postfix(
         &SendmailOptions {
             milter: None,
             socketmap: Some(format!("inet:{}@127.0.0.1", tcp(&a3.socketmap[0]).port())),
+            ..Default::default()
         },
     );
     let (r, _) = session(bare.addr(), "127.70.0.97", &[]).await;

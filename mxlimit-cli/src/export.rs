@@ -8,7 +8,9 @@ use ipnet::IpNet;
 
 /// sendmail matches `Connect:` keys on whole octets (IPv4) or whole `:` groups
 /// (IPv6), so a network is written as the prefixes of its length rounded up; a
-/// network between boundaries becomes several entries.
+/// network between boundaries becomes several entries. IPv6 keys are written as
+/// sendmail prints a client's address by default (`UseCompressedIPv6Addresses` off):
+/// every group, without zero compression, so `::1` is `IPv6:0:0:0:0:0:0:0:1`.
 pub fn sendmail_keys(source: &str) -> Result<Vec<String>, String> {
     let net = parse(source)?;
     Ok(match net {
@@ -25,9 +27,6 @@ pub fn sendmail_keys(source: &str) -> Result<Vec<String>, String> {
                 .collect()
         }
         IpNet::V6(n) => {
-            if n.prefix_len() == 128 {
-                return Ok(vec![format!("Connect:IPv6:{}", n.addr())]);
-            }
             let len = n.prefix_len().div_ceil(16) * 16;
             n.subnets(len)
                 .map_err(|e| e.to_string())?
@@ -113,7 +112,7 @@ mod tests {
         );
         assert_eq!(
             sendmail_keys("2001:db8::5").unwrap(),
-            ["Connect:IPv6:2001:db8::5"]
+            ["Connect:IPv6:2001:db8:0:0:0:0:0:5"]
         );
         assert!(sendmail_keys("nonsense").is_err());
     }

@@ -254,3 +254,134 @@ async fn errors_say_what_to_do() {
         "cannot reach the limiter at http://127.0.0.1:{port}"
     )));
 }
+
+/// The exports, loaded into real MTAs' tables, refuse the exported sources by address
+/// and by network, over IPv4 and IPv6, and nothing else: sendmail's access map (made
+/// with its own makemap) at MAIL FROM, and a Postfix cidr table asked by `postmap -q`.
+/// sendmail writes IPv6 clients without zero compression, which a compressed key
+/// (`IPv6:::1`) would never match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_mtas_refuse_what_the_export_lists() {
+    use testkit::sendmail::{Sendmail, SendmailOptions};
+    use testkit::smtp::Smtp;
+
+    let l = limiter(Arc::new(PolicyHandle::fixed(testkit::policy(
+        "[bad_rcpt]\nblock_after = 0\nnetwork_block_after = 0\n",
+        "",
+    ))))
+    .await;
+    bad_rcpts(&l, "127.0.0.1", 2).await;
+    bad_rcpts(&l, "::1", 1).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = out(&mxlimit(&l, true, &["top", "--window", "1h", "--json"]).await);
+        let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+        if v["sources"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the top list never filled: {o}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut exports = Vec::new();
+    for by in ["addr", "net"] {
+        let args = [
+            "export", "--format", "sendmail", "--window", "1h", "--by", by,
+        ];
+        exports.push(out(&mxlimit(&l, true, &args).await));
+    }
+    let entries = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        entries(&exports[0]),
+        [
+            "Connect:127.0.0.1\tREJECT",
+            "Connect:IPv6:0:0:0:0:0:0:0:1\tREJECT"
+        ]
+    );
+    assert_eq!(
+        entries(&exports[1]),
+        ["Connect:127.0.0\tREJECT", "Connect:IPv6:0:0:0:0\tREJECT"]
+    );
+
+    /// The reply to MAIL FROM, where sendmail gives a Connect: refusal.
+    async fn mail_from(source: &str, server: std::net::SocketAddr) -> String {
+        let (mut c, greeting) = Smtp::connect(source.parse().unwrap(), server)
+            .await
+            .unwrap();
+        assert_eq!(greeting.code, 220, "{greeting:?}");
+        assert_eq!(c.cmd("EHLO client.example").await.unwrap().code, 250);
+        let r = c.cmd("MAIL FROM:<a@client.example>").await.unwrap();
+        r.text.trim_end().to_owned()
+    }
+    let unrelated = "Connect:192.0.2\tREJECT\nConnect:IPv6:2001:db8\tREJECT\n".to_owned();
+    let [by_addr, by_net] = <[String; 2]>::try_from(exports).unwrap();
+    for (name, access, expect) in [
+        ("addr", by_addr, "550 5.7.1 Access denied"),
+        ("net", by_net, "550 5.7.1 Access denied"),
+        (
+            "unrelated",
+            unrelated,
+            "250 2.1.0 <a@client.example>... Sender ok",
+        ),
+    ] {
+        let sm = tokio::task::spawn_blocking(move || {
+            Sendmail::start(
+                &format!("export-{name}"),
+                &SendmailOptions {
+                    access: Some(access),
+                    ipv6: true,
+                    ..Default::default()
+                },
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            mail_from("127.0.0.1", sm.addr()).await,
+            expect,
+            "{name}, IPv4"
+        );
+        assert_eq!(mail_from("::1", sm.addr6()).await, expect, "{name}, IPv6");
+    }
+
+    let postmap = testkit::require("postmap", "postfix");
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(conf.path().join("main.cf"), "").unwrap();
+    for by in ["addr", "net"] {
+        let args = [
+            "export",
+            "--format",
+            "postfix-cidr",
+            "--window",
+            "1h",
+            "--by",
+            by,
+        ];
+        let table = conf.path().join(format!("{by}.cidr"));
+        std::fs::write(&table, out(&mxlimit(&l, true, &args).await)).unwrap();
+        for (client, expect) in [
+            ("127.0.0.1", "REJECT\n"),
+            ("::1", "REJECT\n"),
+            ("192.0.2.1", ""),
+        ] {
+            let o = std::process::Command::new(&postmap)
+                .arg("-c")
+                .arg(conf.path())
+                .args(["-q", client])
+                .arg(format!("cidr:{}", table.display()))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&o.stdout), expect, "{by}, {client}");
+            // postmap -q exits 1 for "not found", 0 for found; anything else is a broken table.
+            assert_eq!(
+                o.status.code(),
+                Some(i32::from(expect.is_empty())),
+                "{by}, {client}: {o:?}"
+            );
+        }
+    }
+}

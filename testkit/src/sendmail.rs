@@ -35,6 +35,11 @@ pub struct SendmailOptions {
     pub milter: Option<String>,
     /// A socketmap serving the access map, e.g. `inet:7028@127.0.0.1`.
     pub socketmap: Option<String>,
+    /// An access file's text (`Connect:192.0.2\tREJECT` ...), made into the hash map
+    /// sendmail reads with the package's own `makemap`. Excludes `socketmap`.
+    pub access: Option<String>,
+    /// Also listen on `[::1]` at the same port, for clients with IPv6 addresses.
+    pub ipv6: bool,
 }
 
 pub struct Sendmail {
@@ -60,6 +65,10 @@ impl Sendmail {
         std::fs::create_dir(d.join("queue")).unwrap();
         std::fs::write(d.join("service.switch"), "hosts files\naliases files\n").unwrap();
         std::fs::write(d.join("helpfile"), "").unwrap();
+        assert!(
+            opts.access.is_none() || opts.socketmap.is_none(),
+            "one access map: a file or a socketmap"
+        );
         for attempt in 0..5 {
             let port = free_port();
             let mc = mc(d, name, port, opts);
@@ -74,6 +83,9 @@ impl Sendmail {
                 String::from_utf8_lossy(&out.stderr)
             );
             std::fs::write(d.join("sendmail.cf"), out.stdout).unwrap();
+            if let Some(text) = &opts.access {
+                make_access_map(&bin, d, text);
+            }
             let script = format!(
                 "hostname {name}.mx.test && exec {bin} -C {cf} -bD -O LogLevel=9",
                 bin = bin.display(),
@@ -116,6 +128,33 @@ impl Sendmail {
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
+
+    /// `[::1]:port`, served when started with `ipv6`.
+    pub fn addr6(&self) -> SocketAddr {
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.port))
+    }
+}
+
+/// `d/access.db` from `text`, by the `makemap` unpacked beside the sendmail binary.
+fn make_access_map(sendmail: &Path, d: &Path, text: &str) {
+    let makemap = sendmail.with_file_name("makemap");
+    // makemap reads the .cf for its TrustedUser; ours, not /etc/mail's.
+    let mut child = Command::new(&makemap)
+        .arg("-C")
+        .arg(d.join("sendmail.cf"))
+        .arg("hash")
+        .arg(d.join("access"))
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", makemap.display()));
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "makemap: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for Sendmail {
@@ -157,8 +196,22 @@ fn mc(d: &Path, name: &str, port: u16, o: &SendmailOptions) -> String {
         q = d.join("queue").display(),
         d = d.display(),
     );
+    if o.ipv6 {
+        mc.push_str(&format!(
+            "DAEMON_OPTIONS(`Port={port}, Addr=::1, Family=inet6, Name=MTA6')dnl\n"
+        ));
+    }
     if let Some(s) = &o.socketmap {
         mc.push_str(&format!("FEATURE(`access_db', `socket -T<TMPF> {s}')dnl\n"));
+    }
+    if o.access.is_some() {
+        // The map lives in a temporary directory under /tmp, which sendmail calls an
+        // unsafe path (world writable) and would otherwise refuse to open.
+        mc.push_str("define(`confDONT_BLAME_SENDMAIL', `MapInUnsafeDirPath')dnl\n");
+        mc.push_str(&format!(
+            "FEATURE(`access_db', `hash -T<TMPF> {}')dnl\n",
+            d.join("access").display()
+        ));
     }
     if let Some(m) = &o.milter {
         mc.push_str(&format!(
