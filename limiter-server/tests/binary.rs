@@ -810,6 +810,75 @@ async fn redis_over_mutual_tls_with_a_private_ca_and_a_clear_error_for_the_wrong
     assert!(err.contains("not every URL is rediss://"), "{err}");
 }
 
+/// A Redis Cluster that speaks only TLS to clients (and on its bus), reached from one
+/// rediss:// seed: the limiter must find the other primaries and reach them over TLS
+/// with the same CA and client certificate, or their keys would never be written.
+#[tokio::test]
+async fn redis_cluster_over_mutual_tls_from_one_seed() {
+    use testkit::redis::{ClusterTls, RedisCluster};
+    use testkit::tls::Pki;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("cluster CA");
+    let (cert, key) = pki.server(&["127.0.0.1"]).write(dir.path(), "node");
+    let (bus_cert, bus_key) = pki.client("redis-bus").write(dir.path(), "bus");
+    let ca = pki.write_ca(dir.path(), "ca.pem");
+    let tls = ClusterTls {
+        cert,
+        key,
+        bus_cert,
+        bus_key,
+        ca,
+    };
+    let cluster = tokio::task::spawn_blocking(move || RedisCluster::start_tls(3, &tls))
+        .await
+        .unwrap();
+    let (ccert, ckey) = pki.client("limiter").write(dir.path(), "client");
+    let ca = dir.path().join("ca.pem");
+    let mut s = Server::start(
+        &[
+            "--redis",
+            &cluster.tls_urls()[0],
+            "--redis-tls-ca",
+            ca.to_str().unwrap(),
+            "--redis-tls-cert",
+            ccert.to_str().unwrap(),
+            "--redis-tls-key",
+            ckey.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    s.wait_ready().await;
+    let mut c = s.client().await;
+    // Sources in many networks: their keys hash to slots on every primary.
+    for i in 0..48u8 {
+        let ip = format!("10.{i}.0.1");
+        let reply = c
+            .connect(connect_req("mx1", &format!("s{i}"), &ip))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(action(&reply.verdict.unwrap()), Action::Accept, "{ip}");
+    }
+    for (node, port) in cluster.nodes.iter().zip(&cluster.tls_ports) {
+        let size = node.cmd(&["DBSIZE"]);
+        assert!(
+            size.trim_start_matches(':').parse::<u64>().unwrap() > 0,
+            "no keys on the primary at TLS port {port}: {size}\n{}",
+            s.stderr()
+        );
+    }
+    // The nodes demand a client certificate: without one the limiter cannot start, so
+    // the run above presented its own.
+    let plain = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--redis", &cluster.tls_urls()[1]])
+        .args(["--redis-tls-ca", ca.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!plain.status.success());
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert!(err.contains("cannot use Redis at"), "{err}");
+}
+
 #[tokio::test]
 async fn metrics_count_decisions_errors_store_round_trips_and_leases() {
     let dir = tempfile::tempdir().unwrap();

@@ -167,20 +167,68 @@ fn read_reply(r: &mut impl BufRead) -> String {
 /// A Redis Cluster of `n` primaries, created with `redis-cli --cluster create`.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
+    /// Each node's TLS port, when started with [`RedisCluster::start_tls`].
+    pub tls_ports: Vec<u16>,
+}
+
+/// PEM files for a cluster over TLS: every node's server certificate and key, the
+/// client certificate and key it shows other nodes on the cluster bus (a server-only
+/// certificate is refused there), and the CA that signed them and every client.
+pub struct ClusterTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub bus_cert: PathBuf,
+    pub bus_key: PathBuf,
+    pub ca: PathBuf,
 }
 
 impl RedisCluster {
     pub fn start(n: usize) -> RedisCluster {
+        RedisCluster::start_nodes(n, None)
+    }
+
+    /// Nodes that serve clients over TLS (requiring a client certificate of the CA) and
+    /// talk to each other over TLS on the cluster bus; each keeps a plaintext port for
+    /// the harness's own checks, and reports its TLS port to TLS clients.
+    pub fn start_tls(n: usize, tls: &ClusterTls) -> RedisCluster {
+        RedisCluster::start_nodes(n, Some(tls))
+    }
+
+    fn start_nodes(n: usize, tls: Option<&ClusterTls>) -> RedisCluster {
+        let mut tls_ports = Vec::new();
         let nodes: Vec<RedisServer> = (0..n)
             .map(|_| {
-                RedisServer::start_with(&[
+                let mut args: Vec<String> = [
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "5000",
-                ])
+                ]
+                .map(String::from)
+                .to_vec();
+                if let Some(t) = tls {
+                    let port = free_port();
+                    tls_ports.push(port);
+                    args.extend(["--tls-port".into(), port.to_string()]);
+                    // The bus port would be the TLS port + 10000, which may not exist.
+                    args.extend(["--cluster-port".into(), free_port().to_string()]);
+                    for (flag, file) in [
+                        ("--tls-cert-file", &t.cert),
+                        ("--tls-key-file", &t.key),
+                        ("--tls-client-cert-file", &t.bus_cert),
+                        ("--tls-client-key-file", &t.bus_key),
+                        ("--tls-ca-cert-file", &t.ca),
+                    ] {
+                        args.extend([flag.into(), file.display().to_string()]);
+                    }
+                    args.extend(
+                        ["--tls-auth-clients", "yes", "--tls-cluster", "yes"].map(String::from),
+                    );
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                RedisServer::start_with(&args)
             })
             .collect();
         let cli = require("redis-cli", "redis-tools");
@@ -216,11 +264,19 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        RedisCluster { nodes }
+        RedisCluster { nodes, tls_ports }
     }
 
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.url()).collect()
+    }
+
+    /// `rediss://` seeds of a cluster started with [`RedisCluster::start_tls`].
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.tls_ports
+            .iter()
+            .map(|p| format!("rediss://127.0.0.1:{p}"))
+            .collect()
     }
 
     /// All keys on all primaries.
