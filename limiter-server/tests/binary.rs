@@ -1072,7 +1072,10 @@ async fn admin_tokens_from_a_file_rotate_and_the_gauges_follow_bans_blocks_and_l
     std::fs::write(&tokens, "second-token-0123456789\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while admin
-        .list_blocks(admin_req(ListBlocksRequest {}, "first-token-0123456789"))
+        .list_blocks(admin_req(
+            ListBlocksRequest::default(),
+            "first-token-0123456789",
+        ))
         .await
         .is_ok()
     {
@@ -1084,7 +1087,10 @@ async fn admin_tokens_from_a_file_rotate_and_the_gauges_follow_bans_blocks_and_l
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let list = admin
-        .list_blocks(admin_req(ListBlocksRequest {}, "second-token-0123456789"))
+        .list_blocks(admin_req(
+            ListBlocksRequest::default(),
+            "second-token-0123456789",
+        ))
         .await
         .unwrap()
         .into_inner();

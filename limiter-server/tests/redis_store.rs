@@ -1,5 +1,5 @@
-//! The Redis store against real servers: bounded memory under floods, and a Redis that
-//! goes away and comes back.
+//! The Redis store against real servers: bounded memory under floods, a Redis that
+//! goes away and comes back, and bounded ban lists.
 
 mod support;
 
@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use limiter_server::policy::reload::PolicyHandle;
+use limiter_server::source::Level;
+use limiter_server::store::ledger::{Batch, Ledger};
 use limiter_server::store::redis::{RedisConfig, RedisStore};
 use mxlimit_proto::v1::{Action, HeartbeatRequest};
 use support::*;
@@ -262,4 +264,55 @@ async fn one_evalsha_per_decision_on_a_server_and_on_a_cluster() {
         disconnect(&mut p.a, "mx1", "s1", "10.30.0.2").await;
         assert_eq!(seen(&monitors), ["EVALSHA"], "{backend:?}: Disconnect");
     }
+}
+
+/// The ban list is cut to the bans with the most time left, and all of them are
+/// counted, in Lua on Redis and on a Cluster as in memory.
+async fn ban_lists_keep_the_longest_bans<S: Ledger>(store: S) {
+    let bans = [
+        ("192.0.2.1", 10_000),
+        ("192.0.2.2", 30_000),
+        ("192.0.2.3", 20_000),
+    ];
+    let batch = Batch {
+        bans: bans
+            .iter()
+            .map(|(ip, ms)| (Level::Address, ip.to_string(), *ms))
+            .collect(),
+        ..Default::default()
+    };
+    store.record(&batch, 100).await.unwrap();
+    let st = store.standing(60_000, 2).await.unwrap();
+    assert_eq!(st.ban_count, 3);
+    let listed: Vec<&str> = st.bans.iter().map(|b| b.source.as_str()).collect();
+    assert_eq!(listed, ["192.0.2.2", "192.0.2.3"]);
+    assert!(st.bans[0].expires_in_ms > 20_000 && st.bans[0].expires_in_ms <= 30_000);
+    let counted = store.standing(60_000, 0).await.unwrap();
+    assert_eq!((counted.ban_count, counted.bans.len()), (3, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ban_lists_keep_the_longest_bans_on_redis() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&RedisConfig::new(vec![redis.url()]))
+        .await
+        .unwrap();
+    ban_lists_keep_the_longest_bans(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ban_lists_keep_the_longest_bans_on_redis_cluster() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .unwrap();
+    let store = RedisStore::connect(&RedisConfig::new(cluster.urls()))
+        .await
+        .unwrap();
+    ban_lists_keep_the_longest_bans(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ban_lists_keep_the_longest_bans_in_memory() {
+    use limiter_server::store::memory::{MemoryConfig, MemoryStore};
+    ban_lists_keep_the_longest_bans(MemoryStore::new(MemoryConfig::default())).await;
 }

@@ -226,7 +226,7 @@ mod ledger_passthrough {
         async fn clear_ban(&self, s: &Source, l: Level, shadow: bool) -> Result<bool, StoreError> {
             self.inner.clear_ban(s, l, shadow).await
         }
-        async fn standing(&self, ttl: u64, list: bool) -> Result<Standing, StoreError> {
+        async fn standing(&self, ttl: u64, list: u32) -> Result<Standing, StoreError> {
             self.inner.standing(ttl, list).await
         }
     }

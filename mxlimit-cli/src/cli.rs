@@ -147,8 +147,12 @@ pub enum Command {
     /// Lift an operator's block on exactly this target, and the automatic ban of this
     /// address or network.
     Unblock { target: String },
-    /// Operator blocks and automatic bans in force.
-    Blocks,
+    /// Operator blocks (all) and automatic bans (those with the most time left) in force.
+    Blocks {
+        /// Automatic bans listed at most (the limiter lists 10000 at most).
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
     /// Make the limiter read its rule files now.
     Reload,
 }

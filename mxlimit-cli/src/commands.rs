@@ -244,12 +244,20 @@ pub async fn run(admin: &mut Admin, command: Command, json_out: bool) -> Result<
                 }
             }
         }
-        Command::Blocks => {
+        Command::Blocks { limit } => {
             let r = admin
-                .list_blocks(ListBlocksRequest {})
+                .list_blocks(ListBlocksRequest { max_bans: limit })
                 .await
                 .map_err(explain_status)?
                 .into_inner();
+            let listed = r.blocks.iter().filter(|b| b.kind == "ban").count() as u64;
+            if listed < r.bans_total {
+                // On stderr, so that --json stays one document for scripts.
+                eprintln!(
+                    "mxlimit: {listed} of {} automatic bans listed, those with the most time left (--limit for more)",
+                    r.bans_total
+                );
+            }
             if json_out {
                 print_json(&Value::Array(
                     r.blocks

@@ -385,3 +385,41 @@ async fn real_mtas_refuse_what_the_export_lists() {
         }
     }
 }
+
+/// `blocks --limit` cuts the automatic bans and says on stderr how many were left out,
+/// so that `--json` output stays one document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_ban_list_says_how_many_bans_there_are() {
+    let l = limiter(Arc::new(PolicyHandle::fixed(testkit::policy(
+        "[bad_rcpt]\nblock_after = 1\nnetwork_block_after = 0\ntarpit_after = 0\nnetwork_tarpit_after = 0\n",
+        "",
+    ))))
+    .await;
+    bad_rcpts(&l, "203.0.113.1", 2).await;
+    bad_rcpts(&l, "203.0.113.2", 2).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&out(&mxlimit(&l, true, &["blocks", "--json"]).await)).unwrap();
+        if v.as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the bans were never listed: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let o = mxlimit(&l, true, &["blocks", "--limit", "1", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["kind"], "ban");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "mxlimit: 1 of 2 automatic bans listed, those with the most time left (--limit for more)\n"
+    );
+    let all = mxlimit(&l, true, &["blocks"]).await;
+    assert!(out(&all).contains("203.0.113.2"));
+    assert!(
+        all.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&all.stderr)
+    );
+}

@@ -57,7 +57,7 @@ pub async fn keep_once<S: Store + Ledger>(engine: &Engine<S>, keep: u32) {
         .lease_ttl
         .as_millis();
     // Bans only counted: under an attack the list is long, and every instance asks.
-    match engine.store().standing(node_ttl, false).await {
+    match engine.store().standing(node_ttl, 0).await {
         Ok(st) => {
             engine.blocks().replace(&st.blocks);
             gauge!(BANS_IN_FORCE, "kind" => "block").set(st.blocks.len() as f64);

@@ -29,6 +29,9 @@ use crate::store::{Refusal, Store, StoreError};
 const DEFAULT_WINDOW_MS: u64 = 24 * HOUR_MS;
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 10_000;
+/// Bans in one ListBlocks reply: an attack may ban far more sources than that.
+const DEFAULT_BANS_LISTED: u32 = 1000;
+const MAX_BANS_LISTED: u32 = 10_000;
 const DEFAULT_BLOCK_MS: u64 = HOUR_MS;
 const MAX_BLOCK_MS: u64 = 365 * 24 * HOUR_MS;
 /// Reasons go into SMTP replies: one short printable line.
@@ -434,13 +437,17 @@ impl<S: Store + Ledger> AdminService<S> {
         })
     }
 
-    async fn list(&self) -> Result<ListBlocksReply, Status> {
+    async fn list(&self, max_bans: u32) -> Result<ListBlocksReply, Status> {
         let policy = self.engine.policy().get();
         let node_ttl = policy.settings.client_conn.lease_ttl.as_millis();
+        let max_bans = match max_bans {
+            0 => DEFAULT_BANS_LISTED,
+            n => n.min(MAX_BANS_LISTED),
+        };
         let st = self
             .engine
             .store()
-            .standing(node_ttl, true)
+            .standing(node_ttl, max_bans)
             .await
             .map_err(store_error)?;
         let mut blocks: Vec<BlockEntry> = st
@@ -453,7 +460,10 @@ impl<S: Store + Ledger> AdminService<S> {
             block_entry(b.source, b.expires_in_ms, why, "ban")
         }));
         blocks.sort_by_key(|b| std::cmp::Reverse(b.expires_in_ms));
-        Ok(ListBlocksReply { blocks })
+        Ok(ListBlocksReply {
+            blocks,
+            bans_total: st.ban_count,
+        })
     }
 
     fn reload(&self, by: &str) -> Result<ReloadRulesReply, Status> {
@@ -510,9 +520,9 @@ impl<S: Store + Ledger> Admin for AdminService<S> {
 
     async fn list_blocks(
         &self,
-        _request: Request<ListBlocksRequest>,
+        request: Request<ListBlocksRequest>,
     ) -> Result<Response<ListBlocksReply>, Status> {
-        done("list_blocks", self.list().await)
+        done("list_blocks", self.list(request.get_ref().max_bans).await)
     }
 
     async fn reload_rules(

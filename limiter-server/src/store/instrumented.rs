@@ -139,7 +139,7 @@ impl<S: Ledger> Ledger for Instrumented<S> {
         r
     }
 
-    async fn standing(&self, node_ttl_ms: u64, list_bans: bool) -> Result<Standing, StoreError> {
+    async fn standing(&self, node_ttl_ms: u64, list_bans: u32) -> Result<Standing, StoreError> {
         let t = Instant::now();
         let r = self.0.standing(node_ttl_ms, list_bans).await;
         observe("ledger_standing", t, &r);

@@ -215,11 +215,11 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Blocks, bans and live leases in force; nodes silent for `node_ttl_ms` count no
-    /// more. Bans are listed only with `list_bans` (else only counted).
+    /// more. At most `list_bans` bans are listed, those with the most time left; all are counted.
     fn standing(
         &self,
         node_ttl_ms: u64,
-        list_bans: bool,
+        list_bans: u32,
     ) -> impl Future<Output = Result<Standing, StoreError>> + Send;
 }
 
@@ -265,7 +265,7 @@ impl<T: Ledger> Ledger for std::sync::Arc<T> {
     fn standing(
         &self,
         node_ttl_ms: u64,
-        list_bans: bool,
+        list_bans: u32,
     ) -> impl Future<Output = Result<Standing, StoreError>> + Send {
         (**self).standing(node_ttl_ms, list_bans)
     }

@@ -189,7 +189,7 @@ impl Ledger for MemoryStore {
         Ok(had)
     }
 
-    async fn standing(&self, node_ttl_ms: u64, list_bans: bool) -> Result<Standing, StoreError> {
+    async fn standing(&self, node_ttl_ms: u64, list_bans: u32) -> Result<Standing, StoreError> {
         let now = self.clock.now_ms();
         let mut l = lock(&self.ledger);
         l.blocks.retain(|_, (until, _)| *until > now);
@@ -207,19 +207,29 @@ impl Ledger for MemoryStore {
                 })
                 .collect(),
             ban_count: l.bans.len() as u64,
-            bans: l
-                .bans
-                .iter()
-                .filter(|_| list_bans)
-                .map(|((level, source), until)| AutoBan {
-                    level: *level,
-                    source: source.clone(),
-                    expires_in_ms: until - now,
-                })
-                .collect(),
+            bans: longest_bans(&l.bans, list_bans as usize, now),
             leases_live: l.leases.values().map(|(n, _)| n).sum(),
         })
     }
+}
+
+/// The `n` bans with the most time left, as the Redis index's reverse range gives them.
+fn longest_bans(bans: &HashMap<(Level, String), u64>, n: usize, now: u64) -> Vec<AutoBan> {
+    let mut all: Vec<_> = bans.iter().collect();
+    let n = n.min(all.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    // Partial selection: an attack's many bans are not sorted to list a thousand.
+    all.select_nth_unstable_by_key(n - 1, |(_, until)| std::cmp::Reverse(**until));
+    all.truncate(n);
+    all.into_iter()
+        .map(|((level, source), until)| AutoBan {
+            level: *level,
+            source: source.clone(),
+            expires_in_ms: until - now,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -261,12 +261,12 @@ impl Ledger for RedisStore {
         Ok(had == 1)
     }
 
-    async fn standing(&self, node_ttl_ms: u64, list_bans: bool) -> Result<Standing, StoreError> {
+    async fn standing(&self, node_ttl_ms: u64, list_bans: u32) -> Result<Standing, StoreError> {
         let mut inv = self.ledger_scripts.standing.key(self.ledger_key("blocks"));
         inv.key(self.ledger_key("bans"))
             .key(self.ledger_key("leases"))
             .arg(node_ttl_ms.max(MINUTE_MS))
-            .arg(if list_bans { "1" } else { "0" });
+            .arg(list_bans);
         let (blocks, bans, live, ban_count): (Vec<redis::Value>, Vec<redis::Value>, i64, i64) =
             self.invoke(&inv).await?;
         let text = |v: &redis::Value| {

@@ -1,7 +1,7 @@
 -- standing: operator blocks, automatic bans and live leases in force; drops what
 -- has expired.
 -- KEYS: 1 blocks hash  2 bans index  3 node leases hash
--- ARGV: 1 node entries kept ms  2 list the bans (1) or only count them (0)
+-- ARGV: 1 node entries kept ms  2 bans to list, most time left first (0: only count)
 -- Returns {{target, ms left, reason ...}, {member, ms left ...}, live leases, bans}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -19,8 +19,9 @@ for i = 1, #all, 2 do
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local bans = {}
-if ARGV[2] == '1' then
-  local b = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+local listed = tonumber(ARGV[2])
+if listed > 0 then
+  local b = redis.call('ZRANGE', KEYS[2], 0, listed - 1, 'REV', 'WITHSCORES')
   for i = 1, #b, 2 do
     table.insert(bans, b[i])
     table.insert(bans, tonumber(b[i + 1]) - now)
