@@ -197,7 +197,7 @@ async fn milter_connect(milter: std::net::SocketAddr, ip: &str) -> testkit::milt
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_count_limiter_calls_their_latency_and_fallbacks() {
+async fn metrics_count_limiter_calls_their_latency_decisions_and_fallbacks() {
     use testkit::milter::Reply;
     let lim = testkit::Limiter::start(
         std::sync::Arc::new(limiter_server::store::memory::MemoryStore::new(
@@ -231,6 +231,17 @@ async fn metrics_count_limiter_calls_their_latency_and_fallbacks() {
         Some(1.0)
     );
     assert!(m.contains("# HELP mxagent_limiter_calls_total"), "{m}");
+    let refused = [
+        r#"rpc="Connect""#,
+        r#"action="reject""#,
+        r#"reason="access""#,
+        r#"origin="limiter""#,
+    ];
+    assert_eq!(
+        sample(&m, "mxagent_decisions_total", &refused),
+        Some(1.0),
+        "{m}"
+    );
 
     // No limiter answers: the agent decides alone (and accepts), and counts it.
     let dead = format!("http://127.0.0.1:{}", testkit::free_port());
@@ -242,6 +253,17 @@ async fn metrics_count_limiter_calls_their_latency_and_fallbacks() {
     let local = [r#"rpc="Connect""#, r#"mode="local""#];
     assert_eq!(
         sample(&m, "mxagent_fallbacks_total", &local),
+        Some(1.0),
+        "{m}"
+    );
+    let accepted_here = [
+        r#"rpc="Connect""#,
+        r#"action="accept""#,
+        r#"reason="ok""#,
+        r#"origin="local""#,
+    ];
+    assert_eq!(
+        sample(&m, "mxagent_decisions_total", &accepted_here),
         Some(1.0),
         "{m}"
     );

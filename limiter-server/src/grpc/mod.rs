@@ -10,15 +10,14 @@ use metrics::{counter, histogram};
 
 use mxlimit_proto::v1::limiter_server::Limiter;
 use mxlimit_proto::v1::{
-    Action, ConnectReply, ConnectRequest, DisconnectReply, DisconnectRequest, HeartbeatReply,
+    ConnectReply, ConnectRequest, DisconnectReply, DisconnectRequest, HeartbeatReply,
     HeartbeatRequest, LookupReply, LookupRequest, RecipientReply, RecipientRequest, Verdict,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::decision::verdict::reason;
 use crate::decision::{Connect, Engine, Heartbeat, Recipient};
-use crate::metrics::{DECISIONS, REQUEST_ERRORS, REQUEST_SECONDS};
+use crate::metrics::{DECISIONS, REQUEST_ERRORS, REQUEST_SECONDS, action_label, reason_label};
 use crate::store::{LeaseId, Store, StoreError};
 use crate::telemetry;
 
@@ -75,24 +74,6 @@ impl Decided for HeartbeatReply {
 
 /// The verdict's reason as one of the known, static label values (a label must not
 /// take arbitrary text).
-fn reason_label(r: &str) -> &'static str {
-    [
-        reason::OK,
-        reason::ACCESS,
-        reason::EXEMPT,
-        reason::BANNED,
-        reason::BLOCKED,
-        reason::CLIENT_RATE,
-        reason::CLIENT_CONN,
-        reason::BAD_RCPT,
-        reason::BAD_RCPT_THROTTLE,
-        reason::MAX_RCPTS,
-    ]
-    .into_iter()
-    .find(|k| *k == r)
-    .unwrap_or("other")
-}
-
 /// Records one call: its latency, its verdict or its error.
 fn observe<T: Decided>(rpc: &'static str, start: Instant, r: &Result<Response<T>, Status>) {
     histogram!(REQUEST_SECONDS, "rpc" => rpc).record(start.elapsed());
@@ -113,17 +94,6 @@ fn observe<T: Decided>(rpc: &'static str, start: Instant, r: &Result<Response<T>
             counter!(REQUEST_ERRORS, "rpc" => rpc, "code" => code_label(status.code()))
                 .increment(1);
         }
-    }
-}
-
-fn action_label(a: Action) -> &'static str {
-    match a {
-        Action::Unspecified => "unspecified",
-        Action::Accept => "accept",
-        Action::Delay => "delay",
-        Action::Tempfail => "tempfail",
-        Action::Reject => "reject",
-        Action::Disconnect => "disconnect",
     }
 }
 

@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::config::FailMode;
 use breaker::Breaker;
+use limiter_server::metrics::{action_label, reason_label};
 use metrics::{counter, gauge, histogram};
 
 use crate::metrics as m;
@@ -347,6 +348,7 @@ impl Limiter {
                 }
             }
         };
+        decided("Connect", &a.verdict, a.origin);
         if a.admitted() && a.origin != Origin::Closed && ends == Ends::Seen {
             let live = Live {
                 ip,
@@ -376,7 +378,7 @@ impl Limiter {
             envelope_bad_rcpts: rcpt.envelope_bad_rcpts,
             client_name: name.unwrap_or_default().to_string(),
         };
-        match self
+        let (verdict, origin) = match self
             .remote("Recipient", |mut c, left| {
                 let r = timed(req.clone(), left);
                 async move { c.recipient(r).await }
@@ -409,7 +411,9 @@ impl Limiter {
                     }
                 }
             }
-        }
+        };
+        decided("Recipient", &verdict, origin);
+        (verdict, origin)
     }
 
     /// Releases the session's lease where it was taken. Never fails the caller.
@@ -464,19 +468,27 @@ impl Limiter {
             })
             .await
         {
-            Ok(r) => Some(r.verdict.unwrap_or_else(accept)),
+            Ok(r) => {
+                let v = r.verdict.unwrap_or_else(accept);
+                decided("Lookup", &v, Origin::Limiter);
+                Some(v)
+            }
             Err(why) => {
                 self.fell_back("Lookup", &why);
                 match self.fail {
+                    // The MTA is told "unknown, try later", which is no verdict.
                     FailMode::Closed => None,
-                    FailMode::Open => Some(
-                        self.local
+                    FailMode::Open => {
+                        let v = self
+                            .local
                             .lookup(ip, name)
                             .await
                             .ok()
                             .and_then(|r| r.verdict)
-                            .unwrap_or_else(accept),
-                    ),
+                            .unwrap_or_else(accept);
+                        decided("Lookup", &v, Origin::Local);
+                        Some(v)
+                    }
                 }
             }
         }
@@ -584,6 +596,24 @@ fn accept() -> Verdict {
 }
 
 /// Fail-closed: no answer from the limiter is a temporary failure.
+/// Counts a verdict the agent enforces. A fail-closed refusal has the agent's own
+/// reason; every other reason is one of the limiter's (or `other`).
+fn decided(rpc: &'static str, v: &Verdict, origin: Origin) {
+    let reason = match origin {
+        Origin::Closed => "limiter_unavailable",
+        _ => reason_label(&v.reason),
+    };
+    counter!(
+        m::DECISIONS,
+        "rpc" => rpc,
+        "action" => action_label(v.action()),
+        "reason" => reason,
+        "shadow" => if v.shadow { "true" } else { "false" },
+        "origin" => origin.as_str(),
+    )
+    .increment(1);
+}
+
 fn unavailable(action: Action, code: u32) -> Verdict {
     Verdict {
         action: action as i32,

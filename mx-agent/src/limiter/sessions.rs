@@ -16,6 +16,17 @@ pub enum Origin {
     Closed,
 }
 
+impl Origin {
+    /// The `origin` label of `mxagent_decisions_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Limiter => "limiter",
+            Origin::Local => "local",
+            Origin::Closed => "closed",
+        }
+    }
+}
+
 /// A live session.
 #[derive(Debug, Clone, Copy)]
 pub struct Live {
