@@ -977,6 +977,53 @@ async fn metrics_count_decisions_errors_store_round_trips_and_leases() {
     }
 }
 
+/// Redis going away shows where an operator's alert looks: store errors by operation,
+/// and the calls answered UNAVAILABLE (on which the agents fall back).
+#[tokio::test]
+async fn a_redis_that_goes_away_is_counted_as_store_and_request_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = testkit::redis::RedisServer::start();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let mut s = Server::start(
+        &[
+            "--redis",
+            &redis.url(),
+            "--redis-timeout",
+            "200ms",
+            "--metrics-listen",
+            &metrics_addr,
+        ],
+        dir.path(),
+    );
+    s.wait_ready().await;
+    s.assert_admits("192.0.2.1").await;
+    redis.kill();
+    let err = s
+        .client()
+        .await
+        .connect(connect_req("mx1", "s2", "192.0.2.2"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let m = scrape(&metrics_addr);
+    assert_eq!(
+        sample(&m, "mxlimit_store_errors_total", &[r#"op="connect""#]),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "mxlimit_request_errors_total",
+            &[r#"rpc="connect""#, r#"code="unavailable""#]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    let ok = [r#"rpc="connect""#, r#"action="accept""#];
+    assert_eq!(sample(&m, "mxlimit_decisions_total", &ok), Some(1.0), "{m}");
+}
+
 fn admin_req<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut()
