@@ -426,6 +426,54 @@ fn an_unreachable_redis_stops_the_start_with_a_clear_error_and_no_password() {
     assert!(!err.contains("hunter2"), "{err}");
 }
 
+/// Redis 6+ ACL users: the default user is off, so only the named user's password
+/// gets in; a wrong user name is refused without showing the password.
+#[tokio::test]
+async fn a_redis_acl_user_is_used_and_a_wrong_user_is_refused() {
+    let redis = testkit::redis::RedisServer::start_with(&[
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "mxlimit",
+        "on",
+        ">acl-s3cret",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redis-password");
+    std::fs::write(&file, "acl-s3cret\n").unwrap();
+    let mut s = Server::start(
+        &[
+            "--redis",
+            &redis.url(),
+            "--redis-username",
+            "mxlimit",
+            "--redis-password-file",
+            file.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    s.wait_ready().await;
+    s.assert_admits("192.0.2.7").await;
+    assert!(!s.stderr().contains("acl-s3cret"), "{}", s.stderr());
+
+    for user in ["default", "someone-else"] {
+        let out = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--redis", &redis.url()])
+            .args(["--redis-username", user])
+            .args(["--redis-password-file", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{user}");
+        assert!(err.contains("cannot use Redis at"), "{user}: {err}");
+        assert!(!err.contains("acl-s3cret"), "{user}: {err}");
+    }
+}
+
 #[tokio::test]
 async fn a_redis_password_from_a_file_is_used_and_a_wrong_one_is_refused_without_showing_it() {
     let redis = testkit::redis::RedisServer::start_with(&["--requirepass", "s3cret-pw"]);

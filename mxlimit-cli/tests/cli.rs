@@ -423,3 +423,39 @@ async fn a_cut_ban_list_says_how_many_bans_there_are() {
         String::from_utf8_lossy(&all.stderr)
     );
 }
+
+/// A name given to `explain` is matched by host and domain rules, as the MTA's verified
+/// name would be; without it, the address alone decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_with_a_name_shows_the_domain_rule_that_matches() {
+    let l = limiter(Arc::new(PolicyHandle::fixed(testkit::policy(
+        "",
+        "Connect:spammer.example\tREJECT\n",
+    ))))
+    .await;
+    let named = out(&mxlimit(
+        &l,
+        true,
+        &["explain", "192.0.2.5", "--name", "mx1.spammer.example"],
+    )
+    .await);
+    let bare = out(&mxlimit(&l, true, &["explain", "192.0.2.5"]).await);
+    assert!(
+        named.starts_with("192.0.2.5 (mx1.spammer.example) in network 192.0.2.0/24\n"),
+        "{named}"
+    );
+    assert!(
+        named.contains(
+            "Connect now: REJECT 550 5.7.1 Access denied [reason access, rule Connect:spammer.example]"
+        ),
+        "{named}"
+    );
+    assert!(
+        named.lines().any(|l| l.starts_with("Connect ")
+            && l.contains("Connect:spammer.example")
+            && l.ends_with("550 5.7.1 Access denied")),
+        "{named}"
+    );
+    assert!(bare.contains("Connect now: ACCEPT"), "{bare}");
+    assert!(!bare.contains("spammer.example"), "{bare}");
+}
