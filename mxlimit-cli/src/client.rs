@@ -106,6 +106,10 @@ pub fn explain_status(s: Status) -> anyhow::Error {
             anyhow::anyhow!("this limiter has no Admin API (an older version?): {msg}")
         }
         Code::DeadlineExceeded => anyhow::anyhow!("no answer in time (raise --timeout): {msg}"),
+        // What a server that refuses our TLS handshake looks like from here.
+        Code::Cancelled => anyhow::anyhow!(
+            "the limiter closed the connection ({msg}); over mutual TLS it takes only a client certificate of its CA (--tls-cert, --tls-key)"
+        ),
         c => anyhow::anyhow!("{c:?}: {msg}"),
     }
 }

@@ -10,8 +10,20 @@ mod table;
 use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    let mut admin = client::connect(&cli).await?;
-    commands::run(&mut admin, cli.command, cli.json).await
+    let result = async {
+        let mut admin = client::connect(&cli).await?;
+        commands::run(&mut admin, cli.command, cli.json).await
+    }
+    .await;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable message with its causes, never a backtrace: this is an
+            // operator's tool.
+            eprintln!("mxlimit: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

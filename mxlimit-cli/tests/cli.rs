@@ -459,3 +459,61 @@ async fn explain_with_a_name_shows_the_domain_rule_that_matches() {
     assert!(bare.contains("Connect now: ACCEPT"), "{bare}");
     assert!(!bare.contains("spammer.example"), "{bare}");
 }
+
+/// Over mutual TLS, an admin certificate is all the CLI needs (no token); an agent's
+/// certificate of the same CA is not an admin, and no certificate gets no connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_over_mutual_tls_with_an_admin_certificate() {
+    use limiter_server::tls::{ServerTls, TlsFiles};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = testkit::tls::Pki::new("cli CA");
+    let (cert, key) = pki.server(&["localhost"]).write(dir.path(), "server");
+    let ca = pki.write_ca(dir.path(), "ca.pem");
+    let tls = ServerTls::open(TlsFiles {
+        cert,
+        key,
+        client_ca: Some(ca.clone()),
+    })
+    .unwrap();
+    let options = ServeOptions {
+        tls: Some(tls),
+        admin: Some(
+            AdminAuth::new(AuthConfig {
+                cert_names: vec!["admin.example".into()],
+                ..Default::default()
+            })
+            .unwrap(),
+        ),
+        ..Default::default()
+    };
+    let store = Arc::new(MemoryStore::new(MemoryConfig::default()));
+    let policy = Arc::new(PolicyHandle::fixed(testkit::policy("", "")));
+    let l = Limiter::start_with(store, policy, "127.0.0.1:0".parse().unwrap(), options).await;
+    let admin = pki.client("admin.example").write(dir.path(), "admin");
+    let agent = pki.client("mx1.example").write(dir.path(), "agent");
+    let run = |identity: Option<(std::path::PathBuf, std::path::PathBuf)>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mxlimit"));
+        cmd.env_remove("MXLIMIT_ADMIN_TOKEN")
+            .env_remove("MXLIMIT_ADMIN_TOKEN_FILE")
+            .env("MXLIMIT_SERVER", format!("https://{}", l.addr))
+            .env("MXLIMIT_TLS_CA", &ca)
+            .env("MXLIMIT_TLS_DOMAIN", "localhost")
+            .arg("blocks");
+        if let Some((c, k)) = identity {
+            cmd.env("MXLIMIT_TLS_CERT", c).env("MXLIMIT_TLS_KEY", k);
+        }
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    assert_eq!(
+        out(&run(Some(admin)).await.unwrap()),
+        "no blocks or bans in force\n"
+    );
+    let e = err(&run(Some(agent)).await.unwrap());
+    assert!(e.contains("not authorized"), "{e}");
+    let e = err(&run(None).await.unwrap());
+    eprintln!("NOCERT[{e}]");
+    assert!(
+        !e.contains("not authorized") && e.contains("mxlimit:"),
+        "{e}"
+    );
+}
