@@ -12,7 +12,6 @@ use limiter_server::admin::auth::{AdminAuth, AuthConfig};
 use limiter_server::policy::reload::PolicyHandle;
 use limiter_server::server::ServeOptions;
 use limiter_server::store::memory::{MemoryConfig, MemoryStore};
-use limiter_server::tls::{ServerTls, TlsFiles};
 use mxlimit_proto::v1::admin_client::AdminClient;
 use mxlimit_proto::v1::{
     Action, BlockRequest, ExplainReply, ExplainRequest, GroupBy, ListBlocksRequest, LookupRequest,
@@ -481,25 +480,7 @@ async fn anonymous_and_wrongly_authenticated_admin_calls_are_refused_on_the_limi
 async fn an_admin_client_certificate_is_an_admin_and_an_agent_certificate_is_not() {
     let dir = tempfile::tempdir().unwrap();
     let pki = testkit::tls::Pki::new("test CA");
-    let (cert, key) = pki.server(&["localhost"]).write(dir.path(), "server");
-    let ca = pki.write_ca(dir.path(), "ca.pem");
-    let tls = ServerTls::open(TlsFiles {
-        cert,
-        key,
-        client_ca: Some(ca),
-    })
-    .unwrap();
-    let options = ServeOptions {
-        tls: Some(tls),
-        admin: Some(
-            AdminAuth::new(AuthConfig {
-                cert_names: vec!["admin.example".into()],
-                ..Default::default()
-            })
-            .unwrap(),
-        ),
-        ..Default::default()
-    };
+    let options = testkit::tls::mtls_admin_options(&pki, dir.path(), &["admin.example"]);
     let policy = Arc::new(PolicyHandle::fixed(policy("", "")));
     let store = Arc::new(MemoryStore::new(MemoryConfig::default()));
     let l = Limiter::start_with(store, policy, "127.0.0.1:0".parse().unwrap(), options).await;

@@ -82,6 +82,24 @@ async fn bad_rcpts(l: &Limiter, ip: &str, n: u32) {
     }
 }
 
+/// Runs `mxlimit ARGS --json` until its answer has `n` entries at `field` (the whole
+/// answer when `field` is empty): the limiter's keeper indexes what happened every
+/// 50 ms here.
+async fn until_listed(l: &Limiter, args: &[&str], field: &str, n: usize) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let args: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&out(&mxlimit(l, true, &args).await)).unwrap();
+        let list = if field.is_empty() { &v } else { &v[field] };
+        if list.as_array().map(Vec::len) == Some(n) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{args:?} never listed {n}: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn who_is_attacking_and_the_access_files_for_sendmail_and_postfix() {
     let l = limiter(Arc::new(PolicyHandle::fixed(testkit::policy(
@@ -93,16 +111,7 @@ async fn who_is_attacking_and_the_access_files_for_sendmail_and_postfix() {
     bad_rcpts(&l, "206.81.85.11", 2).await;
     bad_rcpts(&l, "2001:db8:1:2::5", 1).await;
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let json = loop {
-        let o = out(&mxlimit(&l, true, &["top", "--window", "1h", "--json"]).await);
-        let v: serde_json::Value = serde_json::from_str(&o).unwrap();
-        if v["sources"].as_array().unwrap().len() == 2 {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "the top list never filled: {o}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let json = until_listed(&l, &["top", "--window", "1h"], "sources", 2).await;
     assert_eq!(json["window_ms"], 3_600_000);
     assert_eq!(json["sources"][0]["source"], "206.81.85.0/24");
     assert_eq!(json["sources"][0]["bad_recipients"], 5);
@@ -272,16 +281,7 @@ async fn real_mtas_refuse_what_the_export_lists() {
     .await;
     bad_rcpts(&l, "127.0.0.1", 2).await;
     bad_rcpts(&l, "::1", 1).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let o = out(&mxlimit(&l, true, &["top", "--window", "1h", "--json"]).await);
-        let v: serde_json::Value = serde_json::from_str(&o).unwrap();
-        if v["sources"].as_array().unwrap().len() == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the top list never filled: {o}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_listed(&l, &["top", "--window", "1h"], "sources", 2).await;
     let mut exports = Vec::new();
     for by in ["addr", "net"] {
         let args = [
@@ -397,16 +397,7 @@ async fn a_cut_ban_list_says_how_many_bans_there_are() {
     .await;
     bad_rcpts(&l, "203.0.113.1", 2).await;
     bad_rcpts(&l, "203.0.113.2", 2).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v: serde_json::Value =
-            serde_json::from_str(&out(&mxlimit(&l, true, &["blocks", "--json"]).await)).unwrap();
-        if v.as_array().unwrap().len() == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the bans were never listed: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_listed(&l, &["blocks"], "", 2).await;
     let o = mxlimit(&l, true, &["blocks", "--limit", "1", "--json"]).await;
     let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1);
@@ -464,28 +455,10 @@ async fn explain_with_a_name_shows_the_domain_rule_that_matches() {
 /// certificate of the same CA is not an admin, and no certificate gets no connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_over_mutual_tls_with_an_admin_certificate() {
-    use limiter_server::tls::{ServerTls, TlsFiles};
     let dir = tempfile::tempdir().unwrap();
     let pki = testkit::tls::Pki::new("cli CA");
-    let (cert, key) = pki.server(&["localhost"]).write(dir.path(), "server");
-    let ca = pki.write_ca(dir.path(), "ca.pem");
-    let tls = ServerTls::open(TlsFiles {
-        cert,
-        key,
-        client_ca: Some(ca.clone()),
-    })
-    .unwrap();
-    let options = ServeOptions {
-        tls: Some(tls),
-        admin: Some(
-            AdminAuth::new(AuthConfig {
-                cert_names: vec!["admin.example".into()],
-                ..Default::default()
-            })
-            .unwrap(),
-        ),
-        ..Default::default()
-    };
+    let options = testkit::tls::mtls_admin_options(&pki, dir.path(), &["admin.example"]);
+    let ca = dir.path().join("ca.pem");
     let store = Arc::new(MemoryStore::new(MemoryConfig::default()));
     let policy = Arc::new(PolicyHandle::fixed(testkit::policy("", "")));
     let l = Limiter::start_with(store, policy, "127.0.0.1:0".parse().unwrap(), options).await;

@@ -78,3 +78,34 @@ impl Pki {
         }
     }
 }
+
+/// Server options for a limiter on mutual TLS with `pki` (its certificate for
+/// `localhost`, clients of the same CA), whose Admin API admits the client certificate
+/// names `admin_names` and nothing else (no token). Writes the files into `dir`, the
+/// CA as `ca.pem`.
+pub fn mtls_admin_options(
+    pki: &Pki,
+    dir: &Path,
+    admin_names: &[&str],
+) -> limiter_server::server::ServeOptions {
+    use limiter_server::admin::auth::{AdminAuth, AuthConfig};
+    use limiter_server::tls::{ServerTls, TlsFiles};
+    let (cert, key) = pki.server(&["localhost"]).write(dir, "server");
+    let ca = pki.write_ca(dir, "ca.pem");
+    let tls = ServerTls::open(TlsFiles {
+        cert,
+        key,
+        client_ca: Some(ca),
+    })
+    .unwrap();
+    let admin = AdminAuth::new(AuthConfig {
+        cert_names: admin_names.iter().map(|n| n.to_string()).collect(),
+        ..Default::default()
+    })
+    .unwrap();
+    limiter_server::server::ServeOptions {
+        tls: Some(tls),
+        admin: Some(admin),
+        ..Default::default()
+    }
+}
