@@ -18,7 +18,8 @@ pub enum LogFormat {
 /// With no flags it serves on 127.0.0.1:7525 from an in-memory store with the default
 /// policy. Rules reload on SIGHUP and when a file changes; a broken file is refused and
 /// the rules in force stay.
-#[derive(Debug, Parser)]
+// No Debug: the parsed flags may hold the Redis password.
+#[derive(Parser)]
 #[command(version, about, long_about)]
 pub struct Cli {
     /// Address to serve gRPC on.

@@ -273,10 +273,7 @@ async fn run<S: Store + Ledger>(
 /// URLs without their passwords, for messages.
 fn redact(urls: &str) -> String {
     urls.split(',')
-        .map(|u| match (u.find("://"), u.rfind('@')) {
-            (Some(s), Some(at)) if at > s => format!("{}***{}", &u[..s + 3], &u[at..]),
-            _ => u.to_string(),
-        })
+        .map(limiter_server::store::redis::redact_url)
         .collect::<Vec<_>>()
         .join(",")
 }

@@ -22,8 +22,8 @@ use super::{
 };
 use crate::source::{Level, Source};
 
-/// How to reach Redis.
-#[derive(Debug, Clone)]
+/// How to reach Redis. Its `Debug` shows no password, from the fields or the URLs.
+#[derive(Clone)]
 pub struct RedisConfig {
     /// One `redis://host:port` (a single server, or a cluster node: detected), or
     /// several cluster seeds.
@@ -40,6 +40,29 @@ pub struct RedisConfig {
     /// For `rediss://` URLs: a private CA, and a client certificate for servers that
     /// require one (`tls-auth-clients yes`). Without them the system's roots apply.
     pub tls: Option<RedisTls>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("RedisConfig")
+            .field("urls", &urls)
+            .field("prefix", &self.prefix)
+            .field("response_timeout", &self.response_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// A Redis URL without its credentials (`redis://***@host`), for messages.
+pub fn redact_url(u: &str) -> String {
+    match (u.find("://"), u.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &u[..s + 3], &u[at..]),
+        _ => u.to_string(),
+    }
 }
 
 /// PEM material for TLS to Redis.
@@ -596,5 +619,25 @@ impl Store for RedisStore {
         } else {
             "redis"
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_holds_no_password() {
+        let mut c = RedisConfig::new(vec![
+            "redis://:url-secret@10.0.0.1:6379".into(),
+            "redis://10.0.0.2:6379".into(),
+        ]);
+        c.username = Some("mxlimit".into());
+        c.password = Some("field-secret".into());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("redis://***@10.0.0.1:6379"), "{shown}");
+        assert!(shown.contains("redis://10.0.0.2:6379"), "{shown}");
+        assert!(shown.contains("password: Some(\"***\")"), "{shown}");
     }
 }
