@@ -131,7 +131,28 @@ fn install(
         .try_init()
         .map_err(|_| TelemetryError::Installed)?;
     TRACING.store(provider.is_some(), Ordering::Relaxed);
+    if provider.is_some()
+        && let Some(p) = unsupported_protocol(|k| std::env::var(k).ok())
+    {
+        // The spans would go to a collector port that does not speak gRPC: say so
+        // once, loudly, rather than lose them in silence.
+        tracing::warn!(
+            protocol = %p,
+            "OTEL_EXPORTER_OTLP_PROTOCOL is not grpc: mxlimit exports traces over OTLP/gRPC only (collector port 4317 by default)"
+        );
+    }
     Ok(Telemetry { provider })
+}
+
+/// The OTLP protocol asked for, when it is not the gRPC this exporter speaks.
+fn unsupported_protocol(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .into_iter()
+    .find_map(|k| var(k).filter(|v| !v.trim().is_empty()))
+    .filter(|v| !v.trim().eq_ignore_ascii_case("grpc"))
 }
 
 struct MetadataInjector<'a>(&'a mut MetadataMap);
@@ -207,6 +228,35 @@ pub fn client_span(rpc: &'static str) -> Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_protocol_other_than_grpc_is_reported() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(unsupported_protocol(env(&[])), None);
+        assert_eq!(
+            unsupported_protocol(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])),
+            None
+        );
+        assert_eq!(
+            unsupported_protocol(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])),
+            Some("http/protobuf".into())
+        );
+        // The traces-specific variable wins over the general one.
+        assert_eq!(
+            unsupported_protocol(env(&[
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ])),
+            None
+        );
+    }
 
     #[test]
     fn trace_context_round_trips_through_metadata() {
