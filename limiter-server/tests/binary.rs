@@ -795,6 +795,21 @@ fn tls_files_that_cannot_be_used_stop_the_start_with_the_file_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-key"));
 }
 
+/// The limiter's flags for Redis over mutual TLS.
+fn redis_tls_flags<'a>(url: &'a str, ca: &'a Path, cert: &'a Path, key: &'a Path) -> Vec<&'a str> {
+    let path = |p: &'a Path| p.to_str().unwrap();
+    vec![
+        "--redis",
+        url,
+        "--redis-tls-ca",
+        path(ca),
+        "--redis-tls-cert",
+        path(cert),
+        "--redis-tls-key",
+        path(key),
+    ]
+}
+
 #[tokio::test]
 async fn redis_over_mutual_tls_with_a_private_ca_and_a_clear_error_for_the_wrong_ca() {
     use testkit::tls::Pki;
@@ -819,19 +834,7 @@ async fn redis_over_mutual_tls_with_a_private_ca_and_a_clear_error_for_the_wrong
     ]);
     let url = format!("rediss://127.0.0.1:{tls_port}");
     let (ccert, ckey) = pki.client("limiter").write(dir.path(), "client");
-    let mut s = Server::start(
-        &[
-            "--redis",
-            &url,
-            "--redis-tls-ca",
-            ca.to_str().unwrap(),
-            "--redis-tls-cert",
-            ccert.to_str().unwrap(),
-            "--redis-tls-key",
-            ckey.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let mut s = Server::start(&redis_tls_flags(&url, &ca, &ccert, &ckey), dir.path());
     s.wait_ready().await;
     s.assert_admits("192.0.2.7").await;
 
@@ -882,19 +885,8 @@ async fn redis_cluster_over_mutual_tls_from_one_seed() {
         .unwrap();
     let (ccert, ckey) = pki.client("limiter").write(dir.path(), "client");
     let ca = dir.path().join("ca.pem");
-    let mut s = Server::start(
-        &[
-            "--redis",
-            &cluster.tls_urls()[0],
-            "--redis-tls-ca",
-            ca.to_str().unwrap(),
-            "--redis-tls-cert",
-            ccert.to_str().unwrap(),
-            "--redis-tls-key",
-            ckey.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let seed = &cluster.tls_urls()[0];
+    let mut s = Server::start(&redis_tls_flags(seed, &ca, &ccert, &ckey), dir.path());
     s.wait_ready().await;
     let mut c = s.client().await;
     // Sources in many networks: their keys hash to slots on every primary.

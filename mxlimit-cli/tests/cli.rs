@@ -82,6 +82,16 @@ async fn bad_rcpts(l: &Limiter, ip: &str, n: u32) {
     }
 }
 
+/// A limiter that counts bad recipients for the top lists and bans nobody, so that
+/// every attacker stays in the lists.
+async fn counting_limiter() -> Limiter {
+    let never_ban = "[bad_rcpt]\nblock_after = 0\nnetwork_block_after = 0\n";
+    limiter(Arc::new(PolicyHandle::fixed(testkit::policy(
+        never_ban, "",
+    ))))
+    .await
+}
+
 /// Runs `mxlimit ARGS --json` until its answer has `n` entries at `field` (the whole
 /// answer when `field` is empty): the limiter's keeper indexes what happened every
 /// 50 ms here.
@@ -102,11 +112,7 @@ async fn until_listed(l: &Limiter, args: &[&str], field: &str, n: usize) -> serd
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn who_is_attacking_and_the_access_files_for_sendmail_and_postfix() {
-    let l = limiter(Arc::new(PolicyHandle::fixed(testkit::policy(
-        "[bad_rcpt]\nblock_after = 0\nnetwork_block_after = 0\n",
-        "",
-    ))))
-    .await;
+    let l = counting_limiter().await;
     bad_rcpts(&l, "206.81.85.10", 3).await;
     bad_rcpts(&l, "206.81.85.11", 2).await;
     bad_rcpts(&l, "2001:db8:1:2::5", 1).await;
@@ -274,11 +280,7 @@ async fn real_mtas_refuse_what_the_export_lists() {
     use testkit::sendmail::{Sendmail, SendmailOptions};
     use testkit::smtp::Smtp;
 
-    let l = limiter(Arc::new(PolicyHandle::fixed(testkit::policy(
-        "[bad_rcpt]\nblock_after = 0\nnetwork_block_after = 0\n",
-        "",
-    ))))
-    .await;
+    let l = counting_limiter().await;
     bad_rcpts(&l, "127.0.0.1", 2).await;
     bad_rcpts(&l, "::1", 1).await;
     until_listed(&l, &["top", "--window", "1h"], "sources", 2).await;
