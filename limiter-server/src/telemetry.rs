@@ -138,7 +138,7 @@ fn install(
         // once, loudly, rather than lose them in silence.
         tracing::warn!(
             protocol = %p,
-            "OTEL_EXPORTER_OTLP_PROTOCOL is not grpc: mxlimit exports traces over OTLP/gRPC only (collector port 4317 by default)"
+            "the OTLP protocol asked for (OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL) is not grpc: mxlimit exports traces over OTLP/gRPC only (collector port 4317 by default)"
         );
     }
     Ok(Telemetry { provider })
