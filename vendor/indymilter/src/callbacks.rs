@@ -17,6 +17,7 @@
 use crate::{
     context::{Context, EomContext, NegotiateContext},
     proto_util::{Actions, ProtoOpts, SocketInfo},
+    session::SessionError,
 };
 use bytes::Bytes;
 use std::{ffi::CString, future::Future, pin::Pin};
@@ -124,6 +125,10 @@ pub struct Callbacks<T: Send> {
     /// The callback for the `unknown` stage.
     pub unknown:
         Option<Box<dyn for<'cx> Fn(&'cx mut Context<T>, CString) -> CallbackFuture<'cx> + Send + Sync>>,
+    /// Called when a session ends with an error (an I/O failure, a protocol
+    /// violation by the MTA, the milter shutting down) instead of by the MTA's
+    /// quit, after the `close` callback has run for it.
+    pub session_error: Option<Box<dyn Fn(&SessionError) + Send + Sync>>,
 }
 
 impl<T: Send> Callbacks<T> {
@@ -143,7 +148,17 @@ impl<T: Send> Callbacks<T> {
             abort: None,
             close: None,
             unknown: None,
+            session_error: None,
         }
+    }
+
+    /// Configures the callback for sessions that end with an error.
+    pub fn on_session_error(
+        mut self,
+        callback: impl Fn(&SessionError) + Send + Sync + 'static,
+    ) -> Self {
+        self.session_error = Some(Box::new(callback));
+        self
     }
 
     /// Configures the callback for the `negotiate` stage.

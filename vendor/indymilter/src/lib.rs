@@ -68,6 +68,7 @@ pub use crate::{
     listener::{EitherListener, EitherStream, Listener},
     macros::{MacroStage, Macros},
     proto_util::{Actions, ProtoOpts, SocketInfo},
+    session::SessionError,
 };
 use std::{future::Future, io, sync::Arc};
 use tokio::{

@@ -149,9 +149,11 @@ fn opts_from_callbacks<T: Send>(callbacks: &Callbacks<T>) -> ProtoOpts {
 
 type SessionResult = Result<(), SessionError>;
 
-/// Causes of abnormal session termination.
+/// Causes of abnormal session termination, as given to
+/// [`Callbacks::session_error`][crate::Callbacks::session_error].
 #[derive(Debug)]
-enum SessionError {
+#[non_exhaustive]
+pub enum SessionError {
     MilterShutDown,
     Io(io::Error),
     UnknownCommand(u8),
@@ -221,6 +223,7 @@ pub fn spawn<S, T>(
     T: Send + 'static,
 {
     let callbacks = callbacks.clone();
+    let hooks = callbacks.clone();
 
     let shutdown = shutdown_sender.subscribe();
 
@@ -239,6 +242,9 @@ pub fn spawn<S, T>(
             }
             Err(e) => {
                 trace!("error in session while processing commands: {e}");
+                if let Some(callback) = &hooks.session_error {
+                    callback(&e);
+                }
             }
         }
 

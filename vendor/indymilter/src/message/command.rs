@@ -28,8 +28,8 @@ use std::{
     ffi::CString,
     fmt::{self, Display, Formatter},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    str::FromStr,
 };
+use tracing::trace;
 
 /// The kind of a command.
 #[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
@@ -159,6 +159,8 @@ impl TryFrom<Message> for CommandMessage {
 pub enum ParseCommandError {
     UnknownCommand(u8),
     UnknownFamily(u8),
+    /// No longer returned: an address text that is not an address is
+    /// [`SocketInfo::Unknown`].
     InvalidSocketAddr,
     UnknownStage(u8),
     NoOptNegPayload,
@@ -377,6 +379,15 @@ pub struct ConnInfoPayload {
 
 impl ConnInfoPayload {
     /// Parses a payload from the given buffer.
+    ///
+    /// The address text is taken in every form MTAs send it: sendmail writes IPv6
+    /// clients as `IPv6:2001:db8::1` (and, built with `IPV6_FULL`, with every group),
+    /// and addresses may come bracketed (`[192.0.2.1]`), with a zone id
+    /// (`fe80::1%eth0`, which is dropped) or IPv4-mapped (`::ffff:192.0.2.1`, kept as
+    /// the MTA sent it). An address text that is no address at all is reported as
+    /// [`SocketInfo::Unknown`] rather than ending the session: the milter then still
+    /// sees the connection, and decides what to do with a client it cannot
+    /// attribute. Truncated payloads and unknown families remain errors.
     pub fn parse_buffer(mut buf: Bytes) -> Result<Self, ParseCommandError> {
         let hostname = get_c_string(&mut buf)?;
 
@@ -386,16 +397,10 @@ impl ConnInfoPayload {
 
         let socket_info = match family {
             Family::Unknown => SocketInfo::Unknown,
-            Family::Ipv4 => {
-                let addr = parse_socket_addr::<Ipv4Addr>(buf)?;
-
-                SocketInfo::Inet(addr)
-            }
-            Family::Ipv6 => {
-                let addr = parse_socket_addr::<Ipv6Addr>(buf)?;
-
-                SocketInfo::Inet(addr)
-            }
+            Family::Ipv4 | Family::Ipv6 => match parse_socket_addr(buf)? {
+                Some(addr) => SocketInfo::Inet(addr),
+                None => SocketInfo::Unknown,
+            },
             Family::Unix => {
                 let _unused = get_u16(&mut buf)?;
 
@@ -414,22 +419,49 @@ impl ConnInfoPayload {
     }
 }
 
-fn parse_socket_addr<T>(mut buf: Bytes) -> Result<SocketAddr, ParseCommandError>
-where
-    T: FromStr + Into<IpAddr>,
-{
+/// The port and address of an internet family connect payload; `None` when the
+/// address text is not an address.
+fn parse_socket_addr(mut buf: Bytes) -> Result<Option<SocketAddr>, ParseCommandError> {
     let port = get_u16(&mut buf)?;
 
     ensure_nul_terminated(&buf)?;
 
     let addr = get_c_string(&mut buf)?;
-    let addr = addr
-        .into_string()
-        .map_err(|_| ParseCommandError::InvalidSocketAddr)?
-        .parse::<T>()
-        .map_err(|_| ParseCommandError::InvalidSocketAddr)?;
+    let addr = addr.to_str().ok().and_then(parse_ip_addr);
+    if addr.is_none() {
+        trace!("connect info address is not an IP address");
+    }
 
-    Ok(SocketAddr::from((addr, port)))
+    Ok(addr.map(|addr| SocketAddr::from((addr, port))))
+}
+
+/// An IP address in any of the textual forms MTAs put in the connect info.
+pub fn parse_ip_addr(text: &str) -> Option<IpAddr> {
+    let mut s = text.trim();
+    if let Some(inner) = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+        s = inner;
+    }
+    // sendmail's tag for IPv6 addresses, in any case (`IPv6:`, `ipv6:`).
+    if s.len() > 5 && s.is_char_boundary(5) && s[..5].eq_ignore_ascii_case("ipv6:") {
+        s = &s[5..];
+        if let Some(inner) = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            s = inner;
+        }
+        return strip_zone(s).parse::<Ipv6Addr>().ok().map(IpAddr::V6);
+    }
+    if let Ok(ip) = s.parse::<Ipv4Addr>() {
+        return Some(IpAddr::V4(ip));
+    }
+    strip_zone(s).parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+}
+
+/// An IPv6 address without its zone id (`fe80::1%eth0`): the zone names the
+/// receiving host's interface, not the client.
+fn strip_zone(s: &str) -> &str {
+    match s.split_once('%') {
+        Some((addr, zone)) if !zone.is_empty() => addr,
+        _ => s,
+    }
 }
 
 /// A [`DefMacros`][Command::DefMacros] command payload.
@@ -631,5 +663,73 @@ mod tests {
                 hostname: c_str!("hello").into()
             })
         );
+    }
+
+    fn conn_info(family: u8, addr: &[u8]) -> Result<ConnInfoPayload, ParseCommandError> {
+        let mut buf = b"client.example\0".to_vec();
+        buf.push(family);
+        buf.extend_from_slice(&25u16.to_be_bytes());
+        buf.extend_from_slice(addr);
+        buf.push(0);
+        ConnInfoPayload::parse_buffer(Bytes::from(buf))
+    }
+
+    fn inet(s: &str) -> SocketInfo {
+        SocketInfo::Inet(SocketAddr::new(s.parse().unwrap(), 25))
+    }
+
+    #[test]
+    fn conn_info_address_forms_mtas_send() {
+        for (family, text, want) in [
+            (b'4', "192.0.2.1", "192.0.2.1"),
+            (b'4', "[192.0.2.1]", "192.0.2.1"),
+            (b'6', "2001:db8::1", "2001:db8::1"),
+            // sendmail: tagged, and with IPV6_FULL every group written out.
+            (b'6', "IPv6:2001:db8::1", "2001:db8::1"),
+            (b'6', "IPv6:2001:db8:0:0:0:0:0:1", "2001:db8::1"),
+            (b'6', "ipv6:2001:DB8::1", "2001:db8::1"),
+            (b'6', "[IPv6:2001:db8::1]", "2001:db8::1"),
+            (b'6', "IPv6:::1", "::1"),
+            (b'6', "::ffff:192.0.2.1", "::ffff:192.0.2.1"),
+            (b'6', "IPv6:::ffff:192.0.2.1", "::ffff:192.0.2.1"),
+            (b'6', "fe80::1%eth0", "fe80::1"),
+            (b'6', "IPv6:fe80::1%2", "fe80::1"),
+        ] {
+            let got = conn_info(family, text.as_bytes()).unwrap();
+            assert_eq!(got.socket_info, inet(want), "{text}");
+            assert_eq!(got.hostname.to_str().unwrap(), "client.example");
+        }
+    }
+
+    #[test]
+    fn conn_info_without_an_address_is_unknown_not_an_error() {
+        for (family, text) in [
+            (b'4', &b"unknown"[..]),
+            (b'6', b"IPv6:"),
+            (b'6', b"IPv6:192.0.2.1"),
+            (b'4', b""),
+            (b'4', b"\xff\xfe"),
+            (b'6', b"fe80::1%"),
+        ] {
+            let got = conn_info(family, text).unwrap();
+            assert_eq!(got.socket_info, SocketInfo::Unknown, "{text:?}");
+        }
+        let got = ConnInfoPayload::parse_buffer(Bytes::from_static(b"host\0U")).unwrap();
+        assert_eq!(got.socket_info, SocketInfo::Unknown);
+        let got = ConnInfoPayload::parse_buffer(Bytes::from_static(b"host\0L\0\0/run/x\0")).unwrap();
+        assert_eq!(got.socket_info, SocketInfo::Unix(c_str!("/run/x").into()));
+    }
+
+    #[test]
+    fn truncated_conn_info_is_still_an_error() {
+        assert_eq!(
+            ConnInfoPayload::parse_buffer(Bytes::from_static(b"host\0X\0\x19192.0.2.1\0")),
+            Err(ParseCommandError::UnknownFamily(b'X'))
+        );
+        assert!(ConnInfoPayload::parse_buffer(Bytes::new()).is_err());
+        assert!(ConnInfoPayload::parse_buffer(Bytes::from_static(b"host\0")).is_err());
+        assert!(ConnInfoPayload::parse_buffer(Bytes::from_static(b"host\x004")).is_err());
+        assert!(ConnInfoPayload::parse_buffer(Bytes::from_static(b"host\x004\0\x19")).is_err());
+        assert!(ConnInfoPayload::parse_buffer(Bytes::from_static(b"host\x004\0\x19192.0.2.1")).is_err());
     }
 }
