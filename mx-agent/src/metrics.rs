@@ -1,7 +1,10 @@
 //! The agent's Prometheus metrics (listed in docs/OPERATIONS.md); served by
 //! `--metrics-listen` through the limiter crate's exporter set-up.
 
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram};
 
 /// Limiter calls by `rpc` and `result` (`ok`, `timeout`, `unavailable`,
 /// `invalid_argument`, `error`, `skipped` while the breaker is open).
@@ -15,6 +18,78 @@ pub const DECISIONS: &str = "mxagent_decisions_total";
 pub const FALLBACKS: &str = "mxagent_fallbacks_total";
 /// Sessions of this host holding a lease, sampled at every heartbeat.
 pub const LEASES_LIVE: &str = "mxagent_leases_live";
+/// Sessions the limiter could not decide, by `adapter` (`milter`, `policy`,
+/// `socketmap`) and `cause` (see [`Undecided`]).
+pub const UNDECIDED: &str = "mxagent_undecided_sessions_total";
+
+/// Why the limiter did not decide a session (or a connection of the MTA's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Undecided {
+    /// The MTA gave no client address the agent can read (an unknown family, a text
+    /// that is no address, a local socket): decided by the fallback mode instead.
+    NoClientAddress,
+    /// The MTA's connection broke the protocol (garbage, a truncated packet): the
+    /// rest of its session went undecided.
+    ProtocolError,
+    /// The MTA's connection failed mid-session (reset, timeout, or closed without a
+    /// word, as a port probe does): counted, logged at debug only.
+    IoError,
+    /// Every slot (`max_sessions`) was taken: the connection was closed at once and
+    /// the MTA's own default for a missing milter or service applied.
+    SlotsFull,
+}
+
+impl Undecided {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Undecided::NoClientAddress => "no_client_address",
+            Undecided::ProtocolError => "protocol_error",
+            Undecided::IoError => "io_error",
+            Undecided::SlotsFull => "slots_full",
+        }
+    }
+}
+
+/// Counts a session the limiter did not decide and warns about it: the first time
+/// for each adapter and cause, then at most every 10 s with the count in between, so
+/// that a flood of them is one line per period.
+pub fn undecided(adapter: &'static str, cause: Undecided, detail: &dyn std::fmt::Display) {
+    counter!(UNDECIDED, "adapter" => adapter, "cause" => cause.as_str()).increment(1);
+    if cause == Undecided::IoError {
+        tracing::debug!(adapter, cause = cause.as_str(), "{detail}");
+        return;
+    }
+    // (adapter, cause, last warned, count since); a handful of entries at most.
+    type Last = Vec<(&'static str, Undecided, Option<Instant>, u64)>;
+    static LAST: Mutex<Last> = Mutex::new(Vec::new());
+    let now = Instant::now();
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let entry = match last.iter().position(|e| e.0 == adapter && e.1 == cause) {
+        Some(i) => &mut last[i],
+        None => {
+            last.push((adapter, cause, None, 0));
+            last.last_mut().expect("just pushed")
+        }
+    };
+    entry.3 += 1;
+    if entry
+        .2
+        .is_none_or(|at| now.duration_since(at) >= WARN_EVERY)
+    {
+        let since = entry.3;
+        entry.2 = Some(now);
+        entry.3 = 0;
+        drop(last);
+        tracing::warn!(
+            adapter,
+            cause = cause.as_str(),
+            sessions = since,
+            "{detail}"
+        );
+    }
+}
+
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 pub fn describe() {
     describe_counter!(CALLS, "Limiter calls, by rpc and result.");
@@ -30,6 +105,10 @@ pub fn describe() {
     describe_counter!(
         FALLBACKS,
         "Decisions made without the limiter, by rpc and mode."
+    );
+    describe_counter!(
+        UNDECIDED,
+        "Sessions the limiter could not decide, by adapter and cause."
     );
     describe_gauge!(
         LEASES_LIVE,

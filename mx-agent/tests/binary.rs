@@ -279,3 +279,83 @@ async fn metrics_count_limiter_calls_their_latency_decisions_and_fallbacks() {
         .sum();
     assert_eq!(failed, 1.0, "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_the_limiter_never_decided_are_counted_and_logged_by_cause() {
+    use testkit::milter::{MilterClient, Reply};
+    let lim = common::limiter("", "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, "[milter]\nmax_sessions = 2\n").unwrap();
+    let log = dir.path().join("stderr");
+    let metrics = format!("127.0.0.1:{}", testkit::free_port());
+    let (mut child, milter) = common::spawn_agent_to(
+        "mx1",
+        &format!("http://{}", lim.addr),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--metrics-listen",
+            &metrics,
+        ],
+        &[],
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    // No address the agent can read: decided by the fallback (open: accepted here).
+    let mut first = MilterClient::open(milter).await.unwrap();
+    let r = first
+        .connect_as("client.example", b'6', Some("IPv6:not-an-address"), &[])
+        .await
+        .unwrap();
+    assert_eq!(r, Reply::Continue);
+    // Protocol garbage: that connection is closed.
+    let mut bad = MilterClient::open(milter).await.unwrap();
+    bad.raw(&[0, 0, 0, 3, b'C', 0, 0]).await.unwrap();
+    assert!(bad.closed().await);
+    // Both slots taken (the first session, and this one): one more is closed at once.
+    let _second = MilterClient::open(milter).await.unwrap();
+    let mut third = tokio::net::TcpStream::connect(milter).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut third, &mut buf),
+    )
+    .await;
+    assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+
+    // The counters move as the agent sees each end; wait for all three, bounded.
+    let want = [
+        ("milter", "no_client_address"),
+        ("milter", "protocol_error"),
+        ("milter", "slots_full"),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = scrape(&metrics);
+        let got: Vec<Option<f64>> = want
+            .iter()
+            .map(|(a, c)| {
+                sample(
+                    &m,
+                    "mxagent_undecided_sessions_total",
+                    &[&format!(r#"adapter="{a}""#), &format!(r#"cause="{c}""#)],
+                )
+            })
+            .collect();
+        if got.iter().all(|v| *v == Some(1.0)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{got:?}\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log).unwrap();
+    for (_, cause) in want {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("WARN") && l.contains(&format!("cause=\"{cause}\""))),
+            "no warning for {cause}:\n{log}"
+        );
+    }
+}

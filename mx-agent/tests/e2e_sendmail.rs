@@ -248,3 +248,72 @@ async fn postfix_policy_delegation_enforces_client_rate_and_max_rcpts() {
         "{r:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_dictionary_attack_through_sendmail_is_tarpitted_then_banned() {
+    // sendmail names IPv6 clients `IPv6:2001:db8:…` (all groups written out) in the
+    // milter's connect info; every address below must reach the limiter as itself.
+    testkit::ipv6::route_on_lo("2001:db8:66::".parse().unwrap());
+    testkit::ipv6::route_on_lo("2001:db8:67::".parse().unwrap());
+    let redis = RedisServer::start();
+    let lim = limiter_on_redis(&redis, ATTACK).await;
+    let mut cfg = config("mx3", &[lim.addr]);
+    cfg.limiter.deadline = Span::millis(100);
+    let a = agent(&cfg).await;
+    let sm = Sendmail::start(
+        "mx3",
+        &SendmailOptions {
+            milter: Some(format!("inet:{}@127.0.0.1", tcp(&a.milter[0]).port())),
+            socketmap: Some(format!("inet:{}@127.0.0.1", tcp(&a.socketmap[0]).port())),
+            ipv6: true,
+            ..Default::default()
+        },
+    );
+    let legit = "2001:db8:67::1";
+    let (r, _) = session(sm.addr6(), legit, &["root@mx.test"]).await;
+    assert!(first_refusal(&r).is_none(), "{r:?}");
+
+    // Unknown users from 5 addresses of 2001:db8:66::/64: network tarpit past 2, ban
+    // past 4.
+    let mut bad = Vec::new();
+    let mut last = None;
+    for i in 0..5 {
+        let (r, s) = session(
+            sm.addr6(),
+            &format!("2001:db8:66::{:x}", 0x100 + i),
+            &[&format!("nobody{i}@mx.test")],
+        )
+        .await;
+        assert_eq!(
+            r[..3].iter().map(|r| r.code).collect::<Vec<_>>(),
+            [220, 250, 250],
+            "{r:?}"
+        );
+        bad.push(r[3].clone());
+        last = s;
+    }
+    assert!(
+        bad.iter()
+            .all(|r| r.code == 550 && r.text.contains("User unknown")),
+        "{bad:?}"
+    );
+    assert!(
+        bad[2..4]
+            .iter()
+            .all(|r| r.took >= Duration::from_millis(600)),
+        "tarpit: {bad:?}"
+    );
+    let mut s = last.expect("open");
+    let next = s.cmd("RCPT TO:<root@mx.test>").await.unwrap();
+    assert!(next.code == 421 || next.code == 0, "{next:?}");
+    // The whole /64 is refused at connect, the legitimate /64 is not.
+    let (r, _) = session(sm.addr6(), "2001:db8:66::ffff:1", &[]).await;
+    let refusal = first_refusal(&r).expect("refused").clone();
+    assert_eq!(refusal.code, 421, "{r:?}");
+    assert!(
+        refusal.text.contains("Too many invalid recipients"),
+        "{r:?}"
+    );
+    let (r, _) = session(sm.addr6(), legit, &["root@mx.test"]).await;
+    assert!(first_refusal(&r).is_none(), "{r:?}");
+}

@@ -257,3 +257,96 @@ async fn a_live_session_keeps_its_lease_past_the_ttl() {
     );
     c1.quit().await.unwrap();
 }
+
+/// One milter connect with the family byte and address text as given.
+async fn connect_as(
+    addr: std::net::SocketAddr,
+    family: u8,
+    text: Option<&str>,
+) -> (MilterClient, Reply) {
+    let mut c = MilterClient::open(addr).await.unwrap();
+    let r = c
+        .connect_as("client.example", family, text, &[])
+        .await
+        .unwrap();
+    (c, r)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_address_form_the_mtas_send_is_one_source_at_the_limiter() {
+    // ClientConn 1 per address: a second live session of the same source is refused,
+    // which shows that each written form reached the limiter as that address.
+    let lim = limiter(LIMITS, "").await;
+    let a = agent(&config("mx1", &[lim.addr])).await;
+    let addr = tcp(&a.milter[0]);
+    let too_many = Reply::Code("421 4.3.2 Too many open connections.".into());
+    for forms in [
+        // sendmail (IPV6_FULL): tagged, every group written; then the usual forms.
+        &[
+            (b'6', "IPv6:2001:db8:66:0:0:0:0:7"),
+            (b'6', "2001:db8:66::7"),
+            (b'6', "[IPv6:2001:db8:66::7]"),
+        ][..],
+        &[
+            (b'4', "192.0.2.9"),
+            (b'4', "[192.0.2.9]"),
+            (b'6', "IPv6:::ffff:192.0.2.9"),
+        ],
+        &[(b'6', "fe80::5%eth0"), (b'6', "IPv6:fe80::5%2")],
+    ] {
+        let (first, r) = connect_as(addr, forms[0].0, Some(forms[0].1)).await;
+        assert_eq!(r, Reply::Continue, "{forms:?}");
+        for (family, text) in &forms[1..] {
+            let (_c, r) = connect_as(addr, *family, Some(text)).await;
+            assert_eq!(
+                r, too_many,
+                "{text} is not the same source as {}",
+                forms[0].1
+            );
+        }
+        first.quit().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_an_address_is_decided_by_the_fallback_not_waved_through() {
+    // The limiter would admit everything: a refusal below is this host's own.
+    let lim = limiter("[client_conn]\naddress = 0\nnetwork = 0\n", "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local.toml");
+    // This host's own limits: one concurrent session per source.
+    std::fs::write(&local, "[client_conn]\naddress = 1\nnetwork = 0\n").unwrap();
+    let mut cfg = config("mx1", &[lim.addr]);
+    cfg.fallback.policy = Some(local);
+    let a = agent(&cfg).await;
+    let addr = tcp(&a.milter[0]);
+    // Fail-open: every such session of the host counts as one source under the local
+    // limits, whatever the MTA wrote.
+    let (first, r) = connect_as(addr, b'U', None).await;
+    assert_eq!(r, Reply::Continue);
+    for (family, text) in [
+        (b'U', None),
+        (b'4', Some("unknown")),
+        (b'6', Some("IPv6:not-an-address")),
+        (b'L', Some("/run/smtp.sock")),
+    ] {
+        let (_c, r) = connect_as(addr, family, text).await;
+        assert_eq!(
+            r.code(),
+            Some(421),
+            "family {} {text:?}: {r:?}",
+            family as char
+        );
+    }
+    first.quit().await.unwrap();
+
+    // Fail-closed: a temporary failure.
+    let mut cfg = config("mx2", &[lim.addr]);
+    cfg.fallback.mode = mx_agent::config::FailMode::Closed;
+    let a = agent(&cfg).await;
+    let (_c, r) = connect_as(tcp(&a.milter[0]), b'U', None).await;
+    match &r {
+        Reply::Code(c) => assert!(c.starts_with("421 4.3.2"), "{c}"),
+        other => panic!("{other:?}"),
+    }
+}

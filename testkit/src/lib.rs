@@ -6,6 +6,7 @@
 //! saying so; nothing is skipped.
 
 pub mod dns;
+pub mod ipv6;
 pub mod milter;
 pub mod otlp;
 pub mod postfix;

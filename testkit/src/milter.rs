@@ -108,13 +108,30 @@ impl MilterClient {
         ip: IpAddr,
         macros: &[(&str, &str)],
     ) -> std::io::Result<Reply> {
+        let family = if ip.is_ipv4() { b'4' } else { b'6' };
+        self.connect_as(host, family, Some(&ip.to_string()), macros)
+            .await
+    }
+
+    /// A connect with the family byte and address text as given, the way an MTA may
+    /// write them (`6` and `IPv6:2001:db8::1` from sendmail, `L` and a socket path, `U`
+    /// and nothing).
+    pub async fn connect_as(
+        &mut self,
+        host: &str,
+        family: u8,
+        addr: Option<&str>,
+        macros: &[(&str, &str)],
+    ) -> std::io::Result<Reply> {
         self.macros(b'C', macros).await?;
         let mut p = host.as_bytes().to_vec();
         p.push(0);
-        p.push(if ip.is_ipv4() { b'4' } else { b'6' });
-        p.extend(25000u16.to_be_bytes());
-        p.extend(ip.to_string().as_bytes());
-        p.push(0);
+        p.push(family);
+        if let Some(a) = addr {
+            p.extend(if family == b'L' { 0u16 } else { 25000u16 }.to_be_bytes());
+            p.extend(a.as_bytes());
+            p.push(0);
+        }
         self.send(b'C', &p).await?;
         self.answer().await
     }

@@ -1,5 +1,6 @@
 //! An SMTP client that connects from any 127.x.y.z source address (Linux lets any
-//! loopback address be bound), so that one machine plays many clients and networks.
+//! loopback address be bound) or any address of an IPv6 /64 routed on lo
+//! ([`crate::ipv6`]), so that one machine plays many clients and networks.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -25,7 +26,15 @@ impl Smtp {
         let sock = if source.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
-            TcpSocket::new_v6()?
+            // Any address of a /64 routed on lo (crate::ipv6), without adding each.
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV6,
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            s.set_freebind_v6(true)?;
+            s.set_nonblocking(true)?;
+            TcpSocket::from_std_stream(s.into())
         };
         sock.bind(SocketAddr::new(source, 0))?;
         let t = Instant::now();

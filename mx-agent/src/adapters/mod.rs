@@ -1,6 +1,7 @@
 //! The MTA-facing protocol servers. Each turns the MTA's events into limiter calls and
 //! verdicts into the MTA's replies, and never lets a reply wait past its `max_delay`.
 
+mod accept;
 pub mod milter;
 pub mod policy;
 pub mod socketmap;

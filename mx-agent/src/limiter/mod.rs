@@ -35,6 +35,10 @@ use crate::metrics as m;
 pub use sessions::Origin;
 use sessions::{Live, Sessions};
 
+/// The source every session without a client address counts as, in this host's
+/// fallback limits: `0.0.0.0`, which no client connects from.
+pub const UNATTRIBUTED: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+
 /// Whether the adapter will see a session end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ends {
@@ -315,40 +319,34 @@ impl Limiter {
                 self.fell_back("Connect", &why);
                 // A slow limiter may have admitted the session after all.
                 maybe_remote = !matches!(why, Failure::Skipped);
-                match self.fail {
-                    FailMode::Closed => Admission {
-                        verdict: unavailable(Action::Disconnect, 421),
-                        policy: SessionPolicy::default(),
-                        origin: Origin::Closed,
-                    },
-                    FailMode::Open => {
-                        let lease = LeaseId {
-                            node: &self.node,
-                            epoch: &self.epoch,
-                            session,
-                        };
-                        let local = decision::Connect {
-                            lease,
-                            ip,
-                            client_name: name,
-                        };
-                        match self.local.connect(&local).await {
-                            Ok(r) => Admission {
-                                verdict: r.verdict.unwrap_or_else(accept),
-                                policy: r.policy.unwrap_or_default(),
-                                origin: Origin::Local,
-                            },
-                            Err(_) => Admission {
-                                verdict: accept(),
-                                policy: SessionPolicy::default(),
-                                origin: Origin::Local,
-                            },
-                        }
-                    }
-                }
+                self.fallback_connect(session, ip, name).await
             }
         };
         decided("Connect", &a.verdict, a.origin);
+        self.track(session, ip, &a, maybe_remote, ends);
+        a
+    }
+
+    /// A session whose client the MTA did not name by an address (an unknown family,
+    /// a text that is no address, a local socket). The limiter cannot count it, so
+    /// the fallback mode decides, as if the limiter were down: `open`, this host's own
+    /// limits, every such session of the host counted as one source
+    /// ([`UNATTRIBUTED`]); `closed`, a temporary failure. Never waved through.
+    pub async fn connect_unattributed(
+        &self,
+        session: &str,
+        name: Option<&str>,
+        ends: Ends,
+    ) -> Admission {
+        let a = self.fallback_connect(session, UNATTRIBUTED, name).await;
+        decided("Connect", &a.verdict, a.origin);
+        self.track(session, UNATTRIBUTED, &a, false, ends);
+        a
+    }
+
+    /// Keeps an admitted session whose end the caller will see, for heartbeats and
+    /// its release.
+    fn track(&self, session: &str, ip: IpAddr, a: &Admission, maybe_remote: bool, ends: Ends) {
         if a.admitted() && a.origin != Origin::Closed && ends == Ends::Seen {
             let live = Live {
                 ip,
@@ -357,7 +355,41 @@ impl Limiter {
             };
             self.sessions.insert(session, live);
         }
-        a
+    }
+
+    /// A `Connect` decided without the limiter, by the fallback mode.
+    async fn fallback_connect(&self, session: &str, ip: IpAddr, name: Option<&str>) -> Admission {
+        match self.fail {
+            FailMode::Closed => Admission {
+                verdict: unavailable(Action::Disconnect, 421),
+                policy: SessionPolicy::default(),
+                origin: Origin::Closed,
+            },
+            FailMode::Open => {
+                let lease = LeaseId {
+                    node: &self.node,
+                    epoch: &self.epoch,
+                    session,
+                };
+                let local = decision::Connect {
+                    lease,
+                    ip,
+                    client_name: name,
+                };
+                match self.local.connect(&local).await {
+                    Ok(r) => Admission {
+                        verdict: r.verdict.unwrap_or_else(accept),
+                        policy: r.policy.unwrap_or_default(),
+                        origin: Origin::Local,
+                    },
+                    Err(_) => Admission {
+                        verdict: accept(),
+                        policy: SessionPolicy::default(),
+                        origin: Origin::Local,
+                    },
+                }
+            }
+        }
     }
 
     pub async fn recipient(
@@ -388,32 +420,60 @@ impl Limiter {
             Ok(r) => (r.verdict.unwrap_or_else(accept), Origin::Limiter),
             Err(why) => {
                 self.fell_back("Recipient", &why);
-                match self.fail {
-                    FailMode::Closed => (unavailable(Action::Tempfail, 451), Origin::Closed),
-                    FailMode::Open => {
-                        let local = decision::Recipient {
-                            node: &self.node,
-                            session,
-                            ip,
-                            client_name: name,
-                            recipient: &req.recipient,
-                            rejected: rcpt.rejected,
-                            envelope_rcpts: rcpt.envelope_rcpts,
-                            envelope_bad_rcpts: rcpt.envelope_bad_rcpts,
-                        };
-                        let v = self
-                            .local
-                            .recipient(&local)
-                            .await
-                            .ok()
-                            .and_then(|r| r.verdict);
-                        (v.unwrap_or_else(accept), Origin::Local)
-                    }
-                }
+                self.fallback_recipient(session, ip, name, &req.recipient, rcpt)
+                    .await
             }
         };
         decided("Recipient", &verdict, origin);
         (verdict, origin)
+    }
+
+    /// A RCPT of a session admitted by [`Limiter::connect_unattributed`].
+    pub async fn recipient_unattributed(
+        &self,
+        session: &str,
+        name: Option<&str>,
+        rcpt: Rcpt<'_>,
+    ) -> (Verdict, Origin) {
+        let recipient = truncate(rcpt.recipient, 512);
+        let (verdict, origin) = self
+            .fallback_recipient(session, UNATTRIBUTED, name, recipient, rcpt)
+            .await;
+        decided("Recipient", &verdict, origin);
+        (verdict, origin)
+    }
+
+    /// A `Recipient` decided without the limiter, by the fallback mode.
+    async fn fallback_recipient(
+        &self,
+        session: &str,
+        ip: IpAddr,
+        name: Option<&str>,
+        recipient: &str,
+        rcpt: Rcpt<'_>,
+    ) -> (Verdict, Origin) {
+        match self.fail {
+            FailMode::Closed => (unavailable(Action::Tempfail, 451), Origin::Closed),
+            FailMode::Open => {
+                let local = decision::Recipient {
+                    node: &self.node,
+                    session,
+                    ip,
+                    client_name: name,
+                    recipient,
+                    rejected: rcpt.rejected,
+                    envelope_rcpts: rcpt.envelope_rcpts,
+                    envelope_bad_rcpts: rcpt.envelope_bad_rcpts,
+                };
+                let v = self
+                    .local
+                    .recipient(&local)
+                    .await
+                    .ok()
+                    .and_then(|r| r.verdict);
+                (v.unwrap_or_else(accept), Origin::Local)
+            }
+        }
     }
 
     /// Releases the session's lease where it was taken. Never fails the caller.

@@ -55,6 +55,17 @@ pub fn spawn_agent(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> (std::process::Child, SocketAddr) {
+    spawn_agent_to(node, limiter, extra, env, std::process::Stdio::null())
+}
+
+/// [`spawn_agent`], its log going to `stderr`.
+pub fn spawn_agent_to(
+    node: &str,
+    limiter: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> (std::process::Child, SocketAddr) {
     let port = testkit::free_port();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_mx-agent"))
         .args([
@@ -68,7 +79,7 @@ pub fn spawn_agent(
         // The service name in traces is the agent's own unless a test sets one.
         .env_remove("OTEL_SERVICE_NAME")
         .envs(env.iter().copied())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -17,15 +17,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indymilter::{
-    Actions, Callbacks, Config, Context, MacroStage, NegotiateContext, ProtoOpts, SetErrorReply,
-    SocketInfo, Status,
+    Actions, Callbacks, Config, Context, MacroStage, NegotiateContext, ProtoOpts, SessionError,
+    SetErrorReply, SocketInfo, Status,
 };
 use mxlimit_proto::v1::{Action, SessionPolicy, Verdict};
 
 use super::{capped, smtp_reply, verified_name};
-use crate::limiter::{Ends, Limiter, Rcpt, action};
+use crate::limiter::{Ends, Limiter, Rcpt, UNATTRIBUTED, action};
 use crate::listen::Listener;
+use crate::metrics::{Undecided, undecided};
 use tracing::Instrument;
+
+mod slots;
+
+use slots::Slots;
+
+/// This adapter's name in metrics.
+const ADAPTER: &str = "milter";
 
 /// One SMTP session, as the milter follows it.
 #[derive(Debug, Default)]
@@ -34,6 +42,8 @@ pub struct Session {
     ip: Option<IpAddr>,
     name: Option<String>,
     admitted: bool,
+    /// The MTA named no client address: decided by the fallback mode alone.
+    unattributed: bool,
     policy: SessionPolicy,
     /// In this envelope: every RCPT (numbers each one, so a retried call counts once),
     /// the accepted ones (for `max_rcpts_per_message`), the unknown users.
@@ -73,15 +83,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let callbacks = callbacks(Milter { limiter, max_delay });
+    // `Slots` keeps the count (and says when it is reached); indymilter's own limit
+    // would only queue connections unseen.
     let config = Config {
-        max_connections: max_sessions,
+        max_connections: tokio::sync::Semaphore::MAX_PERMITS,
         ..Default::default()
     };
     tracing::info!(listen = %listener.local_addr(), "milter listening");
     match listener {
-        Listener::Tcp(l) => indymilter::run(l, callbacks, config, shutdown).await,
+        Listener::Tcp(l) => {
+            indymilter::run(Slots::new(l, max_sessions), callbacks, config, shutdown).await
+        }
         // The socket file goes when `_file` is dropped, after the milter stops.
-        Listener::Unix(l, _file) => indymilter::run(l, callbacks, config, shutdown).await,
+        Listener::Unix(l, _file) => {
+            indymilter::run(Slots::new(l, max_sessions), callbacks, config, shutdown).await
+        }
     }
 }
 
@@ -89,6 +105,7 @@ fn callbacks(m: Milter) -> Callbacks<Session> {
     let (c, r, mail, data, abort, close) =
         (m.clone(), m.clone(), m.clone(), m.clone(), m.clone(), m);
     Callbacks::new()
+        .on_session_error(session_error)
         .on_negotiate(|cx, _actions, opts| Box::pin(negotiate(cx, opts)))
         .on_connect(move |cx, host, info| {
             let m = c.clone();
@@ -129,6 +146,22 @@ fn callbacks(m: Milter) -> Callbacks<Session> {
                 Status::Continue
             })
         })
+}
+
+/// A milter connection that ended in an error (after its `close`, which released
+/// the lease): whatever of its session was left went undecided.
+fn session_error(e: &SessionError) {
+    let cause = match e {
+        // The agent stopping: nothing the MTA did.
+        SessionError::MilterShutDown => return,
+        SessionError::Io(_) => Undecided::IoError,
+        _ => Undecided::ProtocolError,
+    };
+    undecided(
+        ADAPTER,
+        cause,
+        &format_args!("milter: the MTA's connection ended in an error: {e}"),
+    );
 }
 
 async fn negotiate(cx: &mut NegotiateContext<Session>, offered: ProtoOpts) -> Status {
@@ -245,11 +278,23 @@ impl Milter {
     async fn connect(&self, cx: &mut Context<Session>, host: CString, info: SocketInfo) -> Status {
         let started = Instant::now();
         let ip = match info {
-            SocketInfo::Inet(a) => limiter_server::source::canonical(a.ip()),
-            // A local (Unix socket) or unknown client has no address to limit.
-            _ => {
-                cx.data = Some(Session::default());
-                return Status::Continue;
+            SocketInfo::Inet(a) => Some(limiter_server::source::canonical(a.ip())),
+            // A local (Unix socket) or unknown client, or an address text the library
+            // could not read: nothing the limiter can count, and no reason to wave
+            // the session through either.
+            other => {
+                let what = match other {
+                    SocketInfo::Unix(path) => format!("a local socket ({path:?})"),
+                    _ => "no address it could read".to_string(),
+                };
+                undecided(
+                    ADAPTER,
+                    Undecided::NoClientAddress,
+                    &format_args!(
+                        "the MTA named the client {host:?} by {what}: decided by the fallback mode"
+                    ),
+                );
+                None
             }
         };
         // sendmail tells whether the name is forward-confirmed; Postfix's is already.
@@ -261,12 +306,20 @@ impl Milter {
             .filter(|_| resolved_ok)
             .map(str::to_string);
         let id = self.limiter.new_session_id();
-        let span = session_span(self.limiter.node(), ip, &id);
-        let adm = self
-            .limiter
-            .connect(&id, ip, name.as_deref(), "", Ends::Seen)
-            .instrument(span.clone())
-            .await;
+        let span = session_span(self.limiter.node(), ip.unwrap_or(UNATTRIBUTED), &id);
+        let adm = match ip {
+            Some(ip) => {
+                self.limiter
+                    .connect(&id, ip, name.as_deref(), "", Ends::Seen)
+                    .instrument(span.clone())
+                    .await
+            }
+            None => {
+                self.limiter
+                    .connect_unattributed(&id, name.as_deref(), Ends::Seen)
+                    .await
+            }
+        };
         let admitted = adm.admitted();
         let greet = capped(
             adm.policy.greet_pause_ms,
@@ -274,7 +327,8 @@ impl Milter {
         );
         cx.data = Some(Session {
             id,
-            ip: Some(ip),
+            ip: Some(ip.unwrap_or(UNATTRIBUTED)),
+            unattributed: ip.is_none(),
             name,
             admitted,
             policy: adm.policy,
@@ -330,11 +384,18 @@ impl Milter {
                     envelope_bad_rcpts: s.bad,
                 };
                 let (id, name, span) = (s.id.clone(), s.name.clone(), s.span.0.clone());
-                self.limiter
-                    .recipient(&id, ip, name.as_deref(), rcpt)
-                    .instrument(span)
-                    .await
-                    .0
+                if s.unattributed {
+                    self.limiter
+                        .recipient_unattributed(&id, name.as_deref(), rcpt)
+                        .await
+                        .0
+                } else {
+                    self.limiter
+                        .recipient(&id, ip, name.as_deref(), rcpt)
+                        .instrument(span)
+                        .await
+                        .0
+                }
             }
         };
         let Some(s) = cx.data.as_mut() else {

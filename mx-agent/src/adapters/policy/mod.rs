@@ -14,11 +14,14 @@ use std::time::{Duration, Instant};
 
 use mxlimit_proto::v1::{Action, Verdict};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::Semaphore;
 
 use super::{capped, smtp_reply, verified_name};
 use crate::limiter::{Ends, Limiter, Rcpt, action};
 use crate::listen::{Listener, Stream};
+use crate::metrics::{Undecided, undecided};
+
+/// This adapter's name in metrics.
+const ADAPTER: &str = "policy";
 
 /// Largest request accepted (Postfix's own requests are a few hundred bytes).
 const MAX_REQUEST: usize = 64 * 1024;
@@ -60,36 +63,11 @@ impl PolicyService {
         max_sessions: usize,
         shutdown: impl Future<Output = ()>,
     ) {
-        let slots = Arc::new(Semaphore::new(max_sessions));
-        tracing::info!(listen = %listener.local_addr(), "policy service listening");
-        tokio::pin!(shutdown);
-        loop {
-            let stream = tokio::select! {
-                _ = &mut shutdown => return,
-                s = listener.accept() => s,
-            };
-            match stream {
-                Ok(stream) => {
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        tracing::warn!(
-                            "policy service: {max_sessions} connections open; refusing one more"
-                        );
-                        continue;
-                    };
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = me.connection(stream).await {
-                            tracing::debug!(error = %e, "policy connection ended");
-                        }
-                        drop(slot);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "policy service: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        super::accept::serve(ADAPTER, listener, max_sessions, shutdown, move |stream| {
+            let me = self.clone();
+            async move { me.connection(stream).await }
+        })
+        .await
     }
 
     async fn connection(&self, stream: Box<dyn Stream>) -> std::io::Result<()> {
@@ -135,9 +113,9 @@ impl PolicyService {
     /// The answer to one request: `DUNNO` or an SMTP reply.
     pub async fn decide(&self, a: &HashMap<String, String>) -> String {
         let get = |k: &str| a.get(k).map(String::as_str).unwrap_or("");
-        let Some(ip) = limiter_server::source::parse_client_ip(get("client_address")) else {
-            return "DUNNO".into();
-        };
+        // Postfix says `unknown` when it has no address for the client: such a session
+        // is decided by the fallback mode, never waved through.
+        let ip = limiter_server::source::parse_client_ip(get("client_address"));
         // Postfix has no session id for policy services: the client's address and port
         // are unique while the session lasts.
         let key = format!("{}:{}", get("client_address"), get("client_port"));
@@ -163,10 +141,26 @@ impl PolicyService {
             None => {
                 let id = self.limiter.new_session_id();
                 // Postfix never says when the session ends: the lease lives its TTL.
-                let adm = self
-                    .limiter
-                    .connect(&id, ip, name, get("helo_name"), Ends::Unseen)
-                    .await;
+                let adm = match ip {
+                    Some(ip) => {
+                        self.limiter
+                            .connect(&id, ip, name, get("helo_name"), Ends::Unseen)
+                            .await
+                    }
+                    None => {
+                        undecided(
+                            ADAPTER,
+                            Undecided::NoClientAddress,
+                            &format_args!(
+                                "policy: Postfix named the client by {:?}, not an address: decided by the fallback mode",
+                                truncate_for_log(get("client_address"))
+                            ),
+                        );
+                        self.limiter
+                            .connect_unattributed(&id, name, Ends::Unseen)
+                            .await
+                    }
+                };
                 let refusal = (!adm.admitted()).then(|| adm.verdict.clone());
                 // A refusal for want of a limiter (fail-closed) is not kept: the next
                 // request asks again.
@@ -190,7 +184,10 @@ impl PolicyService {
             envelope_rcpts: rcpts,
             envelope_bad_rcpts: 0,
         };
-        let (v, _) = self.limiter.recipient(&id, ip, name, rcpt).await;
+        let (v, _) = match ip {
+            Some(ip) => self.limiter.recipient(&id, ip, name, rcpt).await,
+            None => self.limiter.recipient_unattributed(&id, name, rcpt).await,
+        };
         match action(&v) {
             Action::Accept | Action::Unspecified => {
                 if tarpit_ms > 0 {
@@ -262,6 +259,15 @@ impl PolicyService {
     pub fn remembered(&self) -> usize {
         self.lock().len()
     }
+}
+
+/// At most 64 bytes of a value from the network, for a log line.
+fn truncate_for_log(s: &str) -> &str {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// A refusal as a Postfix access action: `421 4.3.2 text` (421 also disconnects).

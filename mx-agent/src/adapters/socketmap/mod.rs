@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::Semaphore;
 
 use super::smtp_reply;
 use crate::limiter::{Limiter, action};
 use crate::listen::{Listener, Stream};
+
+/// This adapter's name in metrics.
+const ADAPTER: &str = "socketmap";
 use mxlimit_proto::v1::Action;
 
 /// Postfix's limit for a socketmap request.
@@ -37,33 +39,11 @@ impl Socketmap {
         max_sessions: usize,
         shutdown: impl Future<Output = ()>,
     ) {
-        let slots = Arc::new(Semaphore::new(max_sessions));
-        tracing::info!(listen = %listener.local_addr(), "socketmap listening");
-        tokio::pin!(shutdown);
-        loop {
-            let stream = tokio::select! {
-                _ = &mut shutdown => return,
-                s = listener.accept() => s,
-            };
-            match stream {
-                Ok(stream) => {
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        continue;
-                    };
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = me.connection(stream).await {
-                            tracing::debug!(error = %e, "socketmap connection ended");
-                        }
-                        drop(slot);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "socketmap: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        super::accept::serve(ADAPTER, listener, max_sessions, shutdown, move |stream| {
+            let me = self.clone();
+            async move { me.connection(stream).await }
+        })
+        .await
     }
 
     async fn connection(&self, stream: Box<dyn Stream>) -> std::io::Result<()> {
