@@ -308,3 +308,46 @@ async fn a_reused_client_port_is_a_new_session() {
         "DUNNO"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bans_context_answers_refusals_only_and_counts_nothing() {
+    // ClientRate 2 per address: were the ban check a Connect, the third request of
+    // 10.2.0.1 would be refused.
+    let lim = limiter(LIMITS, "Connect:203.0.113\tREJECT\n").await;
+    let a = agent(&config("mx1", &[lim.addr])).await;
+    let mut p = Policy::open(tcp(&a.policy[0])).await;
+    let bans = |ip: &'static str, port: &'static str| {
+        let mut r = req("RCPT", ip, port, "nobody@mx.test");
+        r.push(("policy_context", "bans"));
+        r
+    };
+    for port in ["40001", "40002", "40003", "40004"] {
+        assert_eq!(p.ask(&bans("10.2.0.1", port)).await, "DUNNO");
+    }
+    assert!(
+        p.ask(&bans("203.0.113.5", "40005"))
+            .await
+            .starts_with("550 5.7.1"),
+        "an access refusal is answered"
+    );
+    // A ban made elsewhere (one rejected recipient bans 10.2.0.9: block_after 1).
+    let mut c = lim.client().await;
+    for n in 1..=2 {
+        c.recipient(mxlimit_proto::v1::RecipientRequest {
+            node: "mx2".into(),
+            session_id: "s1".into(),
+            client_ip: "10.2.0.9".into(),
+            recipient: format!("u{n}@mx.test"),
+            rejected: true,
+            envelope_rcpts: n,
+            envelope_bad_rcpts: n,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let answer = p.ask(&bans("10.2.0.9", "40006")).await;
+    assert!(answer.starts_with("421 4.7.1"), "{answer}");
+    // No address: the milter decided that session; nothing to check here.
+    assert_eq!(p.ask(&bans("unknown", "40007")).await, "DUNNO");
+}

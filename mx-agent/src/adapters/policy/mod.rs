@@ -6,6 +6,11 @@
 //! What Postfix never tells a policy service: rejected recipients (it asks before it
 //! checks them) and disconnects. So this adapter counts no bad recipients (use the
 //! milter for that), and its sessions' leases are released only by their TTL.
+//!
+//! Beside the milter, Postfix asks it with `policy_context=bans` in
+//! `smtpd_recipient_restrictions`: then it answers bans and refusals only
+//! ([`PolicyService::bans`]), the check that makes a ban bite at a recipient Postfix
+//! rejects itself.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -22,6 +27,8 @@ use crate::metrics::{Undecided, undecided};
 
 /// This adapter's name in metrics.
 const ADAPTER: &str = "policy";
+/// The `policy_context` that asks for the ban check alone (see [`PolicyService::bans`]).
+pub const BANS_CONTEXT: &str = "bans";
 
 /// Largest request accepted (Postfix's own requests are a few hundred bytes).
 const MAX_REQUEST: usize = 64 * 1024;
@@ -116,6 +123,9 @@ impl PolicyService {
         // Postfix says `unknown` when it has no address for the client: such a session
         // is decided by the fallback mode, never waved through.
         let ip = limiter_server::source::parse_client_ip(get("client_address"));
+        if get("policy_context").eq_ignore_ascii_case(BANS_CONTEXT) {
+            return self.bans(ip).await;
+        }
         // Postfix has no session id for policy services: the client's address and port
         // are unique while the session lasts.
         let key = format!("{}:{}", get("client_address"), get("client_port"));
@@ -211,6 +221,31 @@ impl PolicyService {
                 reply(&v)
             }
             Action::Tempfail | Action::Reject => reply(&v),
+        }
+    }
+
+    /// `policy_context=bans`: only the cluster-wide bans, blocks and access refusals,
+    /// for a Postfix whose sessions the milter decides (no second `Connect`, nothing
+    /// counted). Postfix asks at every RCPT, before it rejects an unknown user itself,
+    /// so a ban made anywhere closes the session at its next RCPT, whatever the
+    /// recipient; a milter's reply to a recipient Postfix rejected is ignored.
+    async fn bans(&self, ip: Option<IpAddr>) -> String {
+        // No address: the milter decided the session by the fallback mode.
+        let Some(ip) = ip else {
+            return "DUNNO".into();
+        };
+        match self.limiter.lookup(ip, None).await {
+            // Fail-closed, and the limiter unreachable.
+            None => "451 4.3.2 Service temporarily unavailable, try again later".into(),
+            Some(v)
+                if matches!(
+                    action(&v),
+                    Action::Reject | Action::Tempfail | Action::Disconnect
+                ) =>
+            {
+                reply(&v)
+            }
+            Some(_) => "DUNNO".into(),
         }
     }
 
