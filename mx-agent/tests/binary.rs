@@ -289,7 +289,7 @@ async fn sessions_the_limiter_never_decided_are_counted_and_logged_by_cause() {
     std::fs::write(&cfg, "[milter]\nmax_sessions = 2\n").unwrap();
     let log = dir.path().join("stderr");
     let metrics = format!("127.0.0.1:{}", testkit::free_port());
-    let (mut child, milter) = common::spawn_agent_to(
+    let (child, milter) = common::spawn_agent_to(
         "mx1",
         &format!("http://{}", lim.addr),
         &[
@@ -301,6 +301,7 @@ async fn sessions_the_limiter_never_decided_are_counted_and_logged_by_cause() {
         &[],
         std::fs::File::create(&log).unwrap().into(),
     );
+    let agent = common::Killed(child);
     // No address the agent can read: decided by the fallback (open: accepted here).
     let mut first = MilterClient::open(milter).await.unwrap();
     let r = first
@@ -348,8 +349,7 @@ async fn sessions_the_limiter_never_decided_are_counted_and_logged_by_cause() {
         assert!(std::time::Instant::now() < deadline, "{got:?}\n{m}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(agent);
     let log = std::fs::read_to_string(&log).unwrap();
     for (_, cause) in want {
         assert!(

@@ -20,9 +20,17 @@ pub struct PostfixOptions {
     pub policy: Option<String>,
     /// `check_client_access socketmap:...` target, e.g. `inet:127.0.0.1:7028`.
     pub socketmap: Option<String>,
+    /// The agent's policy service asked for bans at every RCPT, beside the milter, as
+    /// docs/MTA.md recommends: `check_policy_service { inet:..., policy_context=bans,
+    /// default_action=DUNNO, try_limit=1 }` in `smtpd_recipient_restrictions`.
+    pub bans: Option<String>,
     /// Mailboxes that exist (the domain is `mx.test`); every other recipient of the
     /// domain is rejected with 550 5.1.1 User unknown.
     pub mailboxes: Vec<String>,
+    /// Lines appended to main.cf as they are (they win over the ones above).
+    pub main_cf: Vec<String>,
+    /// Also listen on `[::1]` at the same port, for clients with IPv6 addresses.
+    pub ipv6: bool,
 }
 
 pub struct Postfix {
@@ -111,6 +119,11 @@ impl Postfix {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// `[::1]:port`, served when started with `ipv6`.
+    pub fn addr6(&self) -> SocketAddr {
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.port))
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -136,8 +149,8 @@ fn write_config(d: &Path, name: &str, port: u16, o: &PostfixOptions) {
          myhostname = {name}.mx.test\n\
          mydomain = mx.test\n\
          mydestination =\n\
-         inet_interfaces = 127.0.0.1\n\
-         inet_protocols = ipv4\n\
+         inet_interfaces = {interfaces}\n\
+         inet_protocols = {protocols}\n\
          mynetworks = 127.0.0.1/32\n\
          virtual_mailbox_domains = mx.test\n\
          virtual_mailbox_maps = hash:{vm}\n\
@@ -156,6 +169,12 @@ fn write_config(d: &Path, name: &str, port: u16, o: &PostfixOptions) {
         vm = d.join("vmailbox").display(),
         log = d.join("maillog").display(),
         dir = d.display(),
+        interfaces = if o.ipv6 {
+            "127.0.0.1, [::1]"
+        } else {
+            "127.0.0.1"
+        },
+        protocols = if o.ipv6 { "ipv4, ipv6" } else { "ipv4" },
     );
     if let Some(m) = &o.milter {
         main.push_str(&format!(
@@ -165,6 +184,15 @@ fn write_config(d: &Path, name: &str, port: u16, o: &PostfixOptions) {
     let mut client = Vec::new();
     if let Some(s) = &o.socketmap {
         client.push(format!("check_client_access socketmap:{s}:mxlimit"));
+    }
+    if let Some(b) = &o.bans {
+        assert!(
+            o.policy.is_none(),
+            "the policy service: full, or bans beside the milter"
+        );
+        main.push_str(&format!(
+            "smtpd_recipient_restrictions = check_policy_service {{ {b}, policy_context=bans, default_action=DUNNO, try_limit=1 }}\n"
+        ));
     }
     if let Some(p) = &o.policy {
         client.push(format!("check_policy_service {p}"));
@@ -177,6 +205,10 @@ fn write_config(d: &Path, name: &str, port: u16, o: &PostfixOptions) {
             "smtpd_client_restrictions = {}\n",
             client.join(", ")
         ));
+    }
+    for line in &o.main_cf {
+        main.push_str(line);
+        main.push('\n');
     }
     std::fs::write(d.join("main.cf"), main).unwrap();
     std::fs::write(d.join("master.cf"), master_cf(port)).unwrap();

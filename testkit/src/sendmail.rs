@@ -40,6 +40,11 @@ pub struct SendmailOptions {
     pub access: Option<String>,
     /// Also listen on `[::1]` at the same port, for clients with IPv6 addresses.
     pub ipv6: bool,
+    /// docs/MTA.md's wiring, where mail flows while the agent is down: the milter
+    /// without `F=` (the tests' default is `F=T`, so that a broken agent shows), and
+    /// the socketmap chained before a hash access map (`access`, empty by default) in
+    /// a `sequence`, without `-T<TMPF>`.
+    pub recommended: bool,
 }
 
 pub struct Sendmail {
@@ -66,8 +71,8 @@ impl Sendmail {
         std::fs::write(d.join("service.switch"), "hosts files\naliases files\n").unwrap();
         std::fs::write(d.join("helpfile"), "").unwrap();
         assert!(
-            opts.access.is_none() || opts.socketmap.is_none(),
-            "one access map: a file or a socketmap"
+            opts.recommended || opts.access.is_none() || opts.socketmap.is_none(),
+            "one access map: a file or a socketmap (or both in a sequence: recommended)"
         );
         for attempt in 0..5 {
             let port = free_port();
@@ -85,6 +90,8 @@ impl Sendmail {
             std::fs::write(d.join("sendmail.cf"), out.stdout).unwrap();
             if let Some(text) = &opts.access {
                 make_access_map(&bin, d, text);
+            } else if opts.recommended {
+                make_access_map(&bin, d, "");
             }
             let script = format!(
                 "hostname {name}.mx.test && exec {bin} -C {cf} -bD -O LogLevel=9",
@@ -167,6 +174,15 @@ impl Drop for Sendmail {
     }
 }
 
+/// docs/MTA.md's per-RCPT ban check: the client's address looked up in the agent's
+/// socketmap before sendmail looks the recipient up, so that a ban bites at the next
+/// RCPT even when that recipient is an unknown user (whose rejection a milter cannot
+/// turn into a 421).
+pub const RCPT_BAN_CHECK: &str = "LOCAL_RULESETS\n\
+SLocal_check_rcpt\n\
+R$*\t$: < $(mxlimit_bans Connect:$&{client_addr} $: OK $) >\n\
+R< ERROR:$-.$-.$-:$+ >\t$#error $@ $1.$2.$3 $: $4\n";
+
 fn mc(d: &Path, name: &str, port: u16, o: &SendmailOptions) -> String {
     let mut mc = format!(
         "divert(-1)\ndivert(0)dnl\n\
@@ -201,10 +217,27 @@ fn mc(d: &Path, name: &str, port: u16, o: &SendmailOptions) -> String {
             "DAEMON_OPTIONS(`Port={port}, Addr=::1, Family=inet6, Name=MTA6')dnl\n"
         ));
     }
-    if let Some(s) = &o.socketmap {
+    if o.recommended {
+        // The member maps must be defined before `access`, hence the divert.
+        mc.push_str("define(`confDONT_BLAME_SENDMAIL', `MapInUnsafeDirPath')dnl\n");
+        mc.push_str("divert(6)dnl\n");
+        if let Some(s) = &o.socketmap {
+            mc.push_str(&format!("Kmxlimit_bans socket {s}\n"));
+        }
+        mc.push_str(&format!(
+            "Ksite_access hash -T<TMPF> -o {}\ndivert(0)dnl\n",
+            d.join("access").display()
+        ));
+        let seq = if o.socketmap.is_some() {
+            "mxlimit_bans site_access"
+        } else {
+            "site_access"
+        };
+        mc.push_str(&format!("FEATURE(`access_db', `sequence {seq}')dnl\n"));
+    } else if let Some(s) = &o.socketmap {
         mc.push_str(&format!("FEATURE(`access_db', `socket -T<TMPF> {s}')dnl\n"));
     }
-    if o.access.is_some() {
+    if o.access.is_some() && !o.recommended {
         // The map lives in a temporary directory under /tmp, which sendmail calls an
         // unsafe path (world writable) and would otherwise refuse to open.
         mc.push_str("define(`confDONT_BLAME_SENDMAIL', `MapInUnsafeDirPath')dnl\n");
@@ -214,8 +247,9 @@ fn mc(d: &Path, name: &str, port: u16, o: &SendmailOptions) -> String {
         ));
     }
     if let Some(m) = &o.milter {
+        let flags = if o.recommended { "" } else { "F=T, " };
         mc.push_str(&format!(
-            "INPUT_MAIL_FILTER(`mxlimit', `S={m}, F=T, T=C:5s;S:10s;R:10s;E:5m')dnl\n"
+            "INPUT_MAIL_FILTER(`mxlimit', `S={m}, {flags}T=C:5s;S:10s;R:10s;E:5m')dnl\n"
         ));
     }
     // Without an alias file the local mailer must not be aliasable, or every local
@@ -223,5 +257,8 @@ fn mc(d: &Path, name: &str, port: u16, o: &SendmailOptions) -> String {
     // passwd lookup, which sendmail reports to milters (a rejection by a check_rcpt
     // rule would not be: Debian's sendmail lacks _FFR_MILTER_CHECK_REJECTIONS_TOO).
     mc.push_str("MODIFY_MAILER_FLAGS(`LOCAL', `-A')dnl\nMAILER(`local')dnl\nMAILER(`smtp')dnl\n");
+    if o.recommended && o.socketmap.is_some() {
+        mc.push_str(RCPT_BAN_CHECK);
+    }
     mc
 }

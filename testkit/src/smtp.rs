@@ -8,6 +8,11 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 
+fn closed(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(e.kind(), ConnectionReset | BrokenPipe | ConnectionAborted)
+}
+
 /// One SMTP reply, with how long the server took to give it.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -74,14 +79,27 @@ impl Smtp {
         }
     }
 
-    /// Sends one command line and reads its reply.
+    /// Sends one command line and reads its reply. A server that has closed the
+    /// connection answers `code 0`, whether the close shows as an end of stream or,
+    /// racing with our write, as a reset.
     pub async fn cmd(&mut self, line: &str) -> std::io::Result<Reply> {
         let t = Instant::now();
-        self.r
-            .get_mut()
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await?;
-        let mut r = self.read_reply().await?;
+        let r = async {
+            self.r
+                .get_mut()
+                .write_all(format!("{line}\r\n").as_bytes())
+                .await?;
+            self.read_reply().await
+        }
+        .await;
+        let mut r = match r {
+            Err(e) if closed(&e) => Reply {
+                code: 0,
+                text: format!("(connection closed: {e})"),
+                took: Duration::ZERO,
+            },
+            r => r?,
+        };
         r.took = t.elapsed();
         Ok(r)
     }

@@ -92,3 +92,13 @@ pub fn spawn_agent_to(
     }
     (child, SocketAddr::from(([127, 0, 0, 1], port)))
 }
+
+/// A child process killed (SIGKILL) when the test ends, passed or failed.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
