@@ -166,14 +166,18 @@ impl Drop for AgentProcess {
     }
 }
 
-async fn agent(node: &str, limiter: SocketAddr) -> Result<(AgentProcess, u16)> {
-    let port = testkit::free_port();
+/// The agent with its milter and its policy service (for Postfix's ban check at
+/// RCPT, as docs/MTA.md recommends); returns it and the two ports.
+async fn agent(node: &str, limiter: SocketAddr) -> Result<(AgentProcess, u16, u16)> {
+    let (port, policy) = (testkit::free_port(), testkit::free_port());
     let child = Command::new(agent_binary()?)
         .args([
             "--node",
             node,
             "--milter",
             &format!("inet:127.0.0.1:{port}"),
+            "--policy-service",
+            &format!("inet:127.0.0.1:{policy}"),
             "--limiter",
             &format!("http://{limiter}"),
         ])
@@ -183,19 +187,22 @@ async fn agent(node: &str, limiter: SocketAddr) -> Result<(AgentProcess, u16)> {
         .context("start mx-agent")?;
     let p = AgentProcess(child);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if Instant::now() > deadline {
-            bail!("mx-agent {node} did not listen on {port}");
+    for port in [port, policy] {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("mx-agent {node} did not listen on {port}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok((p, port))
+    Ok((p, port, policy))
 }
 
-/// Real MTAs for both modes: Postfix instances with mx-agent milters, one limiter on a
+/// Real MTAs for both modes: Postfix instances with mx-agent milters (and the policy
+/// service's ban check, as recommended), one limiter on a
 /// real redis-server for all of them (cluster-wide), or one limiter each (per-host).
 pub struct SmtpLab {
     pub cluster_mx: Vec<SocketAddr>,
@@ -227,11 +234,12 @@ impl SmtpLab {
                 ("h", own.addr, &mut per_host_mx),
             ] {
                 let name = format!("mx{}{mode}", i + 1);
-                let (a, port) = agent(&name, limiter).await?;
+                let (a, port, policy) = agent(&name, limiter).await?;
                 let pf = Postfix::start(
                     &name,
                     &PostfixOptions {
                         milter: Some(format!("inet:127.0.0.1:{port}")),
+                        bans: Some(format!("inet:127.0.0.1:{policy}")),
                         mailboxes: vec![SmtpLab::MAILBOX.into()],
                         ..Default::default()
                     },

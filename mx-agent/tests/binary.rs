@@ -289,6 +289,7 @@ async fn sessions_the_limiter_never_decided_are_counted_and_logged_by_cause() {
     std::fs::write(&cfg, "[milter]\nmax_sessions = 2\n").unwrap();
     let log = dir.path().join("stderr");
     let metrics = format!("127.0.0.1:{}", testkit::free_port());
+    let socketmap = format!("127.0.0.1:{}", testkit::free_port());
     let (child, milter) = common::spawn_agent_to(
         "mx1",
         &format!("http://{}", lim.addr),
@@ -297,6 +298,8 @@ async fn sessions_the_limiter_never_decided_are_counted_and_logged_by_cause() {
             cfg.to_str().unwrap(),
             "--metrics-listen",
             &metrics,
+            "--socketmap",
+            &format!("inet:{socketmap}"),
         ],
         &[],
         std::fs::File::create(&log).unwrap().into(),
@@ -324,11 +327,32 @@ async fn sessions_the_limiter_never_decided_are_counted_and_logged_by_cause() {
     .await;
     assert!(matches!(read, Ok(Ok(0))), "{read:?}");
 
-    // The counters move as the agent sees each end; wait for all three, bounded.
+    // Garbage on the socketmap (a line protocol: its own accept loop).
+    // (The agent binds the socketmap just after the milter spawn_agent waited for.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut s = loop {
+        match tokio::net::TcpStream::connect(&socketmap).await {
+            Ok(s) => break s,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"hello")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf),
+    )
+    .await;
+
+    // The counters move as the agent sees each end; wait for all of them, bounded.
     let want = [
         ("milter", "no_client_address"),
         ("milter", "protocol_error"),
         ("milter", "slots_full"),
+        ("socketmap", "protocol_error"),
     ];
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {

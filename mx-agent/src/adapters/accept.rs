@@ -45,7 +45,17 @@ pub async fn serve<F, Fut>(
                 let work = handle(stream);
                 tokio::spawn(async move {
                     if let Err(e) = work.await {
-                        tracing::debug!(error = %e, "{adapter} connection ended");
+                        // Garbage from the MTA's side, or a connection that broke.
+                        let cause = if e.kind() == std::io::ErrorKind::InvalidData {
+                            Undecided::ProtocolError
+                        } else {
+                            Undecided::IoError
+                        };
+                        undecided(
+                            adapter,
+                            cause,
+                            &format_args!("{adapter}: the MTA's connection ended in an error: {e}"),
+                        );
                     }
                     drop(slot);
                 });

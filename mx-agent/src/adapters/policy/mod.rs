@@ -98,7 +98,10 @@ impl PolicyService {
                 size += n;
                 if size > MAX_REQUEST {
                     w.write_all(b"action=DUNNO\n\n").await?;
-                    return Err(std::io::Error::other("request too large"));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "request too large",
+                    ));
                 }
                 // Values may carry any bytes (a HELO name, an SMTPUTF8 address).
                 let text = String::from_utf8_lossy(&line);
