@@ -5,8 +5,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use mxlimit_proto::v1::{Action, HeartbeatRequest, Lease};
+use mxlimit_proto::v1::limiter_client::LimiterClient;
+use mxlimit_proto::v1::{Action, ConnectReply, HeartbeatRequest, Lease};
 use support::*;
+use tonic::transport::Channel;
 
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
@@ -34,6 +36,7 @@ suite!(
     a_caller_without_epochs_keeps_its_leases_by_session_id,
     retried_calls_count_once,
     bad_recipients_spread_over_a_network_tarpit_then_ban_everywhere,
+    a_tarpitted_source_s_new_sessions_are_tarpitted_from_the_start,
     bad_recipients_of_one_address_escalate,
     envelope_limits,
     access_rules,
@@ -379,6 +382,39 @@ async fn retried_calls_count_once(backend: Backend) {
     );
 }
 
+async fn a_tarpitted_source_s_new_sessions_are_tarpitted_from_the_start(backend: Backend) {
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n\
+                [bad_rcpt]\ntarpit_after = 2\nblock_after = 100\nnetwork_tarpit_after = 3\nnetwork_block_after = 100\n\
+                tarpit_delay = \"700ms\"\nblock_for = \"1h\"\n";
+    let mut p = Pair::start(backend, policy(toml, "")).await;
+    let tarpit = |r: &ConnectReply| r.policy.as_ref().map(|p| p.tarpit_ms);
+    let connect_full = async |c: &mut LimiterClient<Channel>, s: &str, ip: &str| {
+        c.connect(connect_req("mx1", s, ip))
+            .await
+            .expect("connect")
+            .into_inner()
+    };
+    // Address level: past tarpit_after (2) bad recipients of 10.14.0.1.
+    for (i, want) in [(0, 0), (1, 0), (2, 0), (3, 700)] {
+        let r = connect_full(p.inst(i), &format!("a{i}"), "10.14.0.1").await;
+        assert_eq!(tarpit(&r), Some(want), "after {i} bad recipients");
+        bad_rcpt(
+            p.inst(i + 1),
+            "mx1",
+            &format!("a{i}"),
+            "10.14.0.1",
+            &format!("u{i}@x"),
+        )
+        .await;
+    }
+    // Network level: 10.14.0.1's 4 count for the /24 (past 3); a new address of it is
+    // tarpitted from its first session, another network is not.
+    let r = connect_full(&mut p.b, "n1", "10.14.0.77").await;
+    assert_eq!(tarpit(&r), Some(700));
+    let r = connect_full(&mut p.a, "n2", "10.15.0.1").await;
+    assert_eq!(tarpit(&r), Some(0));
+}
+
 async fn bad_recipients_spread_over_a_network_tarpit_then_ban_everywhere(backend: Backend) {
     let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n\
                 [bad_rcpt]\ntarpit_after = 2\nblock_after = 100\nnetwork_tarpit_after = 4\nnetwork_block_after = 6\n\
@@ -707,6 +743,13 @@ async fn shadow_mode_reports_without_blocking(backend: Backend) {
         ]
     );
     assert_eq!(tarpit[2].reason, "banned");
+    // Shadow mode delays nothing, from the first RCPT of a session either.
+    let r =
+        p.b.connect(connect_req("mx1", "s5", "10.11.0.1"))
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(r.policy.map(|p| p.tarpit_ms), Some(0));
     let v = connect(&mut p.b, "mx1", "s4", "10.11.0.1").await;
     assert_eq!(
         (action(&v), v.shadow, v.reason.as_str()),

@@ -350,3 +350,50 @@ async fn a_client_without_an_address_is_decided_by_the_fallback_not_waved_throug
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tarpitted_source_waits_from_the_first_rcpt_of_its_next_session() {
+    let lim = limiter(
+        &LIMITS.replace("max_rcpts_per_message = 2", "max_rcpts_per_message = 100"),
+        "",
+    )
+    .await;
+    let a = agent(&config("mx1", &[lim.addr])).await;
+    let addr = tcp(&a.milter[0]);
+    // Two unknown users: past tarpit_after (1).
+    let (mut c, _) = session(addr, "10.0.9.1").await;
+    c.mail("a@example.org").await.unwrap();
+    c.rejected_rcpt("u1@mx.test").await.unwrap();
+    c.rejected_rcpt("u2@mx.test").await.unwrap();
+    c.quit().await.unwrap();
+    // A new session (on any MX: the limiter says so at connect): its first recipient,
+    // a valid one, waits too.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut c = loop {
+        let (c, r) = session(addr, "10.0.9.1").await;
+        if r == Reply::Continue {
+            break c;
+        }
+        // ClientConn 1: the first session's lease is released as it closes.
+        assert!(Instant::now() < deadline, "{r:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    c.mail("a@example.org").await.unwrap();
+    let t = Instant::now();
+    assert_eq!(c.rcpt("alice@mx.test").await.unwrap(), Reply::Continue);
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "a tarpitted source's first RCPT did not wait: {:?}",
+        t.elapsed()
+    );
+    // Another source is not slowed.
+    let (mut c, _) = session(addr, "10.0.10.1").await;
+    c.mail("a@example.org").await.unwrap();
+    let t = Instant::now();
+    assert_eq!(c.rcpt("alice@mx.test").await.unwrap(), Reply::Continue);
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+}

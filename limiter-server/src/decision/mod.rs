@@ -199,15 +199,20 @@ impl<S: Store> Engine<S> {
             },
             lease_ttl_ms: s.client_conn.lease_ttl.as_millis(),
             shadow: s.shadow,
+            bad_window_ms: s.bad_rcpt.window.as_millis(),
         };
         let outcome = self.store.connect(&op).await?;
 
-        // 4. The verdict.
+        // 4. The verdict, and the tarpit the session starts with.
         let v = match (access, outcome.refusal) {
             (Some(v), _) => v,
             (None, refusal) => connect_verdict(&policy, &rules, &source, refusal),
         };
-        Ok(self.refused(reply(v), req.lease.node, &source))
+        let mut r = reply(v);
+        if let Some(p) = r.policy.as_mut() {
+            p.tarpit_ms = tarpit_ms(&policy, outcome.bad);
+        }
+        Ok(self.refused(r, req.lease.node, &source))
     }
 
     /// Logs and tallies a refused (or, in shadow mode, would-be refused) connection.
@@ -437,6 +442,7 @@ fn session_policy(p: &Policy, rules: &ClientRules<'_>) -> SessionPolicy {
         bad_rcpt_throttle: env.bad_rcpt_throttle,
         bad_rcpt_delay_ms: ms(env.bad_rcpt_delay.as_millis()),
         greet_pause_ms: rules.greet_pause_ms,
+        tarpit_ms: 0,
     }
 }
 
@@ -445,6 +451,22 @@ pub fn finish(p: &Policy, v: Verdict) -> Verdict {
         verdict::shadow(v)
     } else {
         v
+    }
+}
+
+/// The tarpit delay for a source with `bad` recipients in the window (0: none). The
+/// same thresholds as [`Engine::recipient`]'s tarpit.
+fn tarpit_ms(p: &Policy, bad: PerLevel<u32>) -> u32 {
+    let b = &p.settings.bad_rcpt;
+    // Shadow mode delays nothing.
+    if p.settings.shadow {
+        return 0;
+    }
+    let over = |after: u32, n: u32| after > 0 && n > after;
+    if over(b.tarpit_after, bad.address) || over(b.network_tarpit_after, bad.network) {
+        ms(b.tarpit_delay.as_millis())
+    } else {
+        0
     }
 }
 

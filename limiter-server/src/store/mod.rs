@@ -88,6 +88,9 @@ pub struct ConnectOp<'a> {
     /// Admit even when a limit says no (the refusal is still reported), and look at
     /// shadow mode's bans.
     pub shadow: bool,
+    /// The bad-recipient window, to read (not count) the source's bad recipients:
+    /// a tarpitted source's session is tarpitted from its first RCPT.
+    pub bad_window_ms: u64,
 }
 
 /// Why a connection is (or, in shadow mode, would be) refused.
@@ -103,6 +106,8 @@ pub struct ConnectOutcome {
     pub refusal: Option<Refusal>,
     /// A retry of a session already admitted: counted once, admitted again.
     pub retry: bool,
+    /// Bad recipients in the window at both levels, as read before this connection.
+    pub bad: PerLevel<u32>,
 }
 
 /// Ban lengths and their escalation for repeat offenders.

@@ -263,26 +263,37 @@ impl Store for MemoryStore {
         let member = op.lease.member(&src.ip_text);
         let outcome = {
             let mut shard = self.shard(&src.net);
-            let refusal = match shard.nets.get_mut(&src.net) {
-                None => None,
+            // Read only for a session that goes on: a refusal needs no tarpit.
+            let bad = |net: &NetState| PerLevel {
+                address: net
+                    .addrs
+                    .get(&src.ip)
+                    .map_or(0, |a| a.penalty(op.shadow).peek_bad(now, op.bad_window_ms)),
+                network: net.level.penalty(op.shadow).peek_bad(now, op.bad_window_ms),
+            };
+            let (refusal, bad) = match shard.nets.get_mut(&src.net) {
+                None => (None, PerLevel::default()),
                 Some(net) => {
                     net.touched = now;
                     if net.leases.is_live(&member, now) {
                         return Ok(ConnectOutcome {
                             refusal: None,
                             retry: true,
+                            bad: bad(net),
                         });
                     }
                     net.leases.prune(now);
-                    connect_refusal(net, op, now)
+                    let refusal = connect_refusal(net, op, now);
+                    if refusal.is_some() && !op.shadow {
+                        return Ok(ConnectOutcome {
+                            refusal,
+                            retry: false,
+                            bad: PerLevel::default(),
+                        });
+                    }
+                    (refusal, bad(net))
                 }
             };
-            if refusal.is_some() && !op.shadow {
-                return Ok(ConnectOutcome {
-                    refusal,
-                    retry: false,
-                });
-            }
             let (net, _) = entry(&mut shard, self.shard_cap, src, now);
             let m: Arc<str> = member.into();
             let addr = net.addrs.get_mut(&src.ip).expect("entry() made it");
@@ -293,6 +304,7 @@ impl Store for MemoryStore {
             ConnectOutcome {
                 refusal,
                 retry: false,
+                bad,
             }
         };
         let mut nodes = lock(&self.nodes);

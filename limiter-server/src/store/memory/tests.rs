@@ -27,6 +27,7 @@ fn op<'a>(s: &'a Source, session: &'a str) -> ConnectOp<'a> {
         conn: PerLevel::default(),
         lease_ttl_ms: 30_000,
         shadow: false,
+        bad_window_ms: 60_000,
     }
 }
 

@@ -411,14 +411,16 @@ impl Store for RedisStore {
     async fn connect(&self, op: &ConnectOp<'_>) -> Result<ConnectOutcome, StoreError> {
         let k = NetKeys::new(&self.prefix, op.source);
         let (_, registry) = node_keys(&self.prefix, op.lease.node);
-        let ban = penalties(op.shadow).ban;
-        let mut inv = self.scripts.connect.key(k.addr(ban));
-        inv.key(k.net(ban))
+        let p = penalties(op.shadow);
+        let mut inv = self.scripts.connect.key(k.addr(p.ban));
+        inv.key(k.net(p.ban))
             .key(k.addr(RATE))
             .key(k.net(RATE))
             .key(k.net(LEASES))
             .key(k.net(INDEX))
-            .key(k.net(NODES));
+            .key(k.net(NODES))
+            .key(k.addr(p.bad))
+            .key(k.net(p.bad));
         // One server: the node's registry is kept by the same script. A cluster keeps it
         // on another shard: it is written alongside (at the same time, not after), once
         // per lease TTL per node and network.
@@ -440,7 +442,8 @@ impl Store for RedisStore {
             .arg(op.lease.node)
             .arg(&op.source.tag)
             .arg(registry_ttl_ms(op.lease_ttl_ms))
-            .arg(&op.source.ip_text);
+            .arg(&op.source.ip_text)
+            .arg(op.bad_window_ms);
         let r: Vec<i64> = if register {
             let tags = [op.source.tag.as_str()];
             let (r, reg) = futures_util::join!(
@@ -457,8 +460,12 @@ impl Store for RedisStore {
         } else {
             self.invoke(&inv).await?
         };
-        let [code, lvl, value] = r[..] else {
+        let [code, lvl, value, bad_a, bad_n] = r[..] else {
             return Err(StoreError::Reply(format!("connect returned {r:?}")));
+        };
+        let bad = PerLevel {
+            address: u32::try_from(bad_a).unwrap_or(u32::MAX),
+            network: u32::try_from(bad_n).unwrap_or(u32::MAX),
         };
         let count = u32::try_from(value).unwrap_or(u32::MAX);
         let refusal = match code {
@@ -480,6 +487,7 @@ impl Store for RedisStore {
         Ok(ConnectOutcome {
             refusal,
             retry: code == 1,
+            bad,
         })
     }
 

@@ -331,6 +331,8 @@ impl Milter {
             unattributed: ip.is_none(),
             name,
             admitted,
+            // A source tarpitted already: every RCPT of the session waits, from the first.
+            tarpit_ms: adm.policy.tarpit_ms,
             policy: adm.policy,
             span: SessionSpan(span),
             ..Default::default()
@@ -500,6 +502,7 @@ mod tests {
             bad_rcpt_throttle: 2,
             bad_rcpt_delay_ms: 1000,
             greet_pause_ms: 0,
+            tarpit_ms: 0,
         };
         assert_eq!(action(&local_rcpt_verdict(&p, 3, 0, 0)), Action::Accept);
         let v = local_rcpt_verdict(&p, 4, 0, 0);

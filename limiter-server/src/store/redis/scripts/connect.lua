@@ -6,14 +6,16 @@
 -- scored 0 (to count one address's leases by lexical range).
 --
 -- KEYS: 1 ban:address  2 ban:network  3 rate:address  4 rate:network  5 leases
---       6 index  7 nodes registered in this network
---       [8 the node's network registry: only when the server is not a cluster]
+--       6 index  7 nodes registered in this network  8 bad:address  9 bad:network
+--       [10 the node's network registry: only when the server is not a cluster]
 -- ARGV: 1 lease member  2 rate limit address  3 rate limit network  4 window ms
 --       5 conn limit address  6 conn limit network  7 lease ttl ms  8 shadow (0/1)
---       9 node  10 network tag  11 registry ttl ms  12 address
--- Returns {code, level, value}:
+--       9 node  10 network tag  11 registry ttl ms  12 address  13 bad window ms
+-- Returns {code, level, value, bad address, bad network}:
 --   code 0 admitted, 1 retry of an admitted session, 2 banned, 3 rate, 4 conn;
---   level 1 address, 2 network; value: ban ms left, or the count that refused.
+--   level 1 address, 2 network; value: ban ms left, or the count that refused;
+--   the bad recipients of both levels in the bad window, read, not counted (a
+--   tarpitted source's session is tarpitted from its first RCPT).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local member = ARGV[1]
@@ -23,10 +25,16 @@ local conn_a, conn_n = tonumber(ARGV[5]), tonumber(ARGV[6])
 local ttl = tonumber(ARGV[7])
 local shadow = ARGV[8] == '1'
 local ip = ARGV[12]
+local bad_from = '(' .. (now - tonumber(ARGV[13]))
+local function bad()
+  return redis.call('ZCOUNT', KEYS[8], bad_from, '+inf'),
+    redis.call('ZCOUNT', KEYS[9], bad_from, '+inf')
+end
 
 local held = redis.call('ZSCORE', KEYS[5], member)
 if held and tonumber(held) > now then
-  return {1, 0, 0}
+  local bad_a, bad_n = bad()
+  return {1, 0, 0, bad_a, bad_n}
 end
 
 -- Expired leases go first, whatever the limits: the sets never outgrow live sessions.
@@ -69,7 +77,7 @@ if code == 0 and conn_n > 0 then
   if c >= conn_n then code, level, value = 4, 2, c end
 end
 if code ~= 0 and not shadow then
-  return {code, level, value}
+  return {code, level, value, 0, 0}
 end
 
 -- Admit. Logs never hold more than their limit: the newest `limit` entries are all
@@ -93,14 +101,15 @@ extend(KEYS[6], now + ttl)
 
 -- On one server the node's registry (which lets a heartbeat with a new epoch find this
 -- network again) is kept here, once per lease TTL per node and network.
-if KEYS[8] then
+if KEYS[10] then
   local reg_ttl = tonumber(ARGV[11])
   local last = redis.call('HGET', KEYS[7], ARGV[9])
   if not last or tonumber(last) <= now - ttl then
     redis.call('HSET', KEYS[7], ARGV[9], now)
-    redis.call('ZADD', KEYS[8], now, ARGV[10])
-    redis.call('PEXPIRE', KEYS[8], reg_ttl)
+    redis.call('ZADD', KEYS[10], now, ARGV[10])
+    redis.call('PEXPIRE', KEYS[10], reg_ttl)
   end
   redis.call('PEXPIRE', KEYS[7], reg_ttl)
 end
-return {code, level, value}
+local bad_a, bad_n = bad()
+return {code, level, value, bad_a, bad_n}
