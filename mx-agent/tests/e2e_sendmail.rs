@@ -60,6 +60,46 @@ fn first_refusal(replies: &[Reply]) -> Option<&Reply> {
     replies.iter().find(|r| r.code >= 400 || r.code == 0)
 }
 
+/// One unknown user from each of 5 addresses of one network through `server`, as
+/// [`ATTACK`] limits it: the first two answered at once, the 3rd and 4th tarpitted, the
+/// 5th bans the network (sendmail closes that session on the milter's 421, at once or
+/// at the next command).
+async fn five_unknown_users(server: SocketAddr, source: impl Fn(usize) -> String) {
+    let mut bad = Vec::new();
+    let mut last = None;
+    for i in 0..5 {
+        let (r, s) = session(server, &source(i), &[&format!("nobody{i}@mx.test")]).await;
+        assert_eq!(
+            r[..3].iter().map(|r| r.code).collect::<Vec<_>>(),
+            [220, 250, 250],
+            "{r:?}"
+        );
+        bad.push(r[3].clone());
+        last = s;
+    }
+    assert!(
+        bad.iter()
+            .all(|r| r.code == 550 && r.text.contains("User unknown")),
+        "{bad:?}"
+    );
+    assert!(
+        bad[..2].iter().all(|r| r.took < Duration::from_millis(600)),
+        "{bad:?}"
+    );
+    assert!(
+        bad[2..4]
+            .iter()
+            .all(|r| r.took >= Duration::from_millis(600)),
+        "tarpit: {bad:?}"
+    );
+    let mut s = last.expect("open");
+    let next = s.cmd("RCPT TO:<root@mx.test>").await.unwrap();
+    assert!(
+        next.code == 421 || next.code == 0,
+        "the session goes on: {next:?}"
+    );
+}
+
 const ATTACK: &str = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n\
 [bad_rcpt]\ntarpit_after = 100\nblock_after = 100\nnetwork_tarpit_after = 2\nnetwork_block_after = 4\n\
 tarpit_delay = \"600ms\"\nblock_for = \"1h\"\n[envelope]\nbad_rcpt_throttle = 0\n";
@@ -105,46 +145,7 @@ async fn a_dictionary_attack_through_sendmail_is_banned_on_sendmail_and_postfix(
     );
 
     // The attack: unknown users from 5 addresses of 127.70.0.0/24 through sendmail.
-    let mut bad = Vec::new();
-    let mut last = None;
-    for i in 0..5 {
-        let (r, s) = session(
-            sm.addr(),
-            &format!("127.70.0.{}", i + 1),
-            &[&format!("nobody{i}@mx.test")],
-        )
-        .await;
-        assert_eq!(
-            r[..3].iter().map(|r| r.code).collect::<Vec<_>>(),
-            [220, 250, 250],
-            "{r:?}"
-        );
-        bad.push(r[3].clone());
-        last = s;
-    }
-    assert!(
-        bad.iter()
-            .all(|r| r.code == 550 && r.text.contains("User unknown")),
-        "{bad:?}"
-    );
-    assert!(
-        bad[..2].iter().all(|r| r.took < Duration::from_millis(600)),
-        "{bad:?}"
-    );
-    assert!(
-        bad[2..4]
-            .iter()
-            .all(|r| r.took >= Duration::from_millis(600)),
-        "tarpit: {bad:?}"
-    );
-    // The 5th bans the network; sendmail closes that session on the milter's 421 (at
-    // once, or at the next command).
-    let mut s = last.expect("open");
-    let next = s.cmd("RCPT TO:<root@mx.test>").await.unwrap();
-    assert!(
-        next.code == 421 || next.code == 0,
-        "the session goes on: {next:?}"
-    );
+    five_unknown_users(sm.addr(), |i| format!("127.70.0.{}", i + 1)).await;
 
     // sendmail refuses the whole network at connect ...
     let (r, _) = session(sm.addr(), "127.70.0.99", &[]).await;
@@ -273,39 +274,8 @@ async fn an_ipv6_dictionary_attack_through_sendmail_is_tarpitted_then_banned() {
     let (r, _) = session(sm.addr6(), legit, &["root@mx.test"]).await;
     assert!(first_refusal(&r).is_none(), "{r:?}");
 
-    // Unknown users from 5 addresses of 2001:db8:66::/64: network tarpit past 2, ban
-    // past 4.
-    let mut bad = Vec::new();
-    let mut last = None;
-    for i in 0..5 {
-        let (r, s) = session(
-            sm.addr6(),
-            &format!("2001:db8:66::{:x}", 0x100 + i),
-            &[&format!("nobody{i}@mx.test")],
-        )
-        .await;
-        assert_eq!(
-            r[..3].iter().map(|r| r.code).collect::<Vec<_>>(),
-            [220, 250, 250],
-            "{r:?}"
-        );
-        bad.push(r[3].clone());
-        last = s;
-    }
-    assert!(
-        bad.iter()
-            .all(|r| r.code == 550 && r.text.contains("User unknown")),
-        "{bad:?}"
-    );
-    assert!(
-        bad[2..4]
-            .iter()
-            .all(|r| r.took >= Duration::from_millis(600)),
-        "tarpit: {bad:?}"
-    );
-    let mut s = last.expect("open");
-    let next = s.cmd("RCPT TO:<root@mx.test>").await.unwrap();
-    assert!(next.code == 421 || next.code == 0, "{next:?}");
+    // Unknown users from 5 addresses of 2001:db8:66::/64.
+    five_unknown_users(sm.addr6(), |i| format!("2001:db8:66::{:x}", 0x100 + i)).await;
     // The whole /64 is refused at connect, the legitimate /64 is not.
     let (r, _) = session(sm.addr6(), "2001:db8:66::ffff:1", &[]).await;
     let refusal = first_refusal(&r).expect("refused").clone();
