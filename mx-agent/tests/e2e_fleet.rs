@@ -101,6 +101,17 @@ impl AgentProc {
         }
     }
 
+    /// SIGSTOP or SIGCONT: a wedged agent, and the same one going on.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill(); // SIGKILL
@@ -128,7 +139,7 @@ struct Mx {
 struct Fleet {
     mx: Vec<Mx>,
     agents: Vec<AgentProc>,
-    _limiters: Vec<Limiter>,
+    limiters: Vec<Limiter>,
     _redis: RedisServer,
     _dir: tempfile::TempDir,
 }
@@ -196,7 +207,7 @@ async fn fleet() -> Fleet {
     Fleet {
         mx,
         agents,
-        _limiters: limiters,
+        limiters,
         _redis: redis,
         _dir: dir,
     }
@@ -345,6 +356,47 @@ async fn contained(f: &Fleet, v6: bool) {
     let stop = Arc::new(AtomicBool::new(false));
     let sender = legitimate(f, legit, v6, stop.clone());
 
+    // Four unknown users, taking turns over the MX, the fourth through sendmail: the
+    // network goes past tarpit_after (3), and that fourth answer already waits.
+    let mut unknown = Vec::new();
+    for (k, i) in [0, 1, 0, 2].into_iter().enumerate() {
+        let mut s = open(addr(&f.mx[i]), attacker(150 + k)).await.expect("open");
+        let r = s.cmd(&format!("RCPT TO:<early{k}@mx.test>")).await.unwrap();
+        assert!(
+            matches!(r.code, 550 | 553),
+            "{family} {}: {r:?}",
+            f.mx[i].name
+        );
+        unknown.push(r);
+    }
+    assert!(
+        unknown[3].took >= TARPIT,
+        "{family}: sendmail's answer past the threshold did not wait: {:?}",
+        unknown[3]
+    );
+    // From now on every RCPT of the network waits on every MX, from the first RCPT of a
+    // new session: a valid recipient (accepted) as much as an unknown user (rejected).
+    for (i, m) in f.mx.iter().enumerate() {
+        let mut s = open(addr(m), attacker(160 + i)).await.expect("open");
+        let r = s.cmd(&format!("RCPT TO:<{}>", m.mailbox)).await.unwrap();
+        assert!(
+            r.code == 250 && r.took >= TARPIT,
+            "{family} {}: valid RCPT {r:?}",
+            m.name
+        );
+        // Two more unknown users (5 and 6: block_after is 6), on the two Postfix.
+        if i < 2 {
+            let r = s.cmd(&format!("RCPT TO:<late{i}@mx.test>")).await.unwrap();
+            assert!(
+                r.code == 550 && r.took >= TARPIT,
+                "{family} {}: {r:?}",
+                m.name
+            );
+            unknown.push(r);
+        }
+    }
+
+    // The attack on every MX at once: its first unknown user bans the network.
     let a = attack(f, attacker, v6, 3).await;
     stop.store(true, Ordering::Relaxed);
     let delivered = sender
@@ -358,17 +410,12 @@ async fn contained(f: &Fleet, v6: bool) {
 
     // Cluster-wide: the ban took the 7th unknown user; what was in flight on the other
     // MX when it landed is all the attacker got besides.
-    let n = a.unknown.len();
+    unknown.extend(a.unknown);
+    let n = unknown.len();
     assert!(
         n > BLOCK_AFTER && n <= BLOCK_AFTER + f.mx.len(),
-        "{family}: {n} unknown-user answers for a ban past {BLOCK_AFTER} over {} MX: {:?}",
+        "{family}: {n} unknown-user answers for a ban past {BLOCK_AFTER} over {} MX: {unknown:?}",
         f.mx.len(),
-        a.unknown
-    );
-    assert!(
-        a.unknown.iter().any(|r| r.took >= TARPIT),
-        "{family}: no answer was tarpitted: {:?}",
-        a.unknown
     );
     for (m, r) in f.mx.iter().zip(&a.refused) {
         assert_eq!(r.code, 421, "{family} {}: refused with {r:?}", m.name);
@@ -465,9 +512,133 @@ async fn mail_flows_while_the_agents_are_killed_and_they_take_over_again_when_re
             }
         }
     }
+    // The per-RCPT ban checks work again too: sessions of 127.79.20.0/24 open on
+    // every MX when the network is banned (by rejected recipients another MX reported)
+    // get 421 at a following RCPT. A Postfix process whose policy connection died
+    // with the old agent may miss one check (try_limit=1, then DUNNO) and reconnect.
+    let mut open_sessions = Vec::new();
+    for (i, m) in f.mx.iter().enumerate() {
+        open_sessions.push(held(m.v4, ip(&format!("127.79.20.{}", i + 1)), m.mailbox).await);
+    }
+    ban(&f.limiters[1], "127.79.20.99").await;
+    for (m, mut s) in f.mx.iter().zip(open_sessions) {
+        let mut replies = Vec::new();
+        for _ in 0..3 {
+            let r = s.cmd(&format!("RCPT TO:<{}>", m.mailbox)).await.unwrap();
+            let banned = r.code == 421;
+            replies.push(r);
+            if banned {
+                break;
+            }
+        }
+        assert_eq!(
+            replies.last().map(|r| r.code),
+            Some(421),
+            "{}: after the restart, no ban at RCPT: {replies:?}",
+            m.name
+        );
+    }
     stop.store(true, Ordering::Relaxed);
     for s in senders {
         let n = s.await.unwrap().unwrap_or_else(|e| panic!("{e}"));
         assert!(n >= f.mx.len(), "{n} messages");
+    }
+}
+
+/// Bans `ip`'s network as a milter reporting rejected recipients would: one past
+/// `network_block_after`.
+async fn ban(limiter: &Limiter, ip: &str) {
+    let mut c = limiter.client().await;
+    for n in 1..=(BLOCK_AFTER as u32 + 1) {
+        c.recipient(mxlimit_proto::v1::RecipientRequest {
+            node: "elsewhere".into(),
+            session_id: format!("ban{n}"),
+            client_ip: ip.into(),
+            recipient: format!("u{n}@mx.test"),
+            rejected: true,
+            smtp_code: 550,
+            envelope_rcpts: 1,
+            envelope_bad_rcpts: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_agent_costs_bounded_waits_postfix_delivers_and_sendmail_defers() {
+    let f = fleet().await;
+    for a in &f.agents {
+        a.signal("-STOP");
+    }
+    // A stopped agent accepts connections (the kernel does) and never answers, so
+    // each MTA waits out its timeout. Postfix then goes on without it: the milter's
+    // milter_command_timeout (10 s) at connect, the policy service's timeout (10 s) at
+    // RCPT. sendmail skips the milter after T=R (10 s), but a socket map read timeout
+    // is a temporary failure whatever the map's flags (socket_map_lookup calls
+    // syserr("451 4.3.0 ...")): the session is deferred, not hung, and not lost.
+    let bound = Duration::from_secs(60);
+    let mut tasks = Vec::new();
+    for (i, m) in f.mx.iter().enumerate() {
+        let (server, to, name) = (m.v4, m.mailbox, m.name);
+        tasks.push(tokio::spawn(async move {
+            let from = ip(&format!("127.78.3.{}", i + 1));
+            let (mut s, greeting) = Smtp::connect(from, server).await.unwrap();
+            let mut replies = vec![greeting];
+            for cmd in [
+                "EHLO client.example".to_string(),
+                "MAIL FROM:<sender@example.org>".to_string(),
+                format!("RCPT TO:<{to}>"),
+            ] {
+                replies.push(s.cmd(&cmd).await.unwrap());
+            }
+            if replies.iter().all(|r| r.code < 400) {
+                replies.push(s.message("sender@example.org", to).await.unwrap());
+            }
+            (name, replies)
+        }));
+    }
+    for t in tasks {
+        let (name, replies) = t.await.unwrap();
+        for r in &replies {
+            assert!(r.took < bound, "{name}: a step took {:?}: {r:?}", r.took);
+        }
+        let codes: Vec<u32> = replies.iter().map(|r| r.code).collect();
+        if name == "mx3" {
+            assert_eq!(replies[0].code, 451, "{name}: {replies:?}");
+            assert!(
+                replies[0]
+                    .text
+                    .contains("socket_map_lookup(mxlimit_bans): read timeout"),
+                "{name}: {replies:?}"
+            );
+        } else {
+            assert_eq!(codes, [220, 250, 250, 250, 250], "{name}: {replies:?}");
+        }
+    }
+    // Going on, the agents decide again, and sendmail takes mail again.
+    for a in &f.agents {
+        a.signal("-CONT");
+    }
+    for m in &f.mx {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match open(m.v4, ip("127.79.9.2")).await {
+                Err(r) if r.code >= 500 => break,
+                other => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{}: the agent never decided again: {:?}",
+                        m.name,
+                        other.err()
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        deliver(m.v4, ip("127.78.3.9"), m.mailbox)
+            .await
+            .unwrap_or_else(|e| panic!("{} after the agent went on: {e}", m.name));
     }
 }

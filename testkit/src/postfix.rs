@@ -22,7 +22,8 @@ pub struct PostfixOptions {
     pub socketmap: Option<String>,
     /// The agent's policy service asked for bans at every RCPT, beside the milter, as
     /// docs/MTA.md recommends: `check_policy_service { inet:..., policy_context=bans,
-    /// default_action=DUNNO, try_limit=1 }` in `smtpd_recipient_restrictions`.
+    /// default_action=DUNNO, try_limit=1, timeout=10s }` in
+    /// `smtpd_recipient_restrictions`.
     pub bans: Option<String>,
     /// Mailboxes that exist (the domain is `mx.test`); every other recipient of the
     /// domain is rejected with 550 5.1.1 User unknown.
@@ -177,8 +178,10 @@ fn write_config(d: &Path, name: &str, port: u16, o: &PostfixOptions) {
         protocols = if o.ipv6 { "ipv4, ipv6" } else { "ipv4" },
     );
     if let Some(m) = &o.milter {
+        // docs/MTA.md: mail flows without the agent; a wedged one costs a bounded wait.
         main.push_str(&format!(
-            "smtpd_milters = {m}\nmilter_protocol = 6\nmilter_default_action = accept\n"
+            "smtpd_milters = {m}\nmilter_protocol = 6\nmilter_default_action = accept\n\
+             milter_connect_timeout = 5s\nmilter_command_timeout = 10s\n"
         ));
     }
     let mut client = Vec::new();
@@ -191,7 +194,7 @@ fn write_config(d: &Path, name: &str, port: u16, o: &PostfixOptions) {
             "the policy service: full, or bans beside the milter"
         );
         main.push_str(&format!(
-            "smtpd_recipient_restrictions = check_policy_service {{ {b}, policy_context=bans, default_action=DUNNO, try_limit=1 }}\n"
+            "smtpd_recipient_restrictions = check_policy_service {{ {b}, policy_context=bans, default_action=DUNNO, try_limit=1, timeout=10s }}\n"
         ));
     }
     if let Some(p) = &o.policy {

@@ -222,10 +222,11 @@ fn mc(d: &Path, name: &str, port: u16, o: &SendmailOptions) -> String {
         mc.push_str("define(`confDONT_BLAME_SENDMAIL', `MapInUnsafeDirPath')dnl\n");
         mc.push_str("divert(6)dnl\n");
         if let Some(s) = &o.socketmap {
-            mc.push_str(&format!("Kmxlimit_bans socket {s}\n"));
+            // -d1s: a wedged agent costs each lookup 1 s, not sendmail's default 30 s.
+            mc.push_str(&format!("Kmxlimit_bans socket -d1s {s}\n"));
         }
         mc.push_str(&format!(
-            "Ksite_access hash -T<TMPF> -o {}\ndivert(0)dnl\n",
+            "Ksite_access hash -o {}\ndivert(0)dnl\n",
             d.join("access").display()
         ));
         let seq = if o.socketmap.is_some() {

@@ -154,6 +154,10 @@ fn session_error(e: &SessionError) {
     let cause = match e {
         // The agent stopping: nothing the MTA did.
         SessionError::MilterShutDown => return,
+        // indymilter reads a packet past its 1 MiB limit as invalid data.
+        SessionError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Undecided::ProtocolError
+        }
         SessionError::Io(_) => Undecided::IoError,
         _ => Undecided::ProtocolError,
     };
@@ -369,8 +373,18 @@ impl Milter {
         };
         s.seen = s.seen.saturating_add(1);
         let v = match fate {
-            // The MTA refused it for a reason of its own: nothing to count or add.
-            RcptFate::OtherRefusal => return Status::Continue,
+            // The MTA refused it for a reason of its own: nothing to count or add, but
+            // a tarpitted source waits here too (the MTA waits for this reply).
+            RcptFate::OtherRefusal => {
+                let wait = capped(
+                    s.tarpit_ms,
+                    self.max_delay.saturating_sub(started.elapsed()),
+                );
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                return Status::Continue;
+            }
             RcptFate::Accepted => {
                 s.rcpts = s.rcpts.saturating_add(1);
                 // Checked here, against the session's limits, without a call.

@@ -124,7 +124,10 @@ pub async fn read_netstring<R: AsyncBufReadExt + Unpin>(
         return Err(bad("netstring too long"));
     }
     let mut buf = vec![0; len + 1];
-    r.read_exact(&mut buf).await?;
+    r.read_exact(&mut buf).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => bad("truncated netstring"),
+        _ => e,
+    })?;
     if buf.pop() != Some(b',') {
         return Err(bad("netstring without its comma"));
     }
