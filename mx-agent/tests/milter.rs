@@ -386,6 +386,25 @@ async fn a_tarpitted_source_waits_from_the_first_rcpt_of_its_next_session() {
         "a tarpitted source's first RCPT did not wait: {:?}",
         t.elapsed()
     );
+    // A recipient the MTA refused for a reason of its own (relaying denied) waits too.
+    let t = Instant::now();
+    let r = c
+        .rcpt_with(
+            "someone@elsewhere.example",
+            &[
+                ("{rcpt_mailer}", "error"),
+                ("{rcpt_host}", "5.7.1"),
+                ("{rcpt_addr}", "Relay access denied"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, Reply::Continue);
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "a refused RCPT of a tarpitted source did not wait: {:?}",
+        t.elapsed()
+    );
     // Another source is not slowed.
     let (mut c, _) = session(addr, "10.0.10.1").await;
     c.mail("a@example.org").await.unwrap();
