@@ -329,6 +329,27 @@ fn legitimate(
     })
 }
 
+/// Waits (bounded: the MTA reconnects to its agent for a new session) until `m`
+/// refuses `blocked` (of the `Connect:127.79.9 REJECT` rule) at connect again: its
+/// agent decides.
+async fn decides_again(m: &Mx, blocked: IpAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match open(m.v4, blocked).await {
+            Err(r) if r.code >= 500 => return,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: the agent never decided again: {:?}",
+                    m.name,
+                    other.err()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// A session of the attacking network opened before the attack, one valid recipient
 /// accepted: it is still open when the ban lands.
 async fn held(server: SocketAddr, from: IpAddr, mailbox: &str) -> Smtp {
@@ -496,21 +517,7 @@ async fn mail_flows_while_the_agents_are_killed_and_they_take_over_again_when_re
     // Restarted, the agents decide again: the access rule refuses at connect on every
     // MX (asked of each new session; bounded wait for the MTA's reconnect).
     for m in &f.mx {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match open(m.v4, blocked).await {
-                Err(r) if r.code >= 500 => break,
-                other => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "{}: the restarted agent never decided: {:?}",
-                        m.name,
-                        other.err()
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+        decides_again(m, blocked).await;
     }
     // The per-RCPT ban checks work again too: sessions of 127.79.20.0/24 open on
     // every MX when the network is banned (by rejected recipients another MX reported)
@@ -520,7 +527,10 @@ async fn mail_flows_while_the_agents_are_killed_and_they_take_over_again_when_re
     for (i, m) in f.mx.iter().enumerate() {
         open_sessions.push(held(m.v4, ip(&format!("127.79.20.{}", i + 1)), m.mailbox).await);
     }
-    ban(&f.limiters[1], "127.79.20.99").await;
+    // One past network_block_after, as another MX's milter would report them.
+    f.limiters[1]
+        .bad_rcpts("127.79.20.99", BLOCK_AFTER as u32 + 1)
+        .await;
     for (m, mut s) in f.mx.iter().zip(open_sessions) {
         let mut replies = Vec::new();
         for _ in 0..3 {
@@ -542,27 +552,6 @@ async fn mail_flows_while_the_agents_are_killed_and_they_take_over_again_when_re
     for s in senders {
         let n = s.await.unwrap().unwrap_or_else(|e| panic!("{e}"));
         assert!(n >= f.mx.len(), "{n} messages");
-    }
-}
-
-/// Bans `ip`'s network as a milter reporting rejected recipients would: one past
-/// `network_block_after`.
-async fn ban(limiter: &Limiter, ip: &str) {
-    let mut c = limiter.client().await;
-    for n in 1..=(BLOCK_AFTER as u32 + 1) {
-        c.recipient(mxlimit_proto::v1::RecipientRequest {
-            node: "elsewhere".into(),
-            session_id: format!("ban{n}"),
-            client_ip: ip.into(),
-            recipient: format!("u{n}@mx.test"),
-            rejected: true,
-            smtp_code: 550,
-            envelope_rcpts: 1,
-            envelope_bad_rcpts: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
     }
 }
 
@@ -622,21 +611,7 @@ async fn a_wedged_agent_costs_bounded_waits_postfix_delivers_and_sendmail_defers
         a.signal("-CONT");
     }
     for m in &f.mx {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match open(m.v4, ip("127.79.9.2")).await {
-                Err(r) if r.code >= 500 => break,
-                other => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "{}: the agent never decided again: {:?}",
-                        m.name,
-                        other.err()
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+        decides_again(m, ip("127.79.9.2")).await;
         deliver(m.v4, ip("127.78.3.9"), m.mailbox)
             .await
             .unwrap_or_else(|e| panic!("{} after the agent went on: {e}", m.name));

@@ -331,3 +331,46 @@ async fn mail_keeps_flowing_when_the_limiter_hangs_and_each_step_gains_at_most_t
         }
     }
 }
+
+/// What docs/MTA.md's Postfix wiring rests on, against real Postfix with nothing
+/// listening where the agent should be: a socketmap in the restrictions tempfails
+/// every RCPT; the policy service with default_action=DUNNO lets mail through, at a
+/// cost of 1 s per check unless try_limit=1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postfix_with_its_agent_gone_socketmap_tempfails_policy_dunno_passes() {
+    let dead = testkit::free_port();
+    let with = |restriction: String| {
+        Postfix::start(
+            "mx9",
+            &PostfixOptions {
+                mailboxes: vec!["alice@mx.test".into()],
+                main_cf: vec![format!("smtpd_recipient_restrictions = {restriction}")],
+                ..Default::default()
+            },
+        )
+    };
+    let rcpt = async |pf: &Postfix| {
+        let (replies, _) = rcpts(pf.addr(), "127.74.0.1", &["alice@mx.test"]).await;
+        replies[3].clone()
+    };
+    let pf = with(format!(
+        "check_client_access socketmap:inet:127.0.0.1:{dead}:mxlimit"
+    ));
+    let r = rcpt(&pf).await;
+    assert!(
+        r.code == 451 && r.text.contains("4.3.5") && r.text.contains("Server configuration error"),
+        "{r:?}"
+    );
+    drop(pf);
+    let pf = with(format!(
+        "check_policy_service {{ inet:127.0.0.1:{dead}, default_action=DUNNO }}"
+    ));
+    let r = rcpt(&pf).await;
+    assert!(r.code == 250 && r.took >= Duration::from_secs(1), "{r:?}");
+    drop(pf);
+    let pf = with(format!(
+        "check_policy_service {{ inet:127.0.0.1:{dead}, default_action=DUNNO, try_limit=1, timeout=10s }}"
+    ));
+    let r = rcpt(&pf).await;
+    assert!(r.code == 250 && r.took < Duration::from_secs(1), "{r:?}");
+}

@@ -147,21 +147,7 @@ async fn socketmap_answers_bans_in_each_mtas_syntax() {
     let a = agent(&config("mx1", &[lim.addr])).await;
     let addr = tcp(&a.socketmap[0]);
     // Ban 10.2.0.1 through the limiter: two bad recipients past block_after 1.
-    let mut c = lim.client().await;
-    for r in ["x@y", "z@y"] {
-        c.recipient(mxlimit_proto::v1::RecipientRequest {
-            node: "mx9".into(),
-            session_id: "s".into(),
-            client_ip: "10.2.0.1".into(),
-            recipient: r.into(),
-            rejected: true,
-            envelope_rcpts: 1,
-            envelope_bad_rcpts: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
+    lim.bad_rcpts("10.2.0.1", 2).await;
     let got = socketmap(
         addr,
         &[
@@ -330,24 +316,28 @@ async fn the_bans_context_answers_refusals_only_and_counts_nothing() {
             .starts_with("550 5.7.1"),
         "an access refusal is answered"
     );
-    // A ban made elsewhere (one rejected recipient bans 10.2.0.9: block_after 1).
-    let mut c = lim.client().await;
-    for n in 1..=2 {
-        c.recipient(mxlimit_proto::v1::RecipientRequest {
-            node: "mx2".into(),
-            session_id: "s1".into(),
-            client_ip: "10.2.0.9".into(),
-            recipient: format!("u{n}@mx.test"),
-            rejected: true,
-            envelope_rcpts: n,
-            envelope_bad_rcpts: n,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
+    // A ban made elsewhere (two rejected recipients: past block_after 1).
+    lim.bad_rcpts("10.2.0.9", 2).await;
     let answer = p.ask(&bans("10.2.0.9", "40006")).await;
     assert!(answer.starts_with("421 4.7.1"), "{answer}");
     // No address: the milter decided that session; nothing to check here.
     assert_eq!(p.ask(&bans("unknown", "40007")).await, "DUNNO");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_postfix_names_unknown_is_decided_by_the_fallback() {
+    // The limiter admits everything; fail-closed, the agent tempfails the session
+    // itself instead of answering DUNNO for want of an address.
+    let lim = limiter("", "").await;
+    let mut cfg = config("mx1", &[lim.addr]);
+    cfg.fallback.mode = mx_agent::config::FailMode::Closed;
+    let a = agent(&cfg).await;
+    let mut p = Policy::open(tcp(&a.policy[0])).await;
+    let answer = p.ask(&req("CONNECT", "unknown", "40001", "")).await;
+    assert!(answer.starts_with("421 4.3.2"), "{answer}");
+    // A known address still goes to the limiter, which admits it.
+    assert_eq!(
+        p.ask(&req("CONNECT", "10.3.0.1", "40002", "")).await,
+        "DUNNO"
+    );
 }

@@ -10,7 +10,6 @@ use limiter_server::admin::auth::{AdminAuth, AuthConfig};
 use limiter_server::policy::reload::{PolicyHandle, PolicySource};
 use limiter_server::server::ServeOptions;
 use limiter_server::store::memory::{MemoryConfig, MemoryStore};
-use mxlimit_proto::v1::RecipientRequest;
 use testkit::Limiter;
 
 const TOKEN: &str = "cli-test-token-0123456789";
@@ -63,25 +62,6 @@ fn err(o: &Output) -> String {
     String::from_utf8(o.stderr.clone()).unwrap()
 }
 
-async fn bad_rcpts(l: &Limiter, ip: &str, n: u32) {
-    let mut c = l.client().await;
-    for i in 0..n {
-        c.recipient(RecipientRequest {
-            node: "mx1".into(),
-            session_id: format!("{ip}-{i}"),
-            client_ip: ip.into(),
-            recipient: format!("nobody{i}@example.org"),
-            rejected: true,
-            smtp_code: 550,
-            envelope_rcpts: 1,
-            envelope_bad_rcpts: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
-}
-
 /// A limiter that counts bad recipients for the top lists and bans nobody, so that
 /// every attacker stays in the lists.
 async fn counting_limiter() -> Limiter {
@@ -113,9 +93,9 @@ async fn until_listed(l: &Limiter, args: &[&str], field: &str, n: usize) -> serd
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn who_is_attacking_and_the_access_files_for_sendmail_and_postfix() {
     let l = counting_limiter().await;
-    bad_rcpts(&l, "206.81.85.10", 3).await;
-    bad_rcpts(&l, "206.81.85.11", 2).await;
-    bad_rcpts(&l, "2001:db8:1:2::5", 1).await;
+    l.bad_rcpts("206.81.85.10", 3).await;
+    l.bad_rcpts("206.81.85.11", 2).await;
+    l.bad_rcpts("2001:db8:1:2::5", 1).await;
 
     let json = until_listed(&l, &["top", "--window", "1h"], "sources", 2).await;
     assert_eq!(json["window_ms"], 3_600_000);
@@ -281,8 +261,8 @@ async fn real_mtas_refuse_what_the_export_lists() {
     use testkit::smtp::Smtp;
 
     let l = counting_limiter().await;
-    bad_rcpts(&l, "127.0.0.1", 2).await;
-    bad_rcpts(&l, "::1", 1).await;
+    l.bad_rcpts("127.0.0.1", 2).await;
+    l.bad_rcpts("::1", 1).await;
     until_listed(&l, &["top", "--window", "1h"], "sources", 2).await;
     let mut exports = Vec::new();
     for by in ["addr", "net"] {
@@ -397,8 +377,8 @@ async fn a_cut_ban_list_says_how_many_bans_there_are() {
         "",
     ))))
     .await;
-    bad_rcpts(&l, "203.0.113.1", 2).await;
-    bad_rcpts(&l, "203.0.113.2", 2).await;
+    l.bad_rcpts("203.0.113.1", 2).await;
+    l.bad_rcpts("203.0.113.2", 2).await;
     until_listed(&l, &["blocks"], "", 2).await;
     let o = mxlimit(&l, true, &["blocks", "--limit", "1", "--json"]).await;
     let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();

@@ -140,6 +140,29 @@ impl Limiter {
         LimiterClient::new(channel(self.addr).await)
     }
 
+    /// Reports `n` recipients of `ip` rejected as unknown, as an MX's milter does (each
+    /// call its own session and recipient, so none is taken for a retry).
+    pub async fn bad_rcpts(&self, ip: &str, n: u32) {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut c = self.client().await;
+        for _ in 0..n {
+            let i = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c.recipient(mxlimit_proto::v1::RecipientRequest {
+                node: "mx1".into(),
+                session_id: format!("{ip}-{i}"),
+                client_ip: ip.into(),
+                recipient: format!("nobody{i}@example.org"),
+                rejected: true,
+                smtp_code: 550,
+                envelope_rcpts: 1,
+                envelope_bad_rcpts: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("Recipient");
+        }
+    }
+
     /// Stops taking calls, finishes those in flight.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {

@@ -33,6 +33,15 @@ pub fn smtp_reply(v: &Verdict) -> (u32, String, String) {
     (code, enhanced, text)
 }
 
+/// Whether a verdict refuses (a reply the MTA must give) rather than lets the step go on
+/// (accept, or a delay).
+pub fn refuses(v: &Verdict) -> bool {
+    matches!(
+        crate::limiter::action(v),
+        Action::Reject | Action::Tempfail | Action::Disconnect
+    )
+}
+
 /// A delay, capped so that the MTA's own timeout for the step never fires.
 pub fn capped(delay_ms: u32, max: Duration) -> Duration {
     Duration::from_millis(u64::from(delay_ms)).min(max)

@@ -655,7 +655,6 @@ fn accept() -> Verdict {
     }
 }
 
-/// Fail-closed: no answer from the limiter is a temporary failure.
 /// Counts a verdict the agent enforces. A fail-closed refusal has the agent's own
 /// reason; every other reason is one of the limiter's (or `other`).
 fn decided(rpc: &'static str, v: &Verdict, origin: Origin) {
@@ -674,7 +673,8 @@ fn decided(rpc: &'static str, v: &Verdict, origin: Origin) {
     .increment(1);
 }
 
-fn unavailable(action: Action, code: u32) -> Verdict {
+/// What the agent answers when it fails closed.
+pub fn unavailable(action: Action, code: u32) -> Verdict {
     Verdict {
         action: action as i32,
         smtp_code: code,

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use mxlimit_proto::v1::{Action, Verdict};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use super::{capped, smtp_reply, verified_name};
-use crate::limiter::{Ends, Limiter, Rcpt, action};
+use super::{capped, refuses, smtp_reply, verified_name};
+use crate::limiter::{Ends, Limiter, Rcpt, action, unavailable};
 use crate::listen::{Listener, Stream};
 use crate::metrics::{Undecided, undecided};
 
@@ -239,15 +239,8 @@ impl PolicyService {
         };
         match self.limiter.lookup(ip, None).await {
             // Fail-closed, and the limiter unreachable.
-            None => "451 4.3.2 Service temporarily unavailable, try again later".into(),
-            Some(v)
-                if matches!(
-                    action(&v),
-                    Action::Reject | Action::Tempfail | Action::Disconnect
-                ) =>
-            {
-                reply(&v)
-            }
+            None => reply(&unavailable(Action::Tempfail, 451)),
+            Some(v) if refuses(&v) => reply(&v),
             Some(_) => "DUNNO".into(),
         }
     }

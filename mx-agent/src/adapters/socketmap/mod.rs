@@ -12,13 +12,12 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use super::smtp_reply;
-use crate::limiter::{Limiter, action};
+use super::{refuses, smtp_reply};
+use crate::limiter::Limiter;
 use crate::listen::{Listener, Stream};
 
 /// This adapter's name in metrics.
 const ADAPTER: &str = "socketmap";
-use mxlimit_proto::v1::Action;
 
 /// Postfix's limit for a socketmap request.
 const MAX_NETSTRING: usize = 100_000;
@@ -75,14 +74,7 @@ impl Socketmap {
         };
         match self.limiter.lookup(ip, None).await {
             None => "TEMP limiter unavailable".into(),
-            Some(v)
-                if matches!(
-                    action(&v),
-                    Action::Accept | Action::Delay | Action::Unspecified
-                ) =>
-            {
-                "NOTFOUND ".into()
-            }
+            Some(v) if !refuses(&v) => "NOTFOUND ".into(),
             Some(v) => {
                 let (code, enhanced, text) = smtp_reply(&v);
                 let text = text.replace(['\r', '\n'], " ");
