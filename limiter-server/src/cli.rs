@@ -208,5 +208,5 @@ pub struct Cli {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    limiter_server::policy::duration::parse(s)
+    mxlimit_core::policy::duration::parse(s)
 }

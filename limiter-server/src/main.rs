@@ -8,15 +8,15 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use limiter_server::admin::KeeperOptions;
 use limiter_server::admin::auth::{AdminAuth, AuthConfig};
-use limiter_server::decision::Engine;
-use limiter_server::policy::reload::{PolicyHandle, PolicySource};
 use limiter_server::server::{self, ServeOptions};
-use limiter_server::store::Store;
-use limiter_server::store::instrumented::Instrumented;
-use limiter_server::store::ledger::Ledger;
-use limiter_server::store::memory::{MemoryConfig, MemoryStore};
 use limiter_server::store::redis::{RedisConfig, RedisStore, RedisTls};
 use limiter_server::tls::{ServerTls, TlsFiles};
+use mxlimit_core::decision::Engine;
+use mxlimit_core::policy::reload::{PolicyHandle, PolicySource};
+use mxlimit_core::store::Store;
+use mxlimit_core::store::instrumented::Instrumented;
+use mxlimit_core::store::ledger::Ledger;
+use mxlimit_core::store::memory::{MemoryConfig, MemoryStore};
 use tokio::net::TcpListener;
 
 use cli::{Cli, LogFormat};
@@ -49,7 +49,7 @@ async fn main() -> Result<()> {
         };
         return health_check(&addr).await;
     }
-    let _telemetry = limiter_server::telemetry::init(
+    let _telemetry = mxlimit_core::telemetry::init(
         "limiter-server",
         &cli.log,
         matches!(cli.log_format, LogFormat::Json),
@@ -68,7 +68,7 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     if let Some(addr) = cli.metrics_listen {
-        limiter_server::metrics::serve(addr)
+        mxlimit_core::metrics::serve(addr)
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         limiter_server::metrics::describe();
     }
@@ -76,7 +76,7 @@ async fn main() -> Result<()> {
     // One signal stops everything: the rule watcher and the server.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        server::shutdown_signal().await;
+        mxlimit_core::shutdown::signal().await;
         let _ = stop.send(true);
     });
     let until_stopped = move || {

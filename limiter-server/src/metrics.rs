@@ -1,14 +1,8 @@
-//! Prometheus metrics: the names (each listed in docs/OPERATIONS.md) and the scrape
-//! endpoint. Without `--metrics-listen` no recorder is installed and recording costs
-//! next to nothing.
-
-use std::net::SocketAddr;
+//! The limiter server's own metrics (each listed in docs/OPERATIONS.md): calls,
+//! verdicts, the ledger, TLS and Admin. The decision path's and the stores' are
+//! `mxlimit_core::metrics`.
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-use mxlimit_proto::v1::Action;
-
-use crate::decision::verdict::reason;
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
 /// Verdicts by `rpc`, `action`, `reason` and `shadow`.
 pub const DECISIONS: &str = "mxlimit_decisions_total";
@@ -16,18 +10,6 @@ pub const DECISIONS: &str = "mxlimit_decisions_total";
 pub const REQUEST_SECONDS: &str = "mxlimit_request_duration_seconds";
 /// Calls answered with an error, by `rpc` and gRPC `code`.
 pub const REQUEST_ERRORS: &str = "mxlimit_request_errors_total";
-/// One store operation (one round trip on Redis), by `op`.
-pub const STORE_SECONDS: &str = "mxlimit_store_duration_seconds";
-/// Store operations that failed, by `op`.
-pub const STORE_ERRORS: &str = "mxlimit_store_errors_total";
-/// Leases (concurrent sessions) taken; Disconnects answered (a Disconnect of a session
-/// that held no lease counts too); leases freed because their node restarted. The
-/// agents' `mxagent_leases_live` is the exact count of live sessions.
-pub const LEASES_TAKEN: &str = "mxlimit_leases_taken_total";
-pub const LEASES_RELEASED: &str = "mxlimit_leases_released_total";
-pub const LEASES_FREED: &str = "mxlimit_leases_freed_total";
-/// Rule reloads by `result` (`ok`, `error`).
-pub const RULE_RELOADS: &str = "mxlimit_rule_reloads_total";
 /// TLS certificate reloads by `result`.
 pub const TLS_RELOADS: &str = "mxlimit_tls_reloads_total";
 /// Operator blocks and automatic bans in force, cluster-wide, by `kind` (`block`, `ban`).
@@ -36,31 +18,14 @@ pub const BANS_IN_FORCE: &str = "mxlimit_bans_in_force";
 pub const LEASES_LIVE: &str = "mxlimit_leases_live";
 /// Ledger flushes (top lists, ban index, live leases) by `result`.
 pub const LEDGER_FLUSHES: &str = "mxlimit_ledger_flushes_total";
-/// Events not counted in the top lists because too many distinct sources came in one
-/// flush interval.
-pub const TALLY_DROPPED: &str = "mxlimit_tally_dropped_total";
 /// Admin calls by `rpc` and `result` (`ok`, `unauthenticated`, `error`).
 pub const ADMIN_CALLS: &str = "mxlimit_admin_calls_total";
 /// 1, with the `version` and the `store` kind as labels.
 pub const BUILD_INFO: &str = "mxlimit_build_info";
 
-/// Latency buckets, 100 µs to 2.5 s: decisions take a fraction of a millisecond, and
-/// agents give up after their deadline (50 ms by default).
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
-
-/// Installs the global recorder and serves it over HTTP on `addr` (any path), from the
-/// current tokio runtime. Histograms named `*_seconds` get [`LATENCY_BUCKETS`].
-pub fn serve(addr: SocketAddr) -> Result<(), BuildError> {
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
-        .install()
-}
-
-/// The limiter's descriptions (HELP lines).
+/// The limiter's descriptions (HELP lines), the core's included.
 pub fn describe() {
+    mxlimit_core::metrics::describe();
     describe_counter!(
         DECISIONS,
         "Verdicts given, by rpc, action, reason and shadow."
@@ -74,25 +39,6 @@ pub fn describe() {
         REQUEST_ERRORS,
         "Calls answered with an error, by rpc and gRPC code."
     );
-    describe_histogram!(
-        STORE_SECONDS,
-        Unit::Seconds,
-        "One store operation (one Redis round trip), by op."
-    );
-    describe_counter!(STORE_ERRORS, "Store operations that failed, by op.");
-    describe_counter!(
-        LEASES_TAKEN,
-        "Session leases taken by admitted connections."
-    );
-    describe_counter!(
-        LEASES_RELEASED,
-        "Disconnects answered (each releases its lease, if any)."
-    );
-    describe_counter!(
-        LEASES_FREED,
-        "Session leases freed because their node restarted."
-    );
-    describe_counter!(RULE_RELOADS, "Rule reloads, by result (ok, error).");
     describe_counter!(
         TLS_RELOADS,
         "TLS certificate reloads, by result (ok, error)."
@@ -109,45 +55,9 @@ pub fn describe() {
         LEDGER_FLUSHES,
         "Flushes of top-list counts and bans to the store, by result (ok, error)."
     );
-    describe_counter!(
-        TALLY_DROPPED,
-        "Events left out of the top lists: too many distinct sources in one second."
-    );
     describe_counter!(ADMIN_CALLS, "Admin calls, by rpc and result.");
     describe_gauge!(
         BUILD_INFO,
         "1, labelled with the version and the store kind."
     );
-}
-
-/// The `action` label of a verdict (also the agent's).
-pub fn action_label(a: Action) -> &'static str {
-    match a {
-        Action::Unspecified => "unspecified",
-        Action::Accept => "accept",
-        Action::Delay => "delay",
-        Action::Tempfail => "tempfail",
-        Action::Reject => "reject",
-        Action::Disconnect => "disconnect",
-    }
-}
-
-/// The `reason` label of a verdict: one of the limiter's reasons, or `other`, so that
-/// a label never takes a value from the network.
-pub fn reason_label(r: &str) -> &'static str {
-    [
-        reason::OK,
-        reason::ACCESS,
-        reason::EXEMPT,
-        reason::BANNED,
-        reason::BLOCKED,
-        reason::CLIENT_RATE,
-        reason::CLIENT_CONN,
-        reason::BAD_RCPT,
-        reason::BAD_RCPT_THROTTLE,
-        reason::MAX_RCPTS,
-    ]
-    .into_iter()
-    .find(|k| *k == r)
-    .unwrap_or("other")
 }

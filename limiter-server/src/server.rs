@@ -14,11 +14,11 @@ use tonic_health::ServingStatus;
 use crate::admin::auth::{AdminAuth, AuthConfig, RequireAdmin};
 use crate::admin::service::AdminService;
 use crate::admin::{KeeperOptions, keeper};
-use crate::decision::Engine;
 use crate::grpc::LimiterService;
-use crate::store::Store;
-use crate::store::ledger::Ledger;
 use crate::tls::ServerTls;
+use mxlimit_core::decision::Engine;
+use mxlimit_core::store::Store;
+use mxlimit_core::store::ledger::Ledger;
 
 /// The health-check name of the limiter service.
 pub const SERVICE_NAME: &str = "mxlimit.v1.Limiter";
@@ -198,21 +198,4 @@ pub async fn serve<S: Store + Ledger>(
     let _ = keeper_stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), keeper).await;
     result
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = term => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
 }

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use limiter_server::admin::KeeperOptions;
 use limiter_server::admin::auth::{AdminAuth, AuthConfig};
-use limiter_server::policy::reload::PolicyHandle;
 use limiter_server::server::ServeOptions;
-use limiter_server::store::memory::{MemoryConfig, MemoryStore};
+use mxlimit_core::policy::reload::PolicyHandle;
+use mxlimit_core::store::memory::{MemoryConfig, MemoryStore};
 use mxlimit_proto::v1::admin_client::AdminClient;
 use mxlimit_proto::v1::{
     Action, BlockRequest, ExplainReply, ExplainRequest, GroupBy, ListBlocksRequest, LookupRequest,

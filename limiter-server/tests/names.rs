@@ -7,8 +7,8 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use limiter_server::policy::reload::PolicyHandle;
-use limiter_server::store::memory::{MemoryConfig, MemoryStore};
+use mxlimit_core::policy::reload::PolicyHandle;
+use mxlimit_core::store::memory::{MemoryConfig, MemoryStore};
 use mxlimit_proto::v1::Action;
 
 use support::*;

@@ -6,10 +6,10 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use limiter_server::policy::reload::PolicyHandle;
-use limiter_server::source::Level;
-use limiter_server::store::ledger::{Batch, Ledger};
 use limiter_server::store::redis::{RedisConfig, RedisStore};
+use mxlimit_core::policy::reload::PolicyHandle;
+use mxlimit_core::source::Level;
+use mxlimit_core::store::ledger::{Batch, Ledger};
 use mxlimit_proto::v1::{Action, HeartbeatRequest};
 use support::*;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -313,6 +313,6 @@ async fn ban_lists_keep_the_longest_bans_on_redis_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ban_lists_keep_the_longest_bans_in_memory() {
-    use limiter_server::store::memory::{MemoryConfig, MemoryStore};
+    use mxlimit_core::store::memory::{MemoryConfig, MemoryStore};
     ban_lists_keep_the_longest_bans(MemoryStore::new(MemoryConfig::default())).await;
 }

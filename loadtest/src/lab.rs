@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use limiter_server::policy::Policy;
-use limiter_server::policy::reload::PolicyHandle;
-use limiter_server::store::memory::{MemoryConfig, MemoryStore};
 use limiter_server::store::redis::{RedisConfig, RedisStore};
+use mxlimit_core::policy::Policy;
+use mxlimit_core::policy::reload::PolicyHandle;
+use mxlimit_core::store::memory::{MemoryConfig, MemoryStore};
 use testkit::Limiter;
 use testkit::postfix::{Postfix, PostfixOptions};
 use tonic::transport::Channel;
@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 /// Compiles a policy file's text, with a clear error for a broken one.
 pub fn policy(toml: &str) -> Result<Arc<PolicyHandle>> {
     let path = std::path::Path::new("policy");
-    let settings = limiter_server::policy::parse_settings(toml, path)?;
+    let settings = mxlimit_core::policy::parse_settings(toml, path)?;
     let policy = Policy::compile(settings, vec![], vec![]).context("compile the policy")?;
     Ok(Arc::new(PolicyHandle::fixed(policy)))
 }

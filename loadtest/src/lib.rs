@@ -33,7 +33,7 @@ pub async fn attack_grpc(
     redis: Option<&str>,
 ) -> Result<Report> {
     let settings =
-        limiter_server::policy::parse_settings(policy_toml, std::path::Path::new("policy"))?;
+        mxlimit_core::policy::parse_settings(policy_toml, std::path::Path::new("policy"))?;
     let lab = lab::GrpcLab::start(policy_toml, scenario.nodes, redis).await?;
     let cluster = Arc::new(Fleet::Grpc(GrpcFleet::new(
         scenario.nodes,
@@ -65,7 +65,7 @@ pub async fn attack_smtp(
     tarpit: Duration,
 ) -> Result<Report> {
     let settings =
-        limiter_server::policy::parse_settings(policy_toml, std::path::Path::new("policy"))?;
+        mxlimit_core::policy::parse_settings(policy_toml, std::path::Path::new("policy"))?;
     let lab = lab::SmtpLab::start(policy_toml, scenario.nodes).await?;
     let probe = lab::SmtpLab::MAILBOX;
     let cluster = Arc::new(Fleet::Smtp(fleet::smtp::SmtpFleet::new(

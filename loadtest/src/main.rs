@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use limiter_server::policy::duration::parse as duration;
 use loadtest::bench::target::Target;
 use loadtest::bench::{self, BenchOptions, ceiling, compare, sweep};
 use loadtest::report::Report;
 use loadtest::scenario;
+use mxlimit_core::policy::duration::parse as duration;
 
 /// mxlimit's load and attack harness: what the limiter costs, and what it holds.
 #[derive(Parser)]

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use limiter_server::decision::Engine;
-use limiter_server::policy::reload::{PolicyHandle, PolicySource};
-use limiter_server::store::memory::{MemoryConfig, MemoryStore};
+use mxlimit_core::decision::Engine;
+use mxlimit_core::policy::reload::{PolicyHandle, PolicySource};
+use mxlimit_core::store::memory::{MemoryConfig, MemoryStore};
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -22,7 +22,7 @@ pub enum AgentError {
     #[error("{0}")]
     Config(String),
     #[error("fallback policy: {0}")]
-    Fallback(#[from] limiter_server::policy::PolicyError),
+    Fallback(#[from] mxlimit_core::policy::PolicyError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: ListenAddr,
@@ -56,7 +56,7 @@ impl Agent {
                     .dns_servers
                     .iter()
                     .map(|s| {
-                        limiter_server::policy::parse_dns_server(s).ok_or_else(|| {
+                        mxlimit_core::policy::parse_dns_server(s).ok_or_else(|| {
                             AgentError::Config(format!(
                                 "limiter.dns_servers: {s:?} is not ip or ip:port"
                             ))

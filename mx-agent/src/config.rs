@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use limiter_server::policy::duration::Span;
+use mxlimit_core::policy::duration::Span;
 use serde::Deserialize;
 
 use crate::listen::ListenAddr;
@@ -79,7 +79,7 @@ impl Default for ClientTlsSettings {
 impl Default for LimiterSettings {
     fn default() -> Self {
         LimiterSettings {
-            endpoints: vec![format!("http://{}", limiter_server::DEFAULT_LISTEN)],
+            endpoints: vec![format!("http://{}", mxlimit_proto::DEFAULT_LISTEN)],
             dns: None,
             dns_servers: Vec::new(),
             resolve_every: Span::secs(10),

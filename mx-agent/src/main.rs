@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use limiter_server::policy::duration::{Span, parse};
 use mx_agent::agent::Agent;
 use mx_agent::config::{AgentConfig, FailMode};
+use mxlimit_core::policy::duration::{Span, parse};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -19,7 +19,7 @@ enum LogFormat {
 /// verdicts. When the limiter does not answer within the deadline, the agent decides
 /// with this host's own limits (or, with --fallback closed, answers a temporary failure).
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(name = "mx-agent", version, about, long_about)]
 struct Cli {
     /// TOML configuration file (see examples/mx-agent.toml); flags override it.
     #[arg(long, env = "MXAGENT_CONFIG", value_name = "FILE")]
@@ -92,7 +92,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let _telemetry = limiter_server::telemetry::init(
+    let _telemetry = mxlimit_core::telemetry::init(
         "mx-agent",
         &cli.log,
         matches!(cli.log_format, LogFormat::Json),
@@ -157,12 +157,12 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     if let Some(addr) = cli.metrics_listen {
-        limiter_server::metrics::serve(addr)
+        mxlimit_core::metrics::serve(addr)
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         mx_agent::metrics::describe();
     }
     let agent = Agent::start(&cfg).await.context("cannot start the agent")?;
-    limiter_server::server::shutdown_signal().await;
+    mxlimit_core::shutdown::signal().await;
     tracing::info!("stopping");
     agent.stop().await;
     Ok(())

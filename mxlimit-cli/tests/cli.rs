@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use limiter_server::admin::KeeperOptions;
 use limiter_server::admin::auth::{AdminAuth, AuthConfig};
-use limiter_server::policy::reload::{PolicyHandle, PolicySource};
 use limiter_server::server::ServeOptions;
-use limiter_server::store::memory::{MemoryConfig, MemoryStore};
+use mxlimit_core::policy::reload::{PolicyHandle, PolicySource};
+use mxlimit_core::store::memory::{MemoryConfig, MemoryStore};
 use testkit::Limiter;
 
 const TOKEN: &str = "cli-test-token-0123456789";

@@ -11,3 +11,7 @@ pub mod v1 {
 
 /// The encoded file descriptor set, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("mxlimit_descriptor");
+
+/// Where the `Limiter` service listens by default (on loopback), and so where agents
+/// and the CLI look for it unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7525";

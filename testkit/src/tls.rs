@@ -83,6 +83,7 @@ impl Pki {
 /// `localhost`, clients of the same CA), whose Admin API admits the client certificate
 /// names `admin_names` and nothing else (no token). Writes the files into `dir`, the
 /// CA as `ca.pem`.
+#[cfg(feature = "limiter")]
 pub fn mtls_admin_options(
     pki: &Pki,
     dir: &Path,

@@ -15,7 +15,7 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
 use crate::metrics::ADMIN_CALLS;
-use crate::policy::reload::{FileStamp, file_stamp};
+use mxlimit_core::policy::reload::{FileStamp, file_stamp};
 
 /// Who made an admin call, for the logs: `token` or `cert:<name>`.
 #[derive(Debug, Clone)]

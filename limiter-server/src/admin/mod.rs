@@ -3,19 +3,17 @@
 //! brings every instance's blocks back.
 
 pub mod auth;
-pub mod blocks;
 pub mod service;
-pub mod tally;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{counter, gauge};
 
-use crate::decision::Engine;
 use crate::metrics::{BANS_IN_FORCE, LEASES_LIVE, LEDGER_FLUSHES};
-use crate::store::Store;
-use crate::store::ledger::Ledger;
+use mxlimit_core::decision::Engine;
+use mxlimit_core::store::Store;
+use mxlimit_core::store::ledger::Ledger;
 
 /// How the ledger keeper runs.
 #[derive(Debug, Clone, Copy)]

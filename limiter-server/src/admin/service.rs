@@ -17,14 +17,16 @@ use mxlimit_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::auth::Identity;
-use crate::decision::{Engine, access_verdict, connect_verdict, finish, verdict};
 use crate::grpc::validate;
 use crate::metrics::ADMIN_CALLS;
-use crate::policy::access::{ConnectAction, Value};
-use crate::policy::{ClientRules, Policy};
-use crate::source::{Level, Source, canonical};
-use crate::store::ledger::{Buckets, HOUR_MS, Inspection, Ledger, MAX_WINDOW_MS, Metric, TopQuery};
-use crate::store::{Refusal, Store, StoreError};
+use mxlimit_core::decision::{Engine, access_verdict, connect_verdict, finish, verdict};
+use mxlimit_core::policy::access::{ConnectAction, Value};
+use mxlimit_core::policy::{ClientRules, Policy};
+use mxlimit_core::source::{Level, Source, canonical};
+use mxlimit_core::store::ledger::{
+    Buckets, HOUR_MS, Inspection, Ledger, MAX_WINDOW_MS, Metric, TopQuery,
+};
+use mxlimit_core::store::{Refusal, Store, StoreError};
 
 const DEFAULT_WINDOW_MS: u64 = 24 * HOUR_MS;
 const DEFAULT_LIMIT: u32 = 100;

@@ -16,10 +16,11 @@ use mxlimit_proto::v1::{
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::decision::{Connect, Engine, Heartbeat, Recipient};
-use crate::metrics::{DECISIONS, REQUEST_ERRORS, REQUEST_SECONDS, action_label, reason_label};
-use crate::store::{LeaseId, Store, StoreError};
-use crate::telemetry;
+use crate::metrics::{DECISIONS, REQUEST_ERRORS, REQUEST_SECONDS};
+use mxlimit_core::decision::{Connect, Engine, Heartbeat, Recipient};
+use mxlimit_core::metrics::{action_label, reason_label};
+use mxlimit_core::store::{LeaseId, Store, StoreError};
+use mxlimit_core::telemetry;
 
 /// The `Limiter` service over an engine.
 pub struct LimiterService<S> {

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use tonic::Status;
 
-use crate::source::parse_client_ip;
+use mxlimit_core::source::parse_client_ip;
 
 /// Longest node, session id, epoch.
 pub const MAX_ID: usize = 128;
@@ -96,7 +96,7 @@ pub fn client_name(v: &str) -> Result<Option<&str>, Status> {
     if v.starts_with('[') {
         return Ok(None);
     }
-    crate::policy::access::parse_name(v).map_err(|e| bad("client_name", e))?;
+    mxlimit_core::policy::access::parse_name(v).map_err(|e| bad("client_name", e))?;
     Ok(Some(v))
 }
 

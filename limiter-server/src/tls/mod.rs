@@ -16,7 +16,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
-use crate::policy::reload::{FileStamp, file_stamp};
+use mxlimit_core::policy::reload::{FileStamp, file_stamp};
 
 pub use incoming::incoming;
 

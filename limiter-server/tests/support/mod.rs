@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use limiter_server::policy::Policy;
-use limiter_server::policy::reload::PolicyHandle;
 use limiter_server::server::ServeOptions;
-use limiter_server::store::memory::{MemoryConfig, MemoryStore};
 use limiter_server::store::redis::{RedisConfig, RedisStore};
+use mxlimit_core::policy::Policy;
+use mxlimit_core::policy::reload::PolicyHandle;
+use mxlimit_core::store::memory::{MemoryConfig, MemoryStore};
 use mxlimit_proto::v1::limiter_client::LimiterClient;
 use mxlimit_proto::v1::{Action, ConnectRequest, DisconnectRequest, RecipientRequest, Verdict};
 use tonic::transport::Channel;

@@ -98,7 +98,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn of(settings: &limiter_server::policy::Settings) -> Limits {
+    pub fn of(settings: &mxlimit_core::policy::Settings) -> Limits {
         Limits {
             window: settings.client_rate.window.0,
             network_rate: settings.client_rate.network,

@@ -54,9 +54,7 @@ pub fn verified_name(name: &str) -> Option<&str> {
     if n.is_empty() || n.eq_ignore_ascii_case("unknown") || n.starts_with('[') {
         return None;
     }
-    limiter_server::policy::access::parse_name(n)
-        .ok()
-        .map(|_| n)
+    mxlimit_core::policy::access::parse_name(n).ok().map(|_| n)
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ fn endpoint(
 struct TlsState {
     files: ClientTls,
     config: ClientTlsConfig,
-    stamp: Vec<limiter_server::policy::reload::FileStamp>,
+    stamp: Vec<mxlimit_core::policy::reload::FileStamp>,
 }
 
 impl TlsState {

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use limiter_server::decision::{self, Engine};
-use limiter_server::store::LeaseId;
-use limiter_server::store::memory::MemoryStore;
-use limiter_server::telemetry;
+use mxlimit_core::decision::{self, Engine};
+use mxlimit_core::store::LeaseId;
+use mxlimit_core::store::memory::MemoryStore;
+use mxlimit_core::telemetry;
 use mxlimit_proto::v1::limiter_client::LimiterClient;
 use mxlimit_proto::v1::{
     Action, ConnectRequest, DisconnectRequest, HeartbeatRequest, Lease, LookupRequest,
@@ -28,8 +28,8 @@ use tracing::Instrument;
 
 use crate::config::FailMode;
 use breaker::Breaker;
-use limiter_server::metrics::{action_label, reason_label};
 use metrics::{counter, gauge, histogram};
+use mxlimit_core::metrics::{action_label, reason_label};
 
 use crate::metrics as m;
 pub use sessions::Origin;

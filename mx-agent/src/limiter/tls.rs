@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use limiter_server::policy::reload::{FileStamp, file_stamp};
+use mxlimit_core::policy::reload::{FileStamp, file_stamp};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};

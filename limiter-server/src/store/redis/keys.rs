@@ -2,8 +2,7 @@
 //! sees the address and the network together and Redis Cluster spreads networks over
 //! its shards; a node's own keys share the node's tag.
 
-use crate::source::Source;
-use crate::store::SEP;
+use mxlimit_core::source::Source;
 
 /// Key names of one source: `<prefix>:{n4:206.81.85.0/24}:<kind>[:<address>]`.
 pub struct NetKeys {
@@ -51,11 +50,6 @@ pub fn node_keys(prefix: &str, node: &str) -> (String, String) {
     )
 }
 
-/// The id of one RCPT for idempotency: `node␟session␟index␟recipient`.
-pub fn rcpt_event(node: &str, session: &str, index: u32, recipient: &str) -> String {
-    format!("{node}{SEP}{session}{SEP}{index}{SEP}{recipient}")
-}
-
 // Kinds of keys. Admitted connections exist at both levels; leases only at network
 // level (an address's leases are a lexical range of the index).
 pub const RATE: &str = "r";
@@ -94,7 +88,7 @@ pub fn penalties(shadow: bool) -> &'static PenaltyKinds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Aggregation;
+    use mxlimit_core::source::Aggregation;
 
     #[test]
     fn keys_share_the_network_hash_tag() {

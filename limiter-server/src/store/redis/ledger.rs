@@ -6,13 +6,13 @@ use ipnet::IpNet;
 use redis::Script;
 
 use super::keys::{INDEX, LEASES, NetKeys, RATE, penalties};
-use super::{Conn, RedisStore};
-use crate::source::{Level, Source};
-use crate::store::ledger::{
+use super::{Conn, RedisStore, unavailable};
+use mxlimit_core::source::{Level, Source};
+use mxlimit_core::store::ledger::{
     AdminBlock, AutoBan, Batch, HOUR_BUCKETS_KEEP_MS, HOUR_MS, Inspection, Ledger,
     MINUTE_BUCKETS_KEEP_MS, MINUTE_MS, Merge, Metric, NODE_KEEP_MS, Standing, TopQuery, TopRow,
 };
-use crate::store::{PerLevel, SEP, StoreError};
+use mxlimit_core::store::{PerLevel, SEP, StoreError};
 
 pub(super) struct Scripts {
     record: Script,
@@ -79,8 +79,8 @@ impl RedisStore {
         pipe: &redis::Pipeline,
     ) -> Result<T, StoreError> {
         Ok(match self.conn.clone() {
-            Conn::Single(mut c) => pipe.query_async(&mut c).await?,
-            Conn::Cluster(mut c) => pipe.query_async(&mut c).await?,
+            Conn::Single(mut c) => pipe.query_async(&mut c).await.map_err(unavailable)?,
+            Conn::Cluster(mut c) => pipe.query_async(&mut c).await.map_err(unavailable)?,
         })
     }
 

@@ -13,14 +13,13 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{ConnectionInfo, FromRedisValue, IntoConnectionInfo, Script, ScriptInvocation};
 
-pub use keys::rcpt_event;
 use keys::{INDEX, LEASES, NODES, NetKeys, RATE, net_base, node_keys, penalties};
 
-use super::{
+use mxlimit_core::source::{Level, Source};
+use mxlimit_core::store::{
     Ban, ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, PerLevel, RecipientOp,
     RecipientOutcome, Refusal, Store, StoreError, registry_ttl_ms,
 };
-use crate::source::{Level, Source};
 
 /// How to reach Redis. Its `Debug` shows no password, from the fields or the URLs.
 #[derive(Clone)]
@@ -113,14 +112,16 @@ impl RedisConfig {
     /// A client for one node, with this configuration's TLS material if any.
     fn client(&self, node: ConnectionInfo) -> Result<redis::Client, StoreError> {
         Ok(match &self.tls {
-            Some(t) => redis::Client::build_with_tls(node, t.certificates())?,
-            None => redis::Client::open(node)?,
+            Some(t) => {
+                redis::Client::build_with_tls(node, t.certificates()).map_err(unavailable)?
+            }
+            None => redis::Client::open(node).map_err(unavailable)?,
         })
     }
 
     /// One URL with this configuration's credentials applied.
     fn connection_info(&self, url: &str) -> Result<ConnectionInfo, StoreError> {
-        let info = url.into_connection_info()?;
+        let info = url.into_connection_info().map_err(unavailable)?;
         let mut settings = info.redis_settings().clone();
         if let Some(u) = &self.username {
             settings = settings.set_username(u);
@@ -265,14 +266,25 @@ impl RedisStore {
             if let Some(t) = &config.tls {
                 builder = builder.certs(t.certificates());
             }
-            Conn::Cluster(builder.build()?.get_async_connection().await?)
+            Conn::Cluster(
+                builder
+                    .build()
+                    .map_err(unavailable)?
+                    .get_async_connection()
+                    .await
+                    .map_err(unavailable)?,
+            )
         } else {
             let client = config.client(nodes[0].clone())?;
             let cfg = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(config.connect_timeout))
                 .set_response_timeout(Some(config.response_timeout))
                 .set_max_delay(Duration::from_secs(2));
-            Conn::Single(ConnectionManager::new_with_config(client, cfg).await?)
+            Conn::Single(
+                ConnectionManager::new_with_config(client, cfg)
+                    .await
+                    .map_err(unavailable)?,
+            )
         };
         if config.prefix.contains(['{', '}']) {
             return Err(StoreError::Config(format!(
@@ -297,8 +309,8 @@ impl RedisStore {
             // On a cluster SCRIPT LOAD goes to every primary; later NOSCRIPT (a
             // failover, a flush) is healed by the invocation itself.
             match store.conn.clone() {
-                Conn::Single(mut c) => s.load_async(&mut c).await?,
-                Conn::Cluster(mut c) => s.load_async(&mut c).await?,
+                Conn::Single(mut c) => s.load_async(&mut c).await.map_err(unavailable)?,
+                Conn::Cluster(mut c) => s.load_async(&mut c).await.map_err(unavailable)?,
             };
         }
         Ok(store)
@@ -307,9 +319,17 @@ impl RedisStore {
     /// The scripts use `PEXPIRETIME`, new in Redis 7.0.
     async fn check_version(&self) -> Result<(), StoreError> {
         let info: String = match self.conn.clone() {
-            Conn::Single(mut c) => redis::cmd("INFO").arg("server").query_async(&mut c).await?,
+            Conn::Single(mut c) => redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?,
             Conn::Cluster(mut c) => {
-                let v: redis::Value = redis::cmd("INFO").arg("server").query_async(&mut c).await?;
+                let v: redis::Value = redis::cmd("INFO")
+                    .arg("server")
+                    .query_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
                 // A cluster answers per node; any node's text has the version.
                 format!("{v:?}")
             }
@@ -338,8 +358,8 @@ impl RedisStore {
 
     async fn invoke<T: FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> Result<T, StoreError> {
         Ok(match self.conn.clone() {
-            Conn::Single(mut c) => inv.invoke_async(&mut c).await?,
-            Conn::Cluster(mut c) => inv.invoke_async(&mut c).await?,
+            Conn::Single(mut c) => inv.invoke_async(&mut c).await.map_err(unavailable)?,
+            Conn::Cluster(mut c) => inv.invoke_async(&mut c).await.map_err(unavailable)?,
         })
     }
 
@@ -391,12 +411,22 @@ async fn is_cluster_node(client: redis::Client, timeout: Duration) -> Result<boo
         .set_response_timeout(Some(timeout));
     let mut c = client
         .get_multiplexed_async_connection_with_config(&cfg)
-        .await?;
+        .await
+        .map_err(unavailable)?;
     let info: String = redis::cmd("INFO")
         .arg("cluster")
         .query_async(&mut c)
-        .await?;
+        .await
+        .map_err(unavailable)?;
     Ok(info.contains("cluster_enabled:1"))
+}
+
+/// Redis's error as the store's: the backend did not answer, or refused.
+pub(crate) fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Backend {
+        backend: "redis",
+        source: Box::new(e),
+    }
 }
 
 fn level(code: i64) -> Level {
@@ -615,8 +645,14 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let _: String = match self.conn.clone() {
-            Conn::Single(mut c) => redis::cmd("PING").query_async(&mut c).await?,
-            Conn::Cluster(mut c) => redis::cmd("PING").query_async(&mut c).await?,
+            Conn::Single(mut c) => redis::cmd("PING")
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?,
+            Conn::Cluster(mut c) => redis::cmd("PING")
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?,
         };
         Ok(())
     }

@@ -282,7 +282,7 @@ impl Milter {
     async fn connect(&self, cx: &mut Context<Session>, host: CString, info: SocketInfo) -> Status {
         let started = Instant::now();
         let ip = match info {
-            SocketInfo::Inet(a) => Some(limiter_server::source::canonical(a.ip())),
+            SocketInfo::Inet(a) => Some(mxlimit_core::source::canonical(a.ip())),
             // A local (Unix socket) or unknown client, or an address text the library
             // could not read: nothing the limiter can count, and no reason to wave
             // the session through either.
@@ -442,7 +442,7 @@ impl Milter {
 
 /// One SMTP session's span (none when traces are off).
 fn session_span(node: &str, ip: IpAddr, session: &str) -> tracing::Span {
-    if !limiter_server::telemetry::enabled() {
+    if !mxlimit_core::telemetry::enabled() {
         return tracing::Span::none();
     }
     tracing::info_span!("smtp.session", node, client_ip = %ip, session)

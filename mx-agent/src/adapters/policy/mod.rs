@@ -125,7 +125,7 @@ impl PolicyService {
         let get = |k: &str| a.get(k).map(String::as_str).unwrap_or("");
         // Postfix says `unknown` when it has no address for the client: such a session
         // is decided by the fallback mode, never waved through.
-        let ip = limiter_server::source::parse_client_ip(get("client_address"));
+        let ip = mxlimit_core::source::parse_client_ip(get("client_address"));
         if get("policy_context").eq_ignore_ascii_case(BANS_CONTEXT) {
             return self.bans(ip).await;
         }
@@ -310,5 +310,5 @@ fn reply(v: &Verdict) -> String {
 /// The address Postfix names the client by, for tests and logs.
 pub fn client_of(a: &HashMap<String, String>) -> Option<IpAddr> {
     a.get("client_address")
-        .and_then(|s| limiter_server::source::parse_client_ip(s))
+        .and_then(|s| mxlimit_core::source::parse_client_ip(s))
 }

@@ -65,11 +65,11 @@ impl Socketmap {
         let Some((_name, key)) = request.split_once(' ') else {
             return "PERM expected \"name key\"".into();
         };
-        let (sendmail, addr) = match limiter_server::source::strip_prefix_ci(key, "connect:") {
+        let (sendmail, addr) = match mxlimit_core::source::strip_prefix_ci(key, "connect:") {
             Some(rest) => (true, rest),
             None => (false, key),
         };
-        let Some(ip) = limiter_server::source::parse_client_ip(addr) else {
+        let Some(ip) = mxlimit_core::source::parse_client_ip(addr) else {
             return "NOTFOUND ".into();
         };
         match self.limiter.lookup(ip, None).await {

@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use limiter_server::policy::duration::Span;
 use mx_agent::config::FailMode;
+use mxlimit_core::policy::duration::Span;
 use testkit::milter::{MilterClient, Reply};
 
 /// Accepts TCP connections and never answers: a limiter that hangs.
@@ -123,10 +123,10 @@ async fn the_agent_goes_back_to_the_limiter_when_it_returns() {
     let before = a.limiter.stats.fallbacks.load(Ordering::Relaxed);
     assert!(before >= 1);
     // The limiter comes up, refusing this address: the agent asks it again by itself.
-    let store = std::sync::Arc::new(limiter_server::store::memory::MemoryStore::new(
+    let store = std::sync::Arc::new(mxlimit_core::store::memory::MemoryStore::new(
         Default::default(),
     ));
-    let policy = std::sync::Arc::new(limiter_server::policy::reload::PolicyHandle::fixed(
+    let policy = std::sync::Arc::new(mxlimit_core::policy::reload::PolicyHandle::fixed(
         testkit::policy("", "Connect:10.9.2\tREJECT\n"),
     ));
     let _lim = testkit::Limiter::start_at(store, policy, at).await;
@@ -151,42 +151,42 @@ struct AnswersLate<S> {
     delay: Duration,
 }
 
-impl<S: limiter_server::store::Store> limiter_server::store::Store for AnswersLate<S> {
+impl<S: mxlimit_core::store::Store> mxlimit_core::store::Store for AnswersLate<S> {
     async fn connect(
         &self,
-        op: &limiter_server::store::ConnectOp<'_>,
-    ) -> Result<limiter_server::store::ConnectOutcome, limiter_server::store::StoreError> {
+        op: &mxlimit_core::store::ConnectOp<'_>,
+    ) -> Result<mxlimit_core::store::ConnectOutcome, mxlimit_core::store::StoreError> {
         let r = self.inner.connect(op).await;
         tokio::time::sleep(self.delay).await;
         r
     }
     async fn recipient(
         &self,
-        op: &limiter_server::store::RecipientOp<'_>,
-    ) -> Result<limiter_server::store::RecipientOutcome, limiter_server::store::StoreError> {
+        op: &mxlimit_core::store::RecipientOp<'_>,
+    ) -> Result<mxlimit_core::store::RecipientOutcome, mxlimit_core::store::StoreError> {
         self.inner.recipient(op).await
     }
     async fn disconnect(
         &self,
-        source: &limiter_server::source::Source,
-        lease: limiter_server::store::LeaseId<'_>,
-    ) -> Result<(), limiter_server::store::StoreError> {
+        source: &mxlimit_core::source::Source,
+        lease: mxlimit_core::store::LeaseId<'_>,
+    ) -> Result<(), mxlimit_core::store::StoreError> {
         self.inner.disconnect(source, lease).await
     }
     async fn heartbeat(
         &self,
-        op: &limiter_server::store::HeartbeatOp<'_>,
-    ) -> Result<limiter_server::store::HeartbeatOutcome, limiter_server::store::StoreError> {
+        op: &mxlimit_core::store::HeartbeatOp<'_>,
+    ) -> Result<mxlimit_core::store::HeartbeatOutcome, mxlimit_core::store::StoreError> {
         self.inner.heartbeat(op).await
     }
     async fn ban(
         &self,
-        source: &limiter_server::source::Source,
+        source: &mxlimit_core::source::Source,
         shadow: bool,
-    ) -> Result<Option<limiter_server::store::Ban>, limiter_server::store::StoreError> {
+    ) -> Result<Option<mxlimit_core::store::Ban>, mxlimit_core::store::StoreError> {
         self.inner.ban(source, shadow).await
     }
-    async fn ping(&self) -> Result<(), limiter_server::store::StoreError> {
+    async fn ping(&self) -> Result<(), mxlimit_core::store::StoreError> {
         self.inner.ping().await
     }
     fn kind(&self) -> &'static str {
@@ -197,9 +197,9 @@ impl<S: limiter_server::store::Store> limiter_server::store::Store for AnswersLa
 // The operator's ledger is not under test here: passed through.
 mod ledger_passthrough {
     use ipnet::IpNet;
-    use limiter_server::source::{Level, Source};
-    use limiter_server::store::StoreError;
-    use limiter_server::store::ledger::{Batch, Inspection, Ledger, Standing, TopQuery, TopRow};
+    use mxlimit_core::source::{Level, Source};
+    use mxlimit_core::store::StoreError;
+    use mxlimit_core::store::ledger::{Batch, Inspection, Ledger, Standing, TopQuery, TopRow};
 
     impl<S: Ledger> Ledger for super::AnswersLate<S> {
         async fn record(&self, b: &Batch, keep: u32) -> Result<(), StoreError> {
@@ -236,12 +236,12 @@ mod ledger_passthrough {
 async fn a_lease_the_limiter_took_after_the_deadline_is_released_at_the_end() {
     let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 1\nnetwork = 0\nlease_ttl = \"1h\"\n";
     let store = AnswersLate {
-        inner: std::sync::Arc::new(limiter_server::store::memory::MemoryStore::new(
+        inner: std::sync::Arc::new(mxlimit_core::store::memory::MemoryStore::new(
             Default::default(),
         )),
         delay: Duration::from_millis(300),
     };
-    let policy = std::sync::Arc::new(limiter_server::policy::reload::PolicyHandle::fixed(
+    let policy = std::sync::Arc::new(mxlimit_core::policy::reload::PolicyHandle::fixed(
         testkit::policy(toml, ""),
     ));
     let lim = testkit::Limiter::start(store, policy).await;

@@ -10,11 +10,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use limiter_server::policy::duration::Span;
-use limiter_server::policy::reload::PolicyHandle;
-use limiter_server::store::memory::MemoryStore;
 use limiter_server::tls::{ServerTls, TlsFiles};
 use mx_agent::config::ClientTlsSettings;
+use mxlimit_core::policy::duration::Span;
+use mxlimit_core::policy::reload::PolicyHandle;
+use mxlimit_core::store::memory::MemoryStore;
 use testkit::Limiter;
 use testkit::milter::{MilterClient, Reply};
 use testkit::tls::Pki;

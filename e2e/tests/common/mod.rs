@@ -4,13 +4,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use limiter_server::policy::duration::Span;
-use limiter_server::policy::reload::PolicyHandle;
-use limiter_server::store::memory::{MemoryConfig, MemoryStore};
 use mx_agent::agent::Agent;
 use mx_agent::config::AgentConfig;
 use mx_agent::listen::ListenAddr;
+use mxlimit_core::policy::duration::Span;
+use mxlimit_core::policy::reload::PolicyHandle;
+use mxlimit_core::store::memory::{MemoryConfig, MemoryStore};
 use testkit::Limiter;
+
+/// The agent's binary, built from mx-agent's own `main.rs` (see e2e/Cargo.toml).
+pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_mx-agent-e2e");
 
 /// A limiter over an in-memory store with this policy (TOML, access file).
 pub async fn limiter(toml: &str, access: &str) -> Limiter {
@@ -67,7 +70,7 @@ pub fn spawn_agent_to(
     stderr: std::process::Stdio,
 ) -> (std::process::Child, SocketAddr) {
     let port = testkit::free_port();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mx-agent"))
+    let child = std::process::Command::new(AGENT_BIN)
         .args([
             "--node",
             node,

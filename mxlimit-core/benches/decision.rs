@@ -1,16 +1,16 @@
 //! The decision path on the in-memory store, without gRPC: what one decision costs in
-//! the engine and the store. `cargo bench -p limiter-server --bench decision`
+//! the engine and the store. `cargo bench -p mxlimit-core --bench decision`
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use limiter_server::decision::{Connect, Engine, Recipient};
-use limiter_server::policy::reload::PolicyHandle;
-use limiter_server::policy::{Policy, access, parse_settings};
-use limiter_server::store::LeaseId;
-use limiter_server::store::memory::{MemoryConfig, MemoryStore};
+use mxlimit_core::decision::{Connect, Engine, Recipient};
+use mxlimit_core::policy::reload::PolicyHandle;
+use mxlimit_core::policy::{Policy, access, parse_settings};
+use mxlimit_core::store::LeaseId;
+use mxlimit_core::store::memory::{MemoryConfig, MemoryStore};
 
 const ACCESS: &str = include_str!("../../examples/access");
 

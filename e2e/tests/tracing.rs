@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use limiter_server::policy::reload::PolicyHandle;
-use limiter_server::store::memory::MemoryStore;
+use mxlimit_core::policy::reload::PolicyHandle;
+use mxlimit_core::store::memory::MemoryStore;
 use testkit::milter::{MilterClient, Reply};
 use testkit::otlp::{Receiver, Span};
 
@@ -23,7 +23,7 @@ async fn one_smtp_session_is_one_trace_from_the_agent_to_the_limiter() {
     let otlp = Receiver::start().await;
     // This process plays the limiter host; the agent is its own process.
     let _telemetry =
-        limiter_server::telemetry::init_with_endpoint("limiter-server", "warn", &otlp.endpoint())
+        mxlimit_core::telemetry::init_with_endpoint("limiter-server", "warn", &otlp.endpoint())
             .unwrap();
     let lim = testkit::Limiter::start(
         Arc::new(MemoryStore::new(Default::default())),

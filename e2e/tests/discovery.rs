@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use limiter_server::policy::duration::Span;
-use limiter_server::policy::reload::PolicyHandle;
-use limiter_server::store::memory::MemoryStore;
+use mxlimit_core::policy::duration::Span;
+use mxlimit_core::policy::reload::PolicyHandle;
+use mxlimit_core::store::memory::MemoryStore;
 use testkit::milter::{MilterClient, Reply};
 use testkit::{DnsServer, Limiter};
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use limiter_server::policy::reload::PolicyHandle;
 use limiter_server::store::redis::{RedisConfig, RedisStore};
 use mx_agent::agent::Agent;
+use mxlimit_core::policy::reload::PolicyHandle;
 use testkit::postfix::{Postfix, PostfixOptions};
 use testkit::smtp::{Reply, Smtp};
 use testkit::{Limiter, RedisServer};
@@ -38,7 +38,7 @@ pub async fn cluster(toml: &str, access: &str, n: usize) -> Cluster {
     let mut mx = Vec::new();
     for i in 1..=n {
         let mut cfg = config(&format!("mx{i}"), &[limiter.addr]);
-        cfg.limiter.deadline = limiter_server::policy::duration::Span::millis(50);
+        cfg.limiter.deadline = mxlimit_core::policy::duration::Span::millis(50);
         cfg.policy.listen.clear();
         cfg.socketmap.listen.clear();
         let a = agent(&cfg).await;

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use limiter_server::policy::reload::PolicyHandle;
 use limiter_server::store::redis::{RedisConfig, RedisStore};
+use mxlimit_core::policy::reload::PolicyHandle;
 use testkit::postfix::{Postfix, PostfixOptions};
 use testkit::sendmail::{Sendmail, SendmailOptions};
 use testkit::smtp::{Reply, Smtp};
@@ -80,7 +80,7 @@ impl AgentProc {
             .open(&self.log)
             .unwrap();
         self.child = Some(
-            Command::new(env!("CARGO_BIN_EXE_mx-agent"))
+            Command::new(common::AGENT_BIN)
                 .arg("--config")
                 .arg(&self.config)
                 .env_remove("OTEL_SERVICE_NAME")

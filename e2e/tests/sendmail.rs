@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use limiter_server::policy::duration::Span;
-use limiter_server::policy::reload::PolicyHandle;
 use limiter_server::store::redis::{RedisConfig, RedisStore};
+use mxlimit_core::policy::duration::Span;
+use mxlimit_core::policy::reload::PolicyHandle;
 use testkit::postfix::{Postfix, PostfixOptions};
 use testkit::sendmail::{Sendmail, SendmailOptions};
 use testkit::smtp::{Reply, Smtp};

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use limiter_server::policy::reload::PolicyHandle;
 use limiter_server::store::redis::{RedisConfig, RedisStore};
 use mx_agent::agent::Agent;
 use mx_agent::config::AgentConfig;
 use mx_agent::listen::ListenAddr;
+use mxlimit_core::policy::reload::PolicyHandle;
 use testkit::milter::{MilterClient, Reply};
 use tokio::sync::Mutex;
 
@@ -29,7 +29,7 @@ struct Args {
     /// Sessions started per second.
     #[arg(long, default_value_t = 200)]
     rate: u32,
-    #[arg(long, default_value = "10s", value_parser = limiter_server::policy::duration::parse)]
+    #[arg(long, default_value = "10s", value_parser = mxlimit_core::policy::duration::parse)]
     duration: Duration,
 }
 

@@ -166,7 +166,7 @@ async fn delays_are_capped_under_the_mta_timeout() {
     let lim = limiter("[bad_rcpt]\ntarpit_after = 0\nnetwork_tarpit_after = 0\nblock_after = 0\nnetwork_block_after = 0\n\
                        [envelope]\nbad_rcpt_throttle = 1\nbad_rcpt_delay = \"30s\"\n", "").await;
     let mut cfg = config("mx1", &[lim.addr]);
-    cfg.milter.max_delay = limiter_server::policy::duration::Span::millis(300);
+    cfg.milter.max_delay = mxlimit_core::policy::duration::Span::millis(300);
     let a = agent(&cfg).await;
     let (mut c, _) = session(tcp(&a.milter[0]), "10.0.4.1").await;
     c.mail("a@example.org").await.unwrap();

@@ -1,6 +1,8 @@
 //! The decision path, top to bottom: for each RPC, what the policy says about the
 //! source, one store operation, and the verdict.
 
+pub mod blocks;
+pub mod tally;
 pub mod verdict;
 
 use std::collections::HashMap;
@@ -12,8 +14,8 @@ use mxlimit_proto::v1::{
     ConnectReply, HeartbeatReply, LookupReply, RecipientReply, SessionPolicy, Verdict,
 };
 
-use crate::admin::blocks::BlockTable;
-use crate::admin::tally::Tally;
+use crate::decision::blocks::BlockTable;
+use crate::decision::tally::Tally;
 use crate::names::NameResolver;
 use crate::policy::access::{ConnectAction, Value};
 use crate::policy::reload::PolicyHandle;
@@ -246,7 +248,7 @@ impl<S: Store> Engine<S> {
         } else {
             let op = RecipientOp {
                 source: &source,
-                event: crate::store::redis::rcpt_event(
+                event: crate::store::rcpt_event(
                     req.node,
                     req.session,
                     req.envelope_rcpts,

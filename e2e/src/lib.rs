@@ -1,0 +1,1 @@
+//! Nothing but tests here: see `tests/` and the README of this crate's Cargo.toml.

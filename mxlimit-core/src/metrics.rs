@@ -1,0 +1,101 @@
+//! Prometheus metrics of the decision path and the stores: the names (each listed in
+//! docs/OPERATIONS.md), verdict labels, and the scrape endpoint. Without `--metrics-listen` no recorder is installed and recording costs
+//! next to nothing.
+
+use std::net::SocketAddr;
+
+use metrics::{Unit, describe_counter, describe_histogram};
+use mxlimit_proto::v1::Action;
+
+use crate::decision::verdict::reason;
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+
+/// One store operation (one round trip on Redis), by `op`.
+pub const STORE_SECONDS: &str = "mxlimit_store_duration_seconds";
+/// Store operations that failed, by `op`.
+pub const STORE_ERRORS: &str = "mxlimit_store_errors_total";
+/// Leases (concurrent sessions) taken; Disconnects answered (a Disconnect of a session
+/// that held no lease counts too); leases freed because their node restarted. The
+/// agents' `mxagent_leases_live` is the exact count of live sessions.
+pub const LEASES_TAKEN: &str = "mxlimit_leases_taken_total";
+pub const LEASES_RELEASED: &str = "mxlimit_leases_released_total";
+pub const LEASES_FREED: &str = "mxlimit_leases_freed_total";
+/// Rule reloads by `result` (`ok`, `error`).
+pub const RULE_RELOADS: &str = "mxlimit_rule_reloads_total";
+/// Events not counted in the top lists because too many distinct sources came in one
+/// flush interval.
+pub const TALLY_DROPPED: &str = "mxlimit_tally_dropped_total";
+
+/// Latency buckets, 100 µs to 2.5 s: decisions take a fraction of a millisecond, and
+/// agents give up after their deadline (50 ms by default).
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Installs the global recorder and serves it over HTTP on `addr` (any path), from the
+/// current tokio runtime. Histograms named `*_seconds` get [`LATENCY_BUCKETS`].
+pub fn serve(addr: SocketAddr) -> Result<(), BuildError> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
+        .install()
+}
+
+/// Descriptions (HELP lines) of the metrics the decision path and the stores record.
+pub fn describe() {
+    describe_histogram!(
+        STORE_SECONDS,
+        Unit::Seconds,
+        "One store operation (one Redis round trip), by op."
+    );
+    describe_counter!(STORE_ERRORS, "Store operations that failed, by op.");
+    describe_counter!(
+        LEASES_TAKEN,
+        "Session leases taken by admitted connections."
+    );
+    describe_counter!(
+        LEASES_RELEASED,
+        "Disconnects answered (each releases its lease, if any)."
+    );
+    describe_counter!(
+        LEASES_FREED,
+        "Session leases freed because their node restarted."
+    );
+    describe_counter!(RULE_RELOADS, "Rule reloads, by result (ok, error).");
+    describe_counter!(
+        TALLY_DROPPED,
+        "Events left out of the top lists: too many distinct sources in one second."
+    );
+}
+
+/// The `action` label of a verdict (also the agent's).
+pub fn action_label(a: Action) -> &'static str {
+    match a {
+        Action::Unspecified => "unspecified",
+        Action::Accept => "accept",
+        Action::Delay => "delay",
+        Action::Tempfail => "tempfail",
+        Action::Reject => "reject",
+        Action::Disconnect => "disconnect",
+    }
+}
+
+/// The `reason` label of a verdict: one of the limiter's reasons, or `other`, so that
+/// a label never takes a value from the network.
+pub fn reason_label(r: &str) -> &'static str {
+    [
+        reason::OK,
+        reason::ACCESS,
+        reason::EXEMPT,
+        reason::BANNED,
+        reason::BLOCKED,
+        reason::CLIENT_RATE,
+        reason::CLIENT_CONN,
+        reason::BAD_RCPT,
+        reason::BAD_RCPT_THROTTLE,
+        reason::MAX_RCPTS,
+    ]
+    .into_iter()
+    .find(|k| *k == r)
+    .unwrap_or("other")
+}
