@@ -43,6 +43,7 @@ suite!(
     shadow_mode_reports_without_blocking,
     bad_input_is_invalid_argument,
     lookup_answers_bans_and_access_rules_without_counting,
+    explain_predicts_the_next_connect_in_every_state,
 );
 
 /// Generous windows: only the sliding-window and lease tests depend on time.
@@ -904,4 +905,157 @@ async fn lookup_answers_bans_and_access_rules_without_counting(backend: Backend)
     );
     let e = p.a.lookup(lookup("not-an-ip")).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}
+
+/// Explain's `connect` verdict is what the next Connect of the same source gets, in
+/// every state a source can be in: the Connect check order is written once in Rust
+/// (memory store, Explain) and restated in connect.lua, and this holds them together.
+async fn explain_predicts_the_next_connect_in_every_state(backend: Backend) {
+    use limiter_server::admin::auth::{AdminAuth, AuthConfig};
+    use limiter_server::server::ServeOptions;
+    use mxlimit_proto::v1::admin_client::AdminClient;
+    use mxlimit_proto::v1::{BlockRequest, ExplainRequest};
+
+    const TOKEN: &str = "test-admin-token-0123456789";
+    fn authed<T>(msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        r
+    }
+    let toml = "[client_rate]\nwindow = \"1h\"\naddress = 3\nnetwork = 6\n\
+                [client_conn]\naddress = 2\nnetwork = 4\nlease_ttl = \"1h\"\n\
+                [bad_rcpt]\ntarpit_after = 0\nnetwork_tarpit_after = 0\nblock_after = 2\nnetwork_block_after = 4\nblock_for = \"1h\"\n";
+    let access = "Connect:192.0.2.10\tOK\nConnect:192.0.2.20\tREJECT\n";
+    for shadow in [false, true] {
+        let toml = format!("shadow = {shadow}\n{toml}");
+        let mut p = Pair::start_with(backend, policy(&toml, access), || ServeOptions {
+            admin: Some(
+                AdminAuth::new(AuthConfig {
+                    token: Some(TOKEN.into()),
+                    ..Default::default()
+                })
+                .unwrap(),
+            ),
+            ..Default::default()
+        })
+        .await;
+        let mut admin = AdminClient::new(channel(p.limiters[0].addr).await);
+        let c = &mut p.a;
+        let mut n = 0;
+        let mut session = || {
+            n += 1;
+            format!("s{n}")
+        };
+        // Over ClientRate at the address: 3 admitted (and gone) in the window.
+        for _ in 0..3 {
+            let s = session();
+            connect(c, "mx1", &s, "10.2.1.5").await;
+            disconnect(c, "mx1", &s, "10.2.1.5").await;
+        }
+        // Over ClientRate at the network: 6 addresses of 10.2.2.0/24, each once.
+        for i in 1..=6 {
+            let (s, ip) = (session(), format!("10.2.2.{i}"));
+            connect(c, "mx1", &s, &ip).await;
+            disconnect(c, "mx1", &s, &ip).await;
+        }
+        // Over ClientConn at the address (2 live sessions), and at the network (4).
+        for _ in 0..2 {
+            connect(c, "mx1", &session(), "10.2.3.5").await;
+        }
+        for i in 1..=4 {
+            connect(c, "mx1", &session(), &format!("10.2.4.{i}")).await;
+        }
+        // Banned at the address; at the network (5 addresses, 1 bad recipient each);
+        // banned AND over rate (the ban answers).
+        for i in 0..3 {
+            bad_rcpt(c, "mx1", &session(), "10.2.5.5", &format!("u{i}@x")).await;
+        }
+        for i in 1..=5 {
+            bad_rcpt(c, "mx1", &session(), &format!("10.2.6.{i}"), "u@x").await;
+        }
+        // Over at both levels (the address answers): banned, over rate, over conn.
+        for i in 0..3 {
+            bad_rcpt(c, "mx1", &session(), "10.2.9.5", &format!("u{i}@x")).await;
+        }
+        for i in 1..=5 {
+            bad_rcpt(c, "mx1", &session(), &format!("10.2.9.{i}"), "u@x").await;
+        }
+        for i in [5, 5, 5, 1, 2, 3] {
+            let (s, ip) = (session(), format!("10.2.10.{i}"));
+            connect(c, "mx1", &s, &ip).await;
+            disconnect(c, "mx1", &s, &ip).await;
+        }
+        for i in [5, 5, 1, 2] {
+            connect(c, "mx1", &session(), &format!("10.2.11.{i}")).await;
+        }
+        // Over ClientRate and ClientConn at the address (rate answers): one session
+        // come and gone, two live.
+        let s = session();
+        connect(c, "mx1", &s, "10.2.8.5").await;
+        disconnect(c, "mx1", &s, "10.2.8.5").await;
+        for _ in 0..2 {
+            connect(c, "mx1", &session(), "10.2.8.5").await;
+        }
+        for i in 0..3 {
+            let s = session();
+            connect(c, "mx1", &s, "10.2.7.5").await;
+            disconnect(c, "mx1", &s, "10.2.7.5").await;
+            bad_rcpt(c, "mx1", &s, "10.2.7.5", &format!("u{i}@x")).await;
+        }
+        // Exempt (with connections past every limit), refused by the access file,
+        // blocked by an operator.
+        for _ in 0..4 {
+            connect(c, "mx1", &session(), "192.0.2.10").await;
+        }
+        admin
+            .block(authed(BlockRequest {
+                target: "203.0.113.0/24".into(),
+                ttl_ms: 600_000,
+                reason: "dictionary attack".into(),
+            }))
+            .await
+            .expect("block");
+
+        let states = [
+            ("fresh", "198.51.100.1", "ok"),
+            ("over rate, address", "10.2.1.5", "client_rate"),
+            ("over rate, network", "10.2.2.99", "client_rate"),
+            ("over conn, address", "10.2.3.5", "client_conn"),
+            ("over conn, network", "10.2.4.99", "client_conn"),
+            ("banned, address", "10.2.5.5", "banned"),
+            ("banned, network", "10.2.6.99", "banned"),
+            ("banned at both levels", "10.2.9.5", "banned"),
+            ("over rate at both levels", "10.2.10.5", "client_rate"),
+            ("over conn at both levels", "10.2.11.5", "client_conn"),
+            ("banned and over rate", "10.2.7.5", "banned"),
+            ("over rate and conn", "10.2.8.5", "client_rate"),
+            ("exempt", "192.0.2.10", "exempt"),
+            ("access refusal", "192.0.2.20", "access"),
+            ("blocked", "203.0.113.5", "blocked"),
+        ];
+        for (state, ip, reason) in states {
+            let explained = admin
+                .explain(authed(ExplainRequest {
+                    client_ip: ip.into(),
+                    ..Default::default()
+                }))
+                .await
+                .expect("explain")
+                .into_inner()
+                .connect
+                .expect("a connect verdict");
+            let got = connect(c, "mx1", &session(), ip).await;
+            assert_eq!(explained, got, "{state} ({ip}), shadow = {shadow}");
+            // The states are what they say: each has the reason it was built for.
+            assert_eq!(got.reason, reason, "{state} ({ip}), shadow = {shadow}");
+            // Blocks bite in shadow mode too; the rest only report there.
+            let blocks = reason != "ok" && reason != "exempt" && (!shadow || reason == "blocked");
+            assert_eq!(
+                action(&got) != Action::Accept,
+                blocks,
+                "{state} ({ip}), shadow = {shadow}: {got:?}"
+            );
+        }
+    }
 }

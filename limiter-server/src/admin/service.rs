@@ -12,21 +12,19 @@ use mxlimit_proto::v1::admin_server::Admin;
 use mxlimit_proto::v1::{
     BlockEntry, BlockReply, BlockRequest, ExplainReply, ExplainRequest, GroupBy, LevelState,
     ListBlocksReply, ListBlocksRequest, RankBy, ReloadRulesReply, ReloadRulesRequest, RuleMatch,
-    TopSource, TopSourcesReply, TopSourcesRequest, UnblockReply, UnblockRequest, Verdict,
+    TopSource, TopSourcesReply, TopSourcesRequest, UnblockReply, UnblockRequest,
 };
 use tonic::{Request, Response, Status};
 
 use super::auth::Identity;
 use crate::grpc::validate;
 use crate::metrics::ADMIN_CALLS;
-use mxlimit_core::decision::{Engine, access_verdict, connect_verdict, finish, verdict};
+use mxlimit_core::decision::Engine;
+use mxlimit_core::policy::ClientRules;
 use mxlimit_core::policy::access::{ConnectAction, Value};
-use mxlimit_core::policy::{ClientRules, Policy};
-use mxlimit_core::source::{Level, Source, canonical};
-use mxlimit_core::store::ledger::{
-    Buckets, HOUR_MS, Inspection, Ledger, MAX_WINDOW_MS, Metric, TopQuery,
-};
-use mxlimit_core::store::{Refusal, Store, StoreError};
+use mxlimit_core::source::{Level, canonical};
+use mxlimit_core::store::ledger::{Buckets, HOUR_MS, Ledger, MAX_WINDOW_MS, Metric, TopQuery};
+use mxlimit_core::store::{Store, StoreError};
 
 const DEFAULT_WINDOW_MS: u64 = 24 * HOUR_MS;
 const DEFAULT_LIMIT: u32 = 100;
@@ -147,76 +145,7 @@ fn limit_rule(kind: &str, level: Level, rule: &str, value: u32) -> RuleMatch {
     }
 }
 
-/// What the store would answer a `Connect` now, in the order the store checks.
-fn refusal(rules: &ClientRules<'_>, i: &Inspection) -> Option<Refusal> {
-    let over = |count: u32, limit: u32| limit > 0 && count >= limit;
-    if let Some((ms, _)) = i.ban.address {
-        return Some(Refusal::Banned {
-            level: Level::Address,
-            remaining_ms: ms,
-        });
-    }
-    if let Some((ms, _)) = i.ban.network {
-        return Some(Refusal::Banned {
-            level: Level::Network,
-            remaining_ms: ms,
-        });
-    }
-    let checks = [
-        (
-            i.connections.address,
-            rules.rate.value,
-            Level::Address,
-            true,
-        ),
-        (
-            i.connections.network,
-            rules.net_rate.value,
-            Level::Network,
-            true,
-        ),
-        (i.sessions.address, rules.conn.value, Level::Address, false),
-        (
-            i.sessions.network,
-            rules.net_conn.value,
-            Level::Network,
-            false,
-        ),
-    ];
-    checks
-        .into_iter()
-        .find(|(count, limit, _, _)| over(*count, *limit))
-        .map(|(count, _, level, rate)| {
-            if rate {
-                Refusal::Rate { level, count }
-            } else {
-                Refusal::Conn { level, count }
-            }
-        })
-}
-
 impl<S: Store + Ledger> AdminService<S> {
-    fn connect_now(
-        &self,
-        policy: &Policy,
-        rules: &ClientRules<'_>,
-        source: &Source,
-        i: &Inspection,
-    ) -> Verdict {
-        let s = &policy.settings;
-        // Operator blocks bite in shadow mode too: they are no automatic decision.
-        if let Some(b) = self.engine.blocks().check(source.ip) {
-            return verdict::blocked(
-                s.bad_rcpt.ban_reply,
-                &verdict::block_rule(&b.target),
-                &b.reason,
-            );
-        }
-        let v = access_verdict(rules)
-            .unwrap_or_else(|| connect_verdict(policy, rules, source, refusal(rules, i)));
-        finish(policy, v)
-    }
-
     async fn top(&self, r: TopSourcesRequest) -> Result<TopSourcesReply, Status> {
         let window_ms = match r.window_ms {
             0 => DEFAULT_WINDOW_MS,
@@ -371,7 +300,12 @@ impl<S: Store + Ledger> AdminService<S> {
                     )
                 })
                 .collect(),
-            connect: Some(self.connect_now(&policy, &rules, &source, &i)),
+            connect: Some(self.engine.connect_verdict_for(
+                &policy,
+                &rules,
+                &source,
+                &i.connect_counts(),
+            )),
             shadow: s.shadow,
         })
     }

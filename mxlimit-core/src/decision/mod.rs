@@ -21,10 +21,11 @@ use crate::policy::access::{ConnectAction, Value};
 use crate::policy::reload::PolicyHandle;
 use crate::policy::{ClientRules, Policy};
 use crate::source::{Level, Source};
+use crate::store::connect_order;
 use crate::store::ledger::Metric;
 use crate::store::{
-    BanPolicy, ConnectOp, HeartbeatOp, LeaseId, NetSessions, PerLevel, RecipientOp, Refusal, Store,
-    StoreError,
+    BanPolicy, ConnectCounts, ConnectLimits, ConnectOp, HeartbeatOp, LeaseId, NetSessions,
+    PerLevel, RecipientOp, Refusal, Store, StoreError,
 };
 use verdict::reason;
 
@@ -156,49 +157,32 @@ impl<S: Store> Engine<S> {
         let source = policy.source(req.ip);
         let name = self.client_name(&policy, req.ip, req.client_name).await;
         let rules = policy.client_rules(&source, name.as_deref());
-        let reply = |verdict: Verdict| ConnectReply {
-            verdict: Some(finish(&policy, verdict)),
-            policy: Some(session_policy(&policy, &rules)),
-            lease_ttl_ms: s.client_conn.lease_ttl.as_millis(),
-        };
-
-        // 1. An operator's block beats everything, access file included.
-        if let Some(v) = self.blocked(source.ip, s.bad_rcpt.ban_reply) {
-            // Blocks bite in shadow mode too: they are no automatic decision.
+        let reply = |verdict: Verdict, tarpit_ms: u32| {
             let r = ConnectReply {
-                verdict: Some(v),
-                policy: Some(session_policy(&policy, &rules)),
+                verdict: Some(verdict),
+                policy: Some(SessionPolicy {
+                    tarpit_ms,
+                    ..session_policy(&policy, &rules)
+                }),
                 lease_ttl_ms: s.client_conn.lease_ttl.as_millis(),
             };
-            return Ok(self.refused(r, req.lease.node, &source));
-        }
+            self.refused(r, req.lease.node, &source)
+        };
 
-        // 2. The access file: OK/RELAY skip everything; a refusal needs no counting.
-        let mut access = access_verdict(&rules);
-        if rules.exempt()
-            && let Some(v) = access.take()
-        {
-            return Ok(reply(v));
-        }
-        if let Some(v) = &access
-            && !s.shadow
-        {
-            return Ok(self.refused(reply(v.clone()), req.lease.node, &source));
-        }
+        // 1 and 2. An operator's block, or the access file, may decide without counting.
+        let access = match self.before_counting(&policy, &rules, &source) {
+            Uncounted::Decided(v) => return Ok(reply(v, 0)),
+            Uncounted::Count { access } => access,
+        };
 
         // 3. Bans, ClientRate and ClientConn at both levels: one store operation.
+        let limits = connect_limits(&rules);
         let op = ConnectOp {
             source: &source,
             lease: req.lease,
-            rate: PerLevel {
-                address: rules.rate.value,
-                network: rules.net_rate.value,
-            },
+            rate: limits.rate,
             window_ms: s.client_rate.window.as_millis(),
-            conn: PerLevel {
-                address: rules.conn.value,
-                network: rules.net_conn.value,
-            },
+            conn: limits.conn,
             lease_ttl_ms: s.client_conn.lease_ttl.as_millis(),
             shadow: s.shadow,
             bad_window_ms: s.bad_rcpt.window.as_millis(),
@@ -206,15 +190,47 @@ impl<S: Store> Engine<S> {
         let outcome = self.store.connect(&op).await?;
 
         // 4. The verdict, and the tarpit the session starts with.
-        let v = match (access, outcome.refusal) {
-            (Some(v), _) => v,
-            (None, refusal) => connect_verdict(&policy, &rules, &source, refusal),
-        };
-        let mut r = reply(v);
-        if let Some(p) = r.policy.as_mut() {
-            p.tarpit_ms = tarpit_ms(&policy, outcome.bad);
+        let v = counted_verdict(&policy, &rules, &source, access, outcome.refusal);
+        Ok(reply(v, tarpit_ms(&policy, outcome.bad)))
+    }
+
+    /// The verdict a `Connect` of this source would get now, given what the store
+    /// counts for it: Explain's prediction, by the same steps as [`Engine::connect`].
+    pub fn connect_verdict_for(
+        &self,
+        policy: &Policy,
+        rules: &ClientRules<'_>,
+        source: &Source,
+        counts: &ConnectCounts,
+    ) -> Verdict {
+        match self.before_counting(policy, rules, source) {
+            Uncounted::Decided(v) => v,
+            Uncounted::Count { access } => {
+                let refusal = connect_order::refusal(counts, &connect_limits(rules));
+                counted_verdict(policy, rules, source, access, refusal)
+            }
         }
-        Ok(self.refused(r, req.lease.node, &source))
+    }
+
+    /// Steps 1 and 2 of a `Connect`: what is decided before the store counts.
+    fn before_counting(
+        &self,
+        policy: &Policy,
+        rules: &ClientRules<'_>,
+        source: &Source,
+    ) -> Uncounted {
+        let s = &policy.settings;
+        // An operator's block beats everything, access file included. It bites in
+        // shadow mode too: it is no automatic decision.
+        if let Some(v) = self.blocked(source.ip, s.bad_rcpt.ban_reply) {
+            return Uncounted::Decided(v);
+        }
+        // OK/RELAY skip everything; a refusal needs no counting (unless shadow mode
+        // only reports it, and the limits are counted as if it were not there).
+        match access_verdict(rules) {
+            Some(v) if rules.exempt() || !s.shadow => Uncounted::Decided(finish(policy, v)),
+            access => Uncounted::Count { access },
+        }
     }
 
     /// Logs and tallies a refused (or, in shadow mode, would-be refused) connection.
@@ -424,6 +440,41 @@ pub fn connect_verdict(
             Level::Address => rules.conn.rule,
             Level::Network => rules.net_conn.rule,
         }),
+    }
+}
+
+/// What [`Engine::before_counting`] leaves to the store.
+enum Uncounted {
+    Decided(Verdict),
+    /// Count; `access` is a refusal that shadow mode only reports.
+    Count {
+        access: Option<Verdict>,
+    },
+}
+
+/// Step 4 of a `Connect`: the verdict once the store has counted.
+fn counted_verdict(
+    policy: &Policy,
+    rules: &ClientRules<'_>,
+    source: &Source,
+    access: Option<Verdict>,
+    refusal: Option<Refusal>,
+) -> Verdict {
+    let v = access.unwrap_or_else(|| connect_verdict(policy, rules, source, refusal));
+    finish(policy, v)
+}
+
+/// The ClientRate and ClientConn limits of these rules, at both levels.
+fn connect_limits(rules: &ClientRules<'_>) -> ConnectLimits {
+    ConnectLimits {
+        rate: PerLevel {
+            address: rules.rate.value,
+            network: rules.net_rate.value,
+        },
+        conn: PerLevel {
+            address: rules.conn.value,
+            network: rules.net_conn.value,
+        },
     }
 }
 

@@ -147,6 +147,21 @@ pub struct Inspection {
     pub ban: PerLevel<Option<(u64, u32)>>,
 }
 
+impl Inspection {
+    /// What a `Connect` would be checked on ([`super::connect_order`]).
+    pub fn connect_counts(&self) -> super::ConnectCounts {
+        let ms = |b: Option<(u64, u32)>| b.map(|(ms, _)| ms);
+        super::ConnectCounts {
+            ban_ms: super::PerLevel {
+                address: ms(self.ban.address),
+                network: ms(self.ban.network),
+            },
+            admitted: self.connections,
+            sessions: self.sessions,
+        }
+    }
+}
+
 /// An operator's block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminBlock {

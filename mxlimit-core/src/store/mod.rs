@@ -5,6 +5,7 @@
 //! time from Redis `TIME`), a short critical section in memory. The engine decides
 //! *which* limits apply; the store applies them atomically and says what it found.
 
+pub mod connect_order;
 pub mod instrumented;
 pub mod ledger;
 pub mod memory;
@@ -14,6 +15,8 @@ use std::future::Future;
 use thiserror::Error;
 
 use crate::source::{Level, Source};
+
+pub use connect_order::{ConnectCounts, ConnectLimits};
 
 pub use memory::MemoryStore;
 
@@ -100,6 +103,15 @@ pub struct ConnectOp<'a> {
     /// The bad-recipient window, to read (not count) the source's bad recipients:
     /// a tarpitted source's session is tarpitted from its first RCPT.
     pub bad_window_ms: u64,
+}
+
+impl ConnectOp<'_> {
+    pub fn limits(&self) -> ConnectLimits {
+        ConnectLimits {
+            rate: self.rate,
+            conn: self.conn,
+        }
+    }
 }
 
 /// Why a connection is (or, in shadow mode, would be) refused.

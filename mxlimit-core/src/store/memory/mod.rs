@@ -20,6 +20,7 @@ use ipnet::IpNet;
 pub use clock::Clock;
 use state::{LevelState, NetState};
 
+use super::connect_order::{self, ConnectCounts};
 use super::{
     ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, PerLevel, RecipientOp,
     RecipientOutcome, Refusal, SEP, Store, StoreError, registry_ttl_ms,
@@ -466,62 +467,46 @@ impl Store for MemoryStore {
     }
 }
 
-/// The first limit that refuses, in the order the Redis script checks them.
+/// What this network's state counts for `op`'s source, then the first limit that
+/// refuses it ([`connect_order`]). Counts no limit applies to are not computed.
 fn connect_refusal(net: &mut NetState, op: &ConnectOp<'_>, now: u64) -> Option<Refusal> {
     let ip = op.source.ip;
     let mut addr = net.addrs.get_mut(&ip);
-    if let Some(b) = addr
-        .as_ref()
-        .and_then(|a| a.penalty(op.shadow).ban(now, Level::Address))
-    {
-        return Some(Refusal::Banned {
-            level: Level::Address,
-            remaining_ms: b.remaining_ms,
-        });
-    }
-    if let Some(b) = net.level.penalty(op.shadow).ban(now, Level::Network) {
-        return Some(Refusal::Banned {
-            level: Level::Network,
-            remaining_ms: b.remaining_ms,
-        });
-    }
-    if op.rate.address > 0 {
-        let c = addr.as_mut().map_or(0, |a| a.rate_count(now, op.window_ms));
-        if c >= op.rate.address {
-            return Some(Refusal::Rate {
-                level: Level::Address,
-                count: c,
-            });
-        }
-    }
-    if op.rate.network > 0 {
-        let c = net.level.rate_count(now, op.window_ms);
-        if c >= op.rate.network {
-            return Some(Refusal::Rate {
-                level: Level::Network,
-                count: c,
-            });
-        }
-    }
-    if op.conn.address > 0 {
-        let c = net.leases.count_addr(&ip);
-        if c >= op.conn.address {
-            return Some(Refusal::Conn {
-                level: Level::Address,
-                count: c,
-            });
-        }
-    }
-    if op.conn.network > 0 {
-        let c = net.leases.count();
-        if c >= op.conn.network {
-            return Some(Refusal::Conn {
-                level: Level::Network,
-                count: c,
-            });
-        }
-    }
-    None
+    let ban_ms = |b: Option<super::Ban>| b.map(|b| b.remaining_ms);
+    let counts = ConnectCounts {
+        ban_ms: PerLevel {
+            address: ban_ms(
+                addr.as_ref()
+                    .and_then(|a| a.penalty(op.shadow).ban(now, Level::Address)),
+            ),
+            network: ban_ms(net.level.penalty(op.shadow).ban(now, Level::Network)),
+        },
+        admitted: PerLevel {
+            address: if op.rate.address > 0 {
+                addr.as_mut().map_or(0, |a| a.rate_count(now, op.window_ms))
+            } else {
+                0
+            },
+            network: if op.rate.network > 0 {
+                net.level.rate_count(now, op.window_ms)
+            } else {
+                0
+            },
+        },
+        sessions: PerLevel {
+            address: if op.conn.address > 0 {
+                net.leases.count_addr(&ip)
+            } else {
+                0
+            },
+            network: if op.conn.network > 0 {
+                net.leases.count()
+            } else {
+                0
+            },
+        },
+    };
+    connect_order::refusal(&counts, &op.limits())
 }
 
 /// Splits a lease member into address, node, epoch, session.
