@@ -79,13 +79,7 @@ mod tests {
             smtp_reply(&v),
             (421, "4.7.1".into(), "Try again later".into())
         );
-        let v = Verdict {
-            action: Action::Tempfail as i32,
-            smtp_code: 452,
-            enhanced_code: "4.5.3".into(),
-            text: "Too many recipients".into(),
-            ..Default::default()
-        };
+        let v = mxlimit_core::decision::verdict::max_rcpts("test");
         assert_eq!(
             smtp_reply(&v),
             (452, "4.5.3".into(), "Too many recipients".into())

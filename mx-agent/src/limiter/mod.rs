@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mxlimit_core::decision::{self, Engine};
+use mxlimit_core::decision::{self, Engine, verdict};
 use mxlimit_core::store::LeaseId;
 use mxlimit_core::store::memory::MemoryStore;
 use mxlimit_core::telemetry;
@@ -648,18 +648,14 @@ fn rpc_path(rpc: &'static str) -> &'static str {
 }
 
 fn accept() -> Verdict {
-    Verdict {
-        action: Action::Accept as i32,
-        reason: "ok".into(),
-        ..Default::default()
-    }
+    verdict::accept("")
 }
 
 /// Counts a verdict the agent enforces. A fail-closed refusal has the agent's own
 /// reason; every other reason is one of the limiter's (or `other`).
 fn decided(rpc: &'static str, v: &Verdict, origin: Origin) {
     let reason = match origin {
-        Origin::Closed => "limiter_unavailable",
+        Origin::Closed => verdict::reason::LIMITER_UNAVAILABLE,
         _ => reason_label(&v.reason),
     };
     counter!(
@@ -675,15 +671,7 @@ fn decided(rpc: &'static str, v: &Verdict, origin: Origin) {
 
 /// What the agent answers when it fails closed.
 pub fn unavailable(action: Action, code: u32) -> Verdict {
-    Verdict {
-        action: action as i32,
-        smtp_code: code,
-        enhanced_code: "4.3.2".into(),
-        text: "Service temporarily unavailable, try again later".into(),
-        rule: "agent:fallback.mode".into(),
-        reason: "limiter_unavailable".into(),
-        ..Default::default()
-    }
+    verdict::unavailable(action, code)
 }
 
 fn truncate(s: &str, max: usize) -> &str {

@@ -303,27 +303,27 @@ impl<S: Store> Engine<S> {
         let v = if let Some(ban) = outcome.ban {
             verdict::banned_in_session(ban.level, &verdict::ban_rule(&source.at(ban.level)))
         } else if env.max_rcpts_per_message > 0 && req.envelope_rcpts > env.max_rcpts_per_message {
-            verdict::max_rcpts("policy:envelope.max_rcpts_per_message")
+            verdict::max_rcpts(verdict::rule::MAX_RCPTS)
         } else if b.tarpit_after > 0 && outcome.bad.address > b.tarpit_after {
             verdict::delay(
                 ms(b.tarpit_delay.as_millis()),
-                "policy:bad_rcpt.tarpit_after",
+                verdict::rule::TARPIT,
                 reason::BAD_RCPT,
             )
         } else if b.network_tarpit_after > 0 && outcome.bad.network > b.network_tarpit_after {
             verdict::delay(
                 ms(b.tarpit_delay.as_millis()),
-                "policy:bad_rcpt.network_tarpit_after",
+                verdict::rule::NETWORK_TARPIT,
                 reason::BAD_RCPT,
             )
         } else if env.bad_rcpt_throttle > 0 && prior_bad >= env.bad_rcpt_throttle {
             verdict::delay(
                 ms(env.bad_rcpt_delay.as_millis()),
-                "policy:envelope.bad_rcpt_throttle",
+                verdict::rule::BAD_RCPT_THROTTLE,
                 reason::BAD_RCPT_THROTTLE,
             )
         } else {
-            verdict::accept("policy:bad_rcpt")
+            verdict::accept(verdict::rule::BAD_RCPT)
         };
         let v = finish(&policy, v);
         log_refusal("recipient", req.node, &source, Some(&v));

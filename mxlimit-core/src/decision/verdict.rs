@@ -17,6 +17,17 @@ pub mod reason {
     pub const BAD_RCPT: &str = "bad_rcpt";
     pub const BAD_RCPT_THROTTLE: &str = "bad_rcpt_throttle";
     pub const MAX_RCPTS: &str = "max_rcpts";
+    /// The agent's own: it could not reach the limiter and fails closed.
+    pub const LIMITER_UNAVAILABLE: &str = "limiter_unavailable";
+}
+
+/// Rules of the policy file that verdicts name, where the agent names them too.
+pub mod rule {
+    pub const MAX_RCPTS: &str = "policy:envelope.max_rcpts_per_message";
+    pub const BAD_RCPT_THROTTLE: &str = "policy:envelope.bad_rcpt_throttle";
+    pub const BAD_RCPT: &str = "policy:bad_rcpt";
+    pub const TARPIT: &str = "policy:bad_rcpt.tarpit_after";
+    pub const NETWORK_TARPIT: &str = "policy:bad_rcpt.network_tarpit_after";
 }
 
 fn verdict(
@@ -159,6 +170,19 @@ pub fn max_rcpts(rule: &str) -> Verdict {
         "Too many recipients",
         rule,
         reason::MAX_RCPTS,
+    )
+}
+
+/// The agent's answer when no limiter answers and it fails closed: a temporary
+/// failure (`action` is Tempfail or Disconnect, `code` 4xx).
+pub fn unavailable(action: Action, code: u32) -> Verdict {
+    verdict(
+        action,
+        code,
+        "4.3.2",
+        "Service temporarily unavailable, try again later",
+        "agent:fallback.mode",
+        reason::LIMITER_UNAVAILABLE,
     )
 }
 

@@ -20,6 +20,7 @@ use indymilter::{
     Actions, Callbacks, Config, Context, MacroStage, NegotiateContext, ProtoOpts, SessionError,
     SetErrorReply, SocketInfo, Status,
 };
+use mxlimit_core::decision::verdict::{self, reason, rule};
 use mxlimit_proto::v1::{Action, SessionPolicy, Verdict};
 
 use super::{capped, smtp_reply, verified_name};
@@ -420,7 +421,7 @@ impl Milter {
         match action(&v) {
             Action::Accept | Action::Unspecified => Status::Continue,
             Action::Delay => {
-                if v.reason == "bad_rcpt" {
+                if v.reason == reason::BAD_RCPT {
                     s.tarpit_ms = v.delay_ms;
                 }
                 // The limiter call counts against the MTA's timeout for this step too.
@@ -448,36 +449,24 @@ fn session_span(node: &str, ip: IpAddr, session: &str) -> tracing::Span {
     tracing::info_span!("smtp.session", node, client_ip = %ip, session)
 }
 
-/// The limits of one session for a recipient the MTA accepted.
+/// The limits of one session for a recipient the MTA accepted: the same verdicts as
+/// the limiter's for a recipient (too many recipients, the tarpit, the throttle).
 fn local_rcpt_verdict(p: &SessionPolicy, rcpts: u32, prior_bad: u32, tarpit_ms: u32) -> Verdict {
     if p.max_rcpts_per_message > 0 && rcpts > p.max_rcpts_per_message {
-        return Verdict {
-            action: Action::Tempfail as i32,
-            smtp_code: 452,
-            enhanced_code: "4.5.3".into(),
-            text: "Too many recipients".into(),
-            rule: "policy:envelope.max_rcpts_per_message".into(),
-            reason: "max_rcpts".into(),
-            ..Default::default()
-        };
+        return verdict::max_rcpts(rule::MAX_RCPTS);
     }
     let throttle = if p.bad_rcpt_throttle > 0 && prior_bad >= p.bad_rcpt_throttle {
         p.bad_rcpt_delay_ms
     } else {
         0
     };
-    let delay = throttle.max(tarpit_ms);
-    if delay > 0 {
-        return Verdict {
-            action: Action::Delay as i32,
-            delay_ms: delay,
-            reason: "bad_rcpt_throttle".into(),
-            ..Default::default()
-        };
-    }
-    Verdict {
-        action: Action::Accept as i32,
-        ..Default::default()
+    // The longer delay answers; both only wait, they refuse nothing.
+    if tarpit_ms > 0 && tarpit_ms >= throttle {
+        verdict::delay(tarpit_ms, rule::BAD_RCPT, reason::BAD_RCPT)
+    } else if throttle > 0 {
+        verdict::delay(throttle, rule::BAD_RCPT_THROTTLE, reason::BAD_RCPT_THROTTLE)
+    } else {
+        verdict::accept(rule::BAD_RCPT)
     }
 }
 

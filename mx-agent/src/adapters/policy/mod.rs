@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mxlimit_core::decision::verdict::reason;
 use mxlimit_proto::v1::{Action, Verdict};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -209,7 +210,7 @@ impl PolicyService {
                 "DUNNO".into()
             }
             Action::Delay => {
-                if v.reason == "bad_rcpt"
+                if v.reason == reason::BAD_RCPT
                     && let Some(k) = self.lock().get_mut(&key)
                 {
                     k.tarpit_ms = v.delay_ms;
