@@ -30,24 +30,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(addr) = &cli.health_check {
-        let addr = if addr.is_empty() {
-            if cli.tls_cert.is_some() && cli.health_listen.is_none() {
-                anyhow::bail!(
-                    "TLS is on: give --health-listen (a plaintext health port) to check this configuration's health"
-                );
-            }
-            let mut own = cli.health_listen.unwrap_or(cli.listen);
-            if own.ip().is_unspecified() {
-                own.set_ip(match own {
-                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-                });
-            }
-            own.to_string()
-        } else {
-            addr.clone()
-        };
-        return health_check(&addr).await;
+        return health_check(&health_target(&cli, addr)?).await;
     }
     let _telemetry = mxlimit_core::telemetry::init(
         "limiter-server",
@@ -60,12 +43,7 @@ async fn main() -> Result<()> {
         access_files: cli.access.clone(),
     };
     if cli.check {
-        let p = source.load().context("policy check failed")?;
-        for w in &p.warnings {
-            eprintln!("warning: {w}");
-        }
-        println!("ok: {p}");
-        return Ok(());
+        return check(&source);
     }
     if let Some(addr) = cli.metrics_listen {
         mxlimit_core::metrics::serve(addr)
@@ -73,7 +51,7 @@ async fn main() -> Result<()> {
         limiter_server::metrics::describe();
     }
     let policy = Arc::new(PolicyHandle::open(source).context("cannot load the policy")?);
-    // One signal stops everything: the rule watcher and the server.
+    // One signal stops everything: the file watchers and the server.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         mxlimit_core::shutdown::signal().await;
@@ -90,6 +68,59 @@ async fn main() -> Result<()> {
     let listener = TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let options = serve_options(&cli, &until_stopped).await?;
+    match &cli.redis {
+        Some(urls) => {
+            let store = redis_store(&cli, urls).await?;
+            run(store, policy, listener, options, &cli, until_stopped()).await
+        }
+        None => {
+            let store = Arc::new(MemoryStore::new(MemoryConfig {
+                max_entries: cli.memory_max_entries,
+            }));
+            store.sweeper(std::time::Duration::from_secs(10));
+            run(store, policy, listener, options, &cli, until_stopped()).await
+        }
+    }
+}
+
+/// `--check`: load the policy and the access files, say what they hold, serve nothing.
+fn check(source: &PolicySource) -> Result<()> {
+    let p = source.load().context("policy check failed")?;
+    for w in &p.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("ok: {p}");
+    Ok(())
+}
+
+/// What `--health-check` asks: the address given, or this configuration's own
+/// (plaintext) port on loopback.
+fn health_target(cli: &Cli, given: &str) -> Result<String> {
+    if !given.is_empty() {
+        return Ok(given.to_string());
+    }
+    if cli.tls_cert.is_some() && cli.health_listen.is_none() {
+        anyhow::bail!(
+            "TLS is on: give --health-listen (a plaintext health port) to check this configuration's health"
+        );
+    }
+    let mut own = cli.health_listen.unwrap_or(cli.listen);
+    if own.ip().is_unspecified() {
+        own.set_ip(match own {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(own.to_string())
+}
+
+/// TLS, the health port, Admin authentication and the ledger keeper, from the flags;
+/// the certificate and token files are watched until `until_stopped`.
+async fn serve_options<F>(cli: &Cli, until_stopped: &impl Fn() -> F) -> Result<ServeOptions>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     let tls = match (&cli.tls_cert, &cli.tls_key) {
         (Some(cert), Some(key)) => {
             let files = TlsFiles {
@@ -111,9 +142,9 @@ async fn main() -> Result<()> {
         ),
         None => None,
     };
-    let admin = admin_auth(&cli, tls.is_some())?;
+    let admin = admin_auth(cli, tls.is_some())?;
     tokio::spawn(admin.clone().watch(cli.reload_interval, until_stopped()));
-    let options = ServeOptions {
+    Ok(ServeOptions {
         request_timeout: cli.request_timeout,
         shutdown_grace: cli.shutdown_grace,
         tls,
@@ -124,29 +155,20 @@ async fn main() -> Result<()> {
             keep: cli.top_keep,
         },
         ..Default::default()
-    };
+    })
+}
 
-    match &cli.redis {
-        Some(urls) => {
-            let mut config = RedisConfig::new(urls.split(',').map(str::to_string).collect());
-            config.prefix = cli.redis_prefix.clone();
-            config.response_timeout = cli.redis_timeout;
-            config.username = cli.redis_username.clone();
-            config.password = redis_password(&cli)?;
-            config.tls = redis_tls(&cli)?;
-            let store = RedisStore::connect(&config)
-                .await
-                .with_context(|| format!("cannot use Redis at {}", redact(urls)))?;
-            run(store, policy, listener, options, &cli, until_stopped()).await
-        }
-        None => {
-            let store = Arc::new(MemoryStore::new(MemoryConfig {
-                max_entries: cli.memory_max_entries,
-            }));
-            store.sweeper(std::time::Duration::from_secs(10));
-            run(store, policy, listener, options, &cli, until_stopped()).await
-        }
-    }
+/// The Redis store the flags describe, connected and its scripts loaded.
+async fn redis_store(cli: &Cli, urls: &str) -> Result<RedisStore> {
+    let mut config = RedisConfig::new(urls.split(',').map(str::to_string).collect());
+    config.prefix = cli.redis_prefix.clone();
+    config.response_timeout = cli.redis_timeout;
+    config.username = cli.redis_username.clone();
+    config.password = redis_password(cli)?;
+    config.tls = redis_tls(cli)?;
+    RedisStore::connect(&config)
+        .await
+        .with_context(|| format!("cannot use Redis at {}", redact(urls)))
 }
 
 /// Admin credentials; a token sent in plaintext beyond this host is worth a warning.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use mxlimit_proto::v1::admin_server::AdminServer;
 use mxlimit_proto::v1::limiter_server::LimiterServer;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
@@ -77,45 +78,11 @@ pub async fn serve<S: Store + Ledger>(
         .expect("the embedded descriptor sets are valid");
 
     // The limiter is ready only while its store answers.
-    let watcher = {
-        let engine = engine.clone();
-        let health = health.clone();
-        let every = options.health_interval;
-        tokio::spawn(async move {
-            let mut last = true;
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                let ok = match tokio::time::timeout(every, engine.store().ping()).await {
-                    Ok(Ok(())) => true,
-                    Ok(Err(e)) => {
-                        if last {
-                            tracing::error!(error = %e, "store unreachable; reporting NOT_SERVING");
-                        }
-                        false
-                    }
-                    Err(_) => {
-                        if last {
-                            tracing::error!("store ping timed out; reporting NOT_SERVING");
-                        }
-                        false
-                    }
-                };
-                if ok && !last {
-                    tracing::info!("store reachable again; reporting SERVING");
-                }
-                if ok != last {
-                    let status = if ok {
-                        ServingStatus::Serving
-                    } else {
-                        ServingStatus::NotServing
-                    };
-                    health.set_service_status(SERVICE_NAME, status).await;
-                    last = ok;
-                }
-            }
-        })
-    };
+    let watcher = tokio::spawn(report_store_health(
+        engine.clone(),
+        health.clone(),
+        options.health_interval,
+    ));
 
     // Counting starts before the first call is served, not when the keeper's task
     // first runs.
@@ -124,32 +91,17 @@ pub async fn serve<S: Store + Ledger>(
     let keeper = tokio::spawn(keeper(engine.clone(), options.keeper, async move {
         let _ = keeper_stopped.await;
     }));
-    let admin_auth = match options.admin {
-        Some(a) => a,
-        None => {
-            AdminAuth::new(AuthConfig::default()).expect("no credentials is a valid configuration")
-        }
-    };
-    let admin = AdminServer::with_interceptor(
-        AdminService::new(engine.clone(), options.keeper.keep),
-        RequireAdmin(admin_auth),
-    );
+    let admin = admin_server(engine.clone(), options.admin, options.keeper.keep);
 
     let (began, draining) = tokio::sync::oneshot::channel::<()>();
     let (health_stop, health_stopped) = tokio::sync::watch::channel(false);
     if let Some(l) = options.health_listener {
-        let only_health = tonic::transport::Server::builder()
-            .timeout(options.request_timeout)
-            .add_service(health_service.clone())
-            .serve_with_incoming_shutdown(TcpIncoming::from(l), async move {
-                let mut rx = health_stopped;
-                let _ = rx.wait_for(|s| *s).await;
-            });
-        tokio::spawn(async move {
-            if let Err(e) = only_health.await {
-                tracing::error!(error = %e, "the health port stopped");
-            }
-        });
+        serve_health_port(
+            l,
+            health_service.clone(),
+            options.request_timeout,
+            health_stopped,
+        );
     }
     let router = tonic::transport::Server::builder()
         .timeout(options.request_timeout)
@@ -198,4 +150,78 @@ pub async fn serve<S: Store + Ledger>(
     let _ = keeper_stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), keeper).await;
     result
+}
+
+/// Pings the store every `every` and reports the limiter SERVING only while it answers.
+async fn report_store_health<S: Store>(
+    engine: Arc<Engine<S>>,
+    health: tonic_health::server::HealthReporter,
+    every: Duration,
+) {
+    let mut last = true;
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let ok = match tokio::time::timeout(every, engine.store().ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                if last {
+                    tracing::error!(error = %e, "store unreachable; reporting NOT_SERVING");
+                }
+                false
+            }
+            Err(_) => {
+                if last {
+                    tracing::error!("store ping timed out; reporting NOT_SERVING");
+                }
+                false
+            }
+        };
+        if ok && !last {
+            tracing::info!("store reachable again; reporting SERVING");
+        }
+        if ok != last {
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status(SERVICE_NAME, status).await;
+            last = ok;
+        }
+    }
+}
+
+/// The `Admin` service behind its authentication (none given: every call refused).
+fn admin_server<S: Store + Ledger>(
+    engine: Arc<Engine<S>>,
+    auth: Option<Arc<AdminAuth>>,
+    keep: u32,
+) -> InterceptedService<AdminServer<AdminService<S>>, RequireAdmin> {
+    let auth = auth.unwrap_or_else(|| {
+        AdminAuth::new(AuthConfig::default()).expect("no credentials is a valid configuration")
+    });
+    AdminServer::with_interceptor(AdminService::new(engine, keep), RequireAdmin(auth))
+}
+
+/// The plaintext port that serves only gRPC health, until `stopped` turns true.
+fn serve_health_port(
+    listener: TcpListener,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    timeout: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let only_health = tonic::transport::Server::builder()
+        .timeout(timeout)
+        .add_service(health_service)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+    tokio::spawn(async move {
+        if let Err(e) = only_health.await {
+            tracing::error!(error = %e, "the health port stopped");
+        }
+    });
 }

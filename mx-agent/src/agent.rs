@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::adapters::{milter, policy::PolicyService, socketmap::Socketmap};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, LimiterSettings};
 use crate::limiter::channel::{self, Targets};
 use crate::limiter::tls::ClientTls;
 use crate::limiter::{Limiter, LimiterOptions};
@@ -48,60 +48,9 @@ impl Agent {
             Some(n) => n.clone(),
             None => host_name(),
         };
+        let channel = limiter_channel(&cfg.limiter)?;
+        let (local, local_policy) = local_fallback(cfg)?;
         let l = &cfg.limiter;
-        let targets = match &l.dns {
-            Some(d) => {
-                let (name, port) = channel::parse_dns_target(d).map_err(AgentError::Config)?;
-                let servers = l
-                    .dns_servers
-                    .iter()
-                    .map(|s| {
-                        mxlimit_core::policy::parse_dns_server(s).ok_or_else(|| {
-                            AgentError::Config(format!(
-                                "limiter.dns_servers: {s:?} is not ip or ip:port"
-                            ))
-                        })
-                    })
-                    .collect::<Result<_, _>>()?;
-                Targets::Dns {
-                    name,
-                    port,
-                    servers,
-                    every: l.resolve_every.0,
-                }
-            }
-            None => Targets::List(l.endpoints.clone()),
-        };
-        // TLS when configured, or when an endpoint says https (then the system's roots).
-        let tls = l
-            .tls
-            .clone()
-            .or_else(|| {
-                l.endpoints
-                    .iter()
-                    .any(|e| e.starts_with("https://"))
-                    .then(Default::default)
-            })
-            .map(|settings| ClientTls {
-                settings,
-                default_domain: match &targets {
-                    Targets::Dns { name, .. } => Some(name.trim_end_matches('.').to_string()),
-                    Targets::List(_) => None,
-                },
-            });
-        let channel =
-            channel::connect(&targets, l.connect_timeout.0, tls).map_err(AgentError::Config)?;
-
-        // The local fallback: this host's own limits, same engine as the limiter's.
-        let source = PolicySource {
-            policy_file: cfg.fallback.policy.clone(),
-            access_files: cfg.fallback.access.clone(),
-        };
-        let local_policy = Arc::new(PolicyHandle::open(source)?);
-        let store = Arc::new(MemoryStore::new(MemoryConfig::default()));
-        store.sweeper(std::time::Duration::from_secs(10));
-        // Decides after the limiter's deadline has passed: it must cost CPU time only.
-        let local = Engine::new(store, local_policy.clone()).without_name_lookups();
         let limiter = Arc::new(Limiter::new(
             channel,
             local,
@@ -136,51 +85,61 @@ impl Agent {
             stop,
             tasks,
         };
-        for a in &cfg.milter.listen {
-            let listener = bind(a).await?;
-            agent.milter.push(listener.local_addr());
-            let (lim, delay, max, stop) = (
-                limiter.clone(),
-                cfg.milter.max_delay.0,
-                cfg.milter.max_sessions,
-                until(),
-            );
-            agent.tasks.push(tokio::spawn(async move {
-                if let Err(e) = milter::serve(listener, lim, delay, max, stop).await {
-                    tracing::error!(error = %e, "milter stopped");
-                }
-            }));
-        }
-        if !cfg.policy.listen.is_empty() {
-            let svc = PolicyService::new(limiter.clone(), cfg.policy.max_delay.0);
-            for a in &cfg.policy.listen {
-                let listener = bind(a).await?;
-                agent.policy.push(listener.local_addr());
-                agent.tasks.push(tokio::spawn(svc.clone().serve(
-                    listener,
-                    cfg.policy.max_sessions,
-                    until(),
-                )));
-            }
-        }
-        if !cfg.socketmap.listen.is_empty() {
-            let map = Socketmap::new(limiter.clone());
-            for a in &cfg.socketmap.listen {
-                let listener = bind(a).await?;
-                agent.socketmap.push(listener.local_addr());
-                agent.tasks.push(tokio::spawn(map.clone().serve(
-                    listener,
-                    cfg.socketmap.max_sessions,
-                    until(),
-                )));
-            }
-        }
+        agent.serve_adapters(cfg, &until).await?;
         tracing::info!(
             node = limiter.node(),
             epoch = limiter.epoch(),
             "mx-agent running"
         );
         Ok(agent)
+    }
+
+    /// Every adapter on every address configured for it, until `until` resolves.
+    async fn serve_adapters<F>(
+        &mut self,
+        cfg: &AgentConfig,
+        until: &impl Fn() -> F,
+    ) -> Result<(), AgentError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let limiter = &self.limiter;
+        for a in &cfg.milter.listen {
+            let listener = bind(a).await?;
+            self.milter.push(listener.local_addr());
+            let (lim, delay, max, stop) = (
+                limiter.clone(),
+                cfg.milter.max_delay.0,
+                cfg.milter.max_sessions,
+                until(),
+            );
+            self.tasks.push(tokio::spawn(async move {
+                if let Err(e) = milter::serve(listener, lim, delay, max, stop).await {
+                    tracing::error!(error = %e, "milter stopped");
+                }
+            }));
+        }
+        let svc = PolicyService::new(limiter.clone(), cfg.policy.max_delay.0);
+        for a in &cfg.policy.listen {
+            let listener = bind(a).await?;
+            self.policy.push(listener.local_addr());
+            self.tasks.push(tokio::spawn(svc.clone().serve(
+                listener,
+                cfg.policy.max_sessions,
+                until(),
+            )));
+        }
+        let map = Socketmap::new(limiter.clone());
+        for a in &cfg.socketmap.listen {
+            let listener = bind(a).await?;
+            self.socketmap.push(listener.local_addr());
+            self.tasks.push(tokio::spawn(map.clone().serve(
+                listener,
+                cfg.socketmap.max_sessions,
+                until(),
+            )));
+        }
+        Ok(())
     }
 
     /// Stops the adapters, then releases the leases of sessions still open.
@@ -190,6 +149,68 @@ impl Agent {
             let _ = t.await;
         }
     }
+}
+
+/// The channel to the limiters: a fixed list or a DNS name, with TLS when configured
+/// (or when an endpoint says https: then with the system's roots).
+fn limiter_channel(l: &LimiterSettings) -> Result<tonic::transport::Channel, AgentError> {
+    let targets = match &l.dns {
+        Some(d) => {
+            let (name, port) = channel::parse_dns_target(d).map_err(AgentError::Config)?;
+            let servers = l
+                .dns_servers
+                .iter()
+                .map(|s| {
+                    mxlimit_core::policy::parse_dns_server(s).ok_or_else(|| {
+                        AgentError::Config(format!(
+                            "limiter.dns_servers: {s:?} is not ip or ip:port"
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            Targets::Dns {
+                name,
+                port,
+                servers,
+                every: l.resolve_every.0,
+            }
+        }
+        None => Targets::List(l.endpoints.clone()),
+    };
+    let tls = l
+        .tls
+        .clone()
+        .or_else(|| {
+            l.endpoints
+                .iter()
+                .any(|e| e.starts_with("https://"))
+                .then(Default::default)
+        })
+        .map(|settings| ClientTls {
+            settings,
+            default_domain: match &targets {
+                Targets::Dns { name, .. } => Some(name.trim_end_matches('.').to_string()),
+                Targets::List(_) => None,
+            },
+        });
+    channel::connect(&targets, l.connect_timeout.0, tls).map_err(AgentError::Config)
+}
+
+/// The local fallback: this host's own limits, on the same engine as the limiter's,
+/// over an in-memory store; and its policy, to watch for changes.
+fn local_fallback(
+    cfg: &AgentConfig,
+) -> Result<(Engine<Arc<MemoryStore>>, Arc<PolicyHandle>), AgentError> {
+    let source = PolicySource {
+        policy_file: cfg.fallback.policy.clone(),
+        access_files: cfg.fallback.access.clone(),
+    };
+    let policy = Arc::new(PolicyHandle::open(source)?);
+    let store = Arc::new(MemoryStore::new(MemoryConfig::default()));
+    store.sweeper(std::time::Duration::from_secs(10));
+    // Decides after the limiter's deadline has passed: it must cost CPU time only.
+    let engine = Engine::new(store, policy.clone()).without_name_lookups();
+    Ok((engine, policy))
 }
 
 async fn bind(a: &str) -> Result<Listener, AgentError> {

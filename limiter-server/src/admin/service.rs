@@ -22,8 +22,10 @@ use crate::metrics::ADMIN_CALLS;
 use mxlimit_core::decision::Engine;
 use mxlimit_core::policy::ClientRules;
 use mxlimit_core::policy::access::{ConnectAction, Value};
-use mxlimit_core::source::{Level, canonical};
-use mxlimit_core::store::ledger::{Buckets, HOUR_MS, Ledger, MAX_WINDOW_MS, Metric, TopQuery};
+use mxlimit_core::source::{Level, Source, canonical};
+use mxlimit_core::store::ledger::{
+    Buckets, HOUR_MS, Inspection, Ledger, MAX_WINDOW_MS, Metric, TopQuery,
+};
 use mxlimit_core::store::{Store, StoreError};
 
 const DEFAULT_WINDOW_MS: u64 = 24 * HOUR_MS;
@@ -145,6 +147,65 @@ fn limit_rule(kind: &str, level: Level, rule: &str, value: u32) -> RuleMatch {
     }
 }
 
+/// The rules that apply to a source: its access entry, its four limits, its greet pause.
+fn matched_rules(rules: &ClientRules<'_>) -> Vec<RuleMatch> {
+    let mut matched: Vec<RuleMatch> = connect_rule(rules).into_iter().collect();
+    matched.extend([
+        limit_rule(
+            "ClientRate",
+            Level::Address,
+            rules.rate.rule,
+            rules.rate.value,
+        ),
+        limit_rule(
+            "ClientRate",
+            Level::Network,
+            rules.net_rate.rule,
+            rules.net_rate.value,
+        ),
+        limit_rule(
+            "ClientConn",
+            Level::Address,
+            rules.conn.rule,
+            rules.conn.value,
+        ),
+        limit_rule(
+            "ClientConn",
+            Level::Network,
+            rules.net_conn.rule,
+            rules.net_conn.value,
+        ),
+    ]);
+    if rules.greet_pause_ms > 0 {
+        matched.push(RuleMatch {
+            kind: "GreetPause".into(),
+            level: String::new(),
+            rule: "GreetPause".into(),
+            value: format!("{} ms", rules.greet_pause_ms),
+        });
+    }
+    matched
+}
+
+/// One level of a source as Explain shows it: counters next to their limits (rate,
+/// conn, tarpit, block), and the ban in force.
+fn level_state(source: &Source, i: &Inspection, level: Level, limits: [u32; 4]) -> LevelState {
+    let [rate, conn, tarpit, block] = limits;
+    let ban = i.ban.at(level);
+    LevelState {
+        source: source.at(level),
+        connections: i.connections.at(level),
+        rate_limit: rate,
+        sessions: i.sessions.at(level),
+        conn_limit: conn,
+        bad_recipients: i.bad_recipients.at(level),
+        tarpit_after: tarpit,
+        block_after: block,
+        ban_ms_left: ban.map_or(0, |(ms, _)| ms),
+        offence: ban.map_or(0, |(_, o)| o),
+    }
+}
+
 impl<S: Store + Ledger> AdminService<S> {
     async fn top(&self, r: TopSourcesRequest) -> Result<TopSourcesReply, Status> {
         let window_ms = match r.window_ms {
@@ -216,90 +277,34 @@ impl<S: Store + Ledger> AdminService<S> {
             .await
             .map_err(store_error)?;
         let b = &s.bad_rcpt;
-        let level_state = |level: Level, rate: u32, conn: u32, tarpit: u32, block: u32| {
-            let ban = i.ban.at(level);
-            LevelState {
-                source: source.at(level),
-                connections: i.connections.at(level),
-                rate_limit: rate,
-                sessions: i.sessions.at(level),
-                conn_limit: conn,
-                bad_recipients: i.bad_recipients.at(level),
-                tarpit_after: tarpit,
-                block_after: block,
-                ban_ms_left: ban.map_or(0, |(ms, _)| ms),
-                offence: ban.map_or(0, |(_, o)| o),
-            }
-        };
-        let mut matched: Vec<RuleMatch> = connect_rule(&rules).into_iter().collect();
-        matched.extend([
-            limit_rule(
-                "ClientRate",
-                Level::Address,
-                rules.rate.rule,
-                rules.rate.value,
-            ),
-            limit_rule(
-                "ClientRate",
-                Level::Network,
-                rules.net_rate.rule,
-                rules.net_rate.value,
-            ),
-            limit_rule(
-                "ClientConn",
-                Level::Address,
-                rules.conn.rule,
-                rules.conn.value,
-            ),
-            limit_rule(
-                "ClientConn",
-                Level::Network,
-                rules.net_conn.rule,
-                rules.net_conn.value,
-            ),
-        ]);
-        if rules.greet_pause_ms > 0 {
-            matched.push(RuleMatch {
-                kind: "GreetPause".into(),
-                level: String::new(),
-                rule: "GreetPause".into(),
-                value: format!("{} ms", rules.greet_pause_ms),
-            });
-        }
         Ok(ExplainReply {
             client_ip: source.ip_text.clone(),
             network: source.net.to_string(),
             client_name: name.as_deref().unwrap_or("").to_string(),
-            rules: matched,
+            rules: matched_rules(&rules),
             address: Some(level_state(
+                &source,
+                &i,
                 Level::Address,
-                rules.rate.value,
-                rules.conn.value,
-                b.tarpit_after,
-                b.block_after,
+                [
+                    rules.rate.value,
+                    rules.conn.value,
+                    b.tarpit_after,
+                    b.block_after,
+                ],
             )),
             net: Some(level_state(
+                &source,
+                &i,
                 Level::Network,
-                rules.net_rate.value,
-                rules.net_conn.value,
-                b.network_tarpit_after,
-                b.network_block_after,
+                [
+                    rules.net_rate.value,
+                    rules.net_conn.value,
+                    b.network_tarpit_after,
+                    b.network_block_after,
+                ],
             )),
-            blocks: self
-                .engine
-                .blocks()
-                .covering(source.ip)
-                .into_iter()
-                .map(|b| {
-                    let left = b.until.saturating_duration_since(std::time::Instant::now());
-                    block_entry(
-                        b.target.to_string(),
-                        left.as_millis() as u64,
-                        b.reason,
-                        "block",
-                    )
-                })
-                .collect(),
+            blocks: self.blocks_covering(source.ip),
             connect: Some(self.engine.connect_verdict_for(
                 &policy,
                 &rules,
@@ -308,6 +313,24 @@ impl<S: Store + Ledger> AdminService<S> {
             )),
             shadow: s.shadow,
         })
+    }
+
+    /// Operators' blocks that cover `ip`, as this instance holds them.
+    fn blocks_covering(&self, ip: IpAddr) -> Vec<BlockEntry> {
+        self.engine
+            .blocks()
+            .covering(ip)
+            .into_iter()
+            .map(|b| {
+                let left = b.until.saturating_duration_since(std::time::Instant::now());
+                block_entry(
+                    b.target.to_string(),
+                    left.as_millis() as u64,
+                    b.reason,
+                    "block",
+                )
+            })
+            .collect()
     }
 
     async fn block(&self, r: BlockRequest, by: &str) -> Result<BlockReply, Status> {

@@ -115,7 +115,7 @@ pub fn connect(
     tls: Option<ClientTls>,
 ) -> Result<Channel, String> {
     let (channel, tx) = Channel::balance_channel::<String>(64);
-    let mut tls = tls.map(TlsState::open).transpose()?;
+    let tls = tls.map(TlsState::open).transpose()?;
     let reload_every = tls
         .as_ref()
         .map(|t| t.files.settings.reload_every.0)
@@ -127,31 +127,14 @@ pub fn connect(
                 tx.try_send(Change::Insert(u.clone(), ep))
                     .map_err(|e| e.to_string())?;
             }
-            let uris = uris.clone();
             // The sender must outlive the channel or the balancer sees the endpoints go.
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(reload_every);
-                tick.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = tx.closed() => return,
-                        _ = tick.tick() => {}
-                    }
-                    let Some(config) = tls.as_mut().and_then(TlsState::reloaded) else {
-                        continue;
-                    };
-                    for u in &uris {
-                        match endpoint(u, connect_timeout, Some(&config)) {
-                            Ok(ep) => {
-                                if tx.send(Change::Insert(u.clone(), ep)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Err(e) => tracing::error!("{e}"),
-                        }
-                    }
-                }
-            });
+            tokio::spawn(keep_listed(
+                tx,
+                uris.clone(),
+                tls,
+                connect_timeout,
+                reload_every,
+            ));
         }
         Targets::Dns {
             name,
@@ -160,61 +143,110 @@ pub fn connect(
             every,
         } => {
             let resolver = resolver(servers)?;
-            let (name, port, every) = (name.clone(), *port, *every);
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            tokio::spawn(async move {
-                let mut current: HashSet<IpAddr> = HashSet::new();
-                let mut tick = tokio::time::interval(every);
-                let mut tls_tick = tokio::time::interval(reload_every);
-                tls_tick.tick().await;
-                loop {
-                    // Addresses whose endpoint must be (re)made now.
-                    let fresh: Vec<IpAddr> = tokio::select! {
-                        _ = tick.tick() => {
-                            let found: HashSet<IpAddr> = match resolver.lookup_ip(name.as_str()).await {
-                                Ok(l) => l.iter().collect(),
-                                Err(e) => {
-                                    tracing::warn!(%name, error = %e, "limiter discovery: lookup failed; keeping {} endpoint(s)", current.len());
-                                    continue;
-                                }
-                            };
-                            if found.is_empty() {
-                                continue;
-                            }
-                            for ip in current.difference(&found) {
-                                tracing::info!(address = %ip, "limiter gone from DNS");
-                                if tx.send(Change::Remove(ip.to_string())).await.is_err() {
-                                    return;
-                                }
-                            }
-                            let new = found.difference(&current).copied().collect();
-                            current = found;
-                            new
-                        }
-                        _ = tls_tick.tick() => {
-                            match tls.as_mut().and_then(TlsState::reloaded) {
-                                Some(_) => current.iter().copied().collect(),
-                                None => continue,
-                            }
-                        }
-                    };
-                    for ip in fresh {
-                        let uri = format!("{scheme}://{}", SocketAddr::new(ip, port));
-                        match endpoint(&uri, connect_timeout, tls.as_ref().map(|t| &t.config)) {
-                            Ok(ep) => {
-                                tracing::info!(endpoint = %uri, "limiter endpoint (re)made");
-                                if tx.send(Change::Insert(ip.to_string(), ep)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Err(e) => tracing::error!("{e}"),
-                        }
-                    }
-                }
-            });
+            let target = (name.clone(), *port, *every);
+            tokio::spawn(keep_discovered(
+                tx,
+                resolver,
+                target,
+                tls,
+                connect_timeout,
+                reload_every,
+            ));
         }
     }
     Ok(channel)
+}
+
+/// A fixed list of endpoints: remade with the new certificate when the TLS files change.
+async fn keep_listed(
+    tx: tokio::sync::mpsc::Sender<Change<String, Endpoint>>,
+    uris: Vec<String>,
+    mut tls: Option<TlsState>,
+    connect_timeout: Duration,
+    reload_every: Duration,
+) {
+    let mut tick = tokio::time::interval(reload_every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(config) = tls.as_mut().and_then(TlsState::reloaded) else {
+            continue;
+        };
+        for u in &uris {
+            match endpoint(u, connect_timeout, Some(&config)) {
+                Ok(ep) => {
+                    if tx.send(Change::Insert(u.clone(), ep)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+    }
+}
+
+/// Endpoints found in DNS: re-resolved every `every` (gone addresses removed, new
+/// ones added), and all remade when the TLS files change.
+async fn keep_discovered(
+    tx: tokio::sync::mpsc::Sender<Change<String, Endpoint>>,
+    resolver: TokioResolver,
+    (name, port, every): (String, u16, Duration),
+    mut tls: Option<TlsState>,
+    connect_timeout: Duration,
+    reload_every: Duration,
+) {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut current: HashSet<IpAddr> = HashSet::new();
+    let mut tick = tokio::time::interval(every);
+    let mut tls_tick = tokio::time::interval(reload_every);
+    tls_tick.tick().await;
+    loop {
+        // Addresses whose endpoint must be (re)made now.
+        let fresh: Vec<IpAddr> = tokio::select! {
+            _ = tick.tick() => {
+                let found: HashSet<IpAddr> = match resolver.lookup_ip(name.as_str()).await {
+                    Ok(l) => l.iter().collect(),
+                    Err(e) => {
+                        tracing::warn!(%name, error = %e, "limiter discovery: lookup failed; keeping {} endpoint(s)", current.len());
+                        continue;
+                    }
+                };
+                if found.is_empty() {
+                    continue;
+                }
+                for ip in current.difference(&found) {
+                    tracing::info!(address = %ip, "limiter gone from DNS");
+                    if tx.send(Change::Remove(ip.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+                let new = found.difference(&current).copied().collect();
+                current = found;
+                new
+            }
+            _ = tls_tick.tick() => {
+                match tls.as_mut().and_then(TlsState::reloaded) {
+                    Some(_) => current.iter().copied().collect(),
+                    None => continue,
+                }
+            }
+        };
+        for ip in fresh {
+            let uri = format!("{scheme}://{}", SocketAddr::new(ip, port));
+            match endpoint(&uri, connect_timeout, tls.as_ref().map(|t| &t.config)) {
+                Ok(ep) => {
+                    tracing::info!(endpoint = %uri, "limiter endpoint (re)made");
+                    if tx.send(Change::Insert(ip.to_string(), ep)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+    }
 }
 
 fn resolver(servers: &[SocketAddr]) -> Result<TokioResolver, String> {

@@ -134,6 +134,26 @@ impl PolicyService {
         // are unique while the session lasts.
         let key = format!("{}:{}", get("client_address"), get("client_port"));
         let name = verified_name(get("client_name"));
+        let (id, refusal) = self.session(a, &key, ip, name).await;
+        if let Some(v) = refusal {
+            return reply(&v);
+        }
+        if !get("protocol_state").eq_ignore_ascii_case("RCPT") {
+            return "DUNNO".into();
+        }
+        self.rcpt(a, &key, &id, ip, name).await
+    }
+
+    /// The session a request belongs to, and its refusal if it was refused: a
+    /// CONNECT starts one (a `Connect` to the limiter), a later stage goes on with it.
+    async fn session(
+        &self,
+        a: &HashMap<String, String>,
+        key: &str,
+        ip: Option<IpAddr>,
+        name: Option<&str>,
+    ) -> (String, Option<Verdict>) {
+        let get = |k: &str| a.get(k).map(String::as_str).unwrap_or("");
         // A CONNECT request always starts a session; at any other stage a session of
         // this address and port seen lately goes on (a port is reused only later).
         let starts = get("protocol_state").eq_ignore_ascii_case("CONNECT");
@@ -143,54 +163,59 @@ impl PolicyService {
             let now = Instant::now();
             let mut sessions = self.lock();
             sessions
-                .get_mut(&key)
+                .get_mut(key)
                 .filter(|k| now.duration_since(k.seen) < SESSION_IDLE)
                 .map(|k| {
                     k.seen = now;
                     (k.id.clone(), k.refusal.clone())
                 })
         };
-        let (id, refusal) = match known {
-            Some(k) => k,
+        if let Some(k) = known {
+            return k;
+        }
+        let id = self.limiter.new_session_id();
+        // Postfix never says when the session ends: the lease lives its TTL.
+        let adm = match ip {
+            Some(ip) => {
+                self.limiter
+                    .connect(&id, ip, name, get("helo_name"), Ends::Unseen)
+                    .await
+            }
             None => {
-                let id = self.limiter.new_session_id();
-                // Postfix never says when the session ends: the lease lives its TTL.
-                let adm = match ip {
-                    Some(ip) => {
-                        self.limiter
-                            .connect(&id, ip, name, get("helo_name"), Ends::Unseen)
-                            .await
-                    }
-                    None => {
-                        undecided(
-                            ADAPTER,
-                            Undecided::NoClientAddress,
-                            &format_args!(
-                                "policy: Postfix named the client by {:?}, not an address: decided by the fallback mode",
-                                truncate_for_log(get("client_address"))
-                            ),
-                        );
-                        self.limiter
-                            .connect_unattributed(&id, name, Ends::Unseen)
-                            .await
-                    }
-                };
-                let refusal = (!adm.admitted()).then(|| adm.verdict.clone());
-                // A refusal for want of a limiter (fail-closed) is not kept: the next
-                // request asks again.
-                if adm.origin != crate::limiter::Origin::Closed {
-                    self.remember(&key, &id, refusal.clone());
-                }
-                (id, refusal)
+                undecided(
+                    ADAPTER,
+                    Undecided::NoClientAddress,
+                    &format_args!(
+                        "policy: Postfix named the client by {:?}, not an address: decided by the fallback mode",
+                        truncate_for_log(get("client_address"))
+                    ),
+                );
+                self.limiter
+                    .connect_unattributed(&id, name, Ends::Unseen)
+                    .await
             }
         };
-        if let Some(v) = refusal {
-            return reply(&v);
+        let refusal = (!adm.admitted()).then(|| adm.verdict.clone());
+        // A refusal for want of a limiter (fail-closed) is not kept: the next
+        // request asks again.
+        if adm.origin != crate::limiter::Origin::Closed {
+            self.remember(key, &id, refusal.clone());
         }
-        if !get("protocol_state").eq_ignore_ascii_case("RCPT") {
-            return "DUNNO".into();
-        }
-        let (rcpts, tarpit_ms) = self.count_rcpt(&key, get("instance"));
+        (id, refusal)
+    }
+
+    /// An RCPT the MTA has not refused: counted at the limiter, tarpitted or refused
+    /// as its verdict says.
+    async fn rcpt(
+        &self,
+        a: &HashMap<String, String>,
+        key: &str,
+        id: &str,
+        ip: Option<IpAddr>,
+        name: Option<&str>,
+    ) -> String {
+        let get = |k: &str| a.get(k).map(String::as_str).unwrap_or("");
+        let (rcpts, tarpit_ms) = self.count_rcpt(key, get("instance"));
         let rcpt = Rcpt {
             recipient: get("recipient"),
             rejected: false,
@@ -199,8 +224,8 @@ impl PolicyService {
             envelope_bad_rcpts: 0,
         };
         let (v, _) = match ip {
-            Some(ip) => self.limiter.recipient(&id, ip, name, rcpt).await,
-            None => self.limiter.recipient_unattributed(&id, name, rcpt).await,
+            Some(ip) => self.limiter.recipient(id, ip, name, rcpt).await,
+            None => self.limiter.recipient_unattributed(id, name, rcpt).await,
         };
         match action(&v) {
             Action::Accept | Action::Unspecified => {
@@ -211,7 +236,7 @@ impl PolicyService {
             }
             Action::Delay => {
                 if v.reason == reason::BAD_RCPT
-                    && let Some(k) = self.lock().get_mut(&key)
+                    && let Some(k) = self.lock().get_mut(key)
                 {
                     k.tarpit_ms = v.delay_ms;
                 }
@@ -219,7 +244,7 @@ impl PolicyService {
                 "DUNNO".into()
             }
             Action::Disconnect => {
-                if let Some(k) = self.lock().get_mut(&key) {
+                if let Some(k) = self.lock().get_mut(key) {
                     k.refusal = Some(v.clone());
                 }
                 reply(&v)
