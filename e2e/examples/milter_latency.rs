@@ -44,6 +44,7 @@ const STEPS: [&str; 4] = [
     "rcpt rejected (Recipient call)",
 ];
 
+// Long on purpose: the example's whole run, top to bottom.
 #[tokio::main]
 async fn main() {
     let args = Args::parse();

@@ -94,6 +94,7 @@ async fn milter_connect(milter: std::net::SocketAddr, ip: &str) -> testkit::milt
         .unwrap()
 }
 
+// Long on purpose: one scenario whose steps build on each other, read top to bottom.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_limiter_calls_their_latency_decisions_and_fallbacks() {
     use testkit::milter::Reply;
@@ -244,6 +245,7 @@ fn warned(log: &std::path::Path, cause: &str) -> bool {
         .any(|l| l.contains("WARN") && l.contains(&format!("cause=\"{cause}\"")))
 }
 
+// Long on purpose: one scenario whose steps build on each other, read top to bottom.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_the_limiter_never_decided_are_counted_and_logged_by_cause() {
     use testkit::milter::{MilterClient, Reply};

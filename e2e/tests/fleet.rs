@@ -359,6 +359,7 @@ async fn held(server: SocketAddr, from: IpAddr, mailbox: &str) -> Smtp {
     s
 }
 
+// Long on purpose: one scenario whose steps build on each other, read top to bottom.
 async fn contained(f: &Fleet, v6: bool) {
     let (attacker, legit): (fn(usize) -> IpAddr, IpAddr) = if v6 {
         (
@@ -470,6 +471,7 @@ async fn dictionary_attacks_over_three_mx_of_two_kinds_are_banned_everywhere_ipv
     contained(&f, true).await;
 }
 
+// Long on purpose: one scenario whose steps build on each other, read top to bottom.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_flows_while_the_agents_are_killed_and_they_take_over_again_when_restarted() {
     let mut f = fleet().await;

@@ -106,6 +106,7 @@ const ATTACK_POLICY: &str = "[client_rate]\naddress = 0\nnetwork = 0\n[client_co
 [bad_rcpt]\ntarpit_after = 100\nblock_after = 100\nnetwork_tarpit_after = 3\nnetwork_block_after = 6\n\
 tarpit_delay = \"700ms\"\nblock_for = \"1h\"\n[envelope]\nbad_rcpt_throttle = 0\n";
 
+// Long on purpose: one scenario whose steps build on each other, read top to bottom.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dictionary_attack_over_two_postfix_mx_is_tarpitted_then_banned_on_both() {
     let c = cluster(ATTACK_POLICY, "", 2).await;

@@ -104,6 +104,7 @@ const ATTACK: &str = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\nad
 [bad_rcpt]\ntarpit_after = 100\nblock_after = 100\nnetwork_tarpit_after = 2\nnetwork_block_after = 4\n\
 tarpit_delay = \"600ms\"\nblock_for = \"1h\"\n[envelope]\nbad_rcpt_throttle = 0\n";
 
+// Long on purpose: one scenario whose steps build on each other, read top to bottom.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dictionary_attack_through_sendmail_is_banned_on_sendmail_and_postfix() {
     let redis = RedisServer::start();

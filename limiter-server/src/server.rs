@@ -58,6 +58,8 @@ impl Default for ServeOptions {
     }
 }
 
+// Long on purpose: what runs beside the gRPC server and how each part stops, in the
+// order they start and stop.
 /// Serves until `shutdown` resolves, then stops taking calls and lets the ones in
 /// flight finish.
 pub async fn serve<S: Store + Ledger>(

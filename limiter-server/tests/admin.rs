@@ -199,6 +199,7 @@ async fn explain(l: &Limiter, ip: &str) -> ExplainReply {
         .into_inner()
 }
 
+// Long on purpose: one scenario whose steps build on each other, read top to bottom.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_shows_rules_counters_bans_and_the_verdict_without_counting() {
     let toml = "[bad_rcpt]\nblock_after = 3\nnetwork_block_after = 0\ntarpit_after = 0\nnetwork_tarpit_after = 0\nblock_for = \"10m\"\n\
@@ -299,6 +300,7 @@ async fn lookup_reason(
     .reason
 }
 
+// Long on purpose: one scenario whose steps build on each other, read top to bottom.
 async fn a_block_on_one_instance_is_enforced_by_the_other(backend: Backend) {
     let toml = "[bad_rcpt]\nblock_after = 2\nnetwork_block_after = 0\ntarpit_after = 0\nnetwork_tarpit_after = 0\n";
     let p = two(backend, toml, "").await;

@@ -613,6 +613,7 @@ const SENDMAIL_ACCESS: &str = "Connect:206.81.85\tREJECT\nClientRate:67.92.16\t2
 ClientRate:\t10\nClientConn:\t5\nClientRate:customerdomain.com\t0\nGreetPause:okslammer.com\t0\nGreetPause:127.0.0.1\t0\n\
 Connect:192.0.2.1\tOK\nConnect:192.0.2.2\tERROR:4.7.0:421 Closing for maintenance\n";
 
+// Long on purpose: one scenario whose steps build on each other, read top to bottom.
 async fn access_rules(backend: Backend) {
     let toml = format!(
         "{BASE}[client_rate]\nwindow = \"1h\"\nnetwork = 0\n[client_conn]\nnetwork = 0\n[envelope]\ngreet_pause = \"3s\"\n"
@@ -907,6 +908,7 @@ async fn lookup_answers_bans_and_access_rules_without_counting(backend: Backend)
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 }
 
+// Long on purpose: one scenario whose steps build on each other, read top to bottom.
 /// Explain's `connect` verdict is what the next Connect of the same source gets, in
 /// every state a source can be in: the Connect check order is written once in Rust
 /// (memory store, Explain) and restated in connect.lua, and this holds them together.

@@ -919,6 +919,7 @@ async fn redis_cluster_over_mutual_tls_from_one_seed() {
     assert!(err.contains("cannot use Redis at"), "{err}");
 }
 
+// Long on purpose: one scenario whose steps build on each other, read top to bottom.
 #[tokio::test]
 async fn metrics_count_decisions_errors_store_round_trips_and_leases() {
     let dir = tempfile::tempdir().unwrap();
@@ -1084,6 +1085,7 @@ async fn gauge_becomes(metrics: &str, name: &str, labels: &[&str], want: f64) {
     }
 }
 
+// Long on purpose: one scenario whose steps build on each other, read top to bottom.
 #[tokio::test]
 async fn admin_tokens_from_a_file_rotate_and_the_gauges_follow_bans_blocks_and_leases() {
     use mxlimit_proto::v1::admin_client::AdminClient;

@@ -250,6 +250,7 @@ async fn errors_say_what_to_do() {
     )));
 }
 
+// Long on purpose: one scenario whose steps build on each other, read top to bottom.
 /// The exports, loaded into real MTAs' tables, refuse the exported sources by address
 /// and by network, over IPv4 and IPv6, and nothing else: sendmail's access map (made
 /// with its own makemap) at MAIL FROM, and a Postfix cidr table asked by `postmap -q`.

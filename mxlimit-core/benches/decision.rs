@@ -37,6 +37,7 @@ fn ip(n: u64) -> std::net::IpAddr {
     std::net::Ipv4Addr::new(10, 0, (n % 256) as u8, 1 + ((n / 256) % 250) as u8).into()
 }
 
+// Long on purpose: the whole measurement in the order it runs.
 fn decisions(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::fleet::{Fleet, Outcome, Rcpt, SessionReport};
-use crate::scenario::{Attempt, Role, Scenario};
+use crate::scenario::{Actor, Attempt, Role, Scenario};
 
 /// One attempt and what became of it.
 #[derive(Debug, Clone)]
@@ -158,67 +158,97 @@ pub struct ModeReport {
 
 /// Measures a played run.
 pub fn measure(mode: &str, scenario: &Scenario, limits: Limits, records: &[Record]) -> ModeReport {
-    let mut actors = Vec::new();
-    for (a, actor) in scenario.actors.iter().enumerate() {
-        let mine: Vec<&Record> = records.iter().filter(|r| r.attempt.actor == a).collect();
-        let mut admitted_at: Vec<Duration> = mine
+    let actors = scenario
+        .actors
+        .iter()
+        .enumerate()
+        .map(|(a, actor)| {
+            let mine: Vec<&Record> = records.iter().filter(|r| r.attempt.actor == a).collect();
+            actor_report(actor, &mine, limits)
+        })
+        .collect();
+    let (bucket, timeline) = timeline(scenario, records);
+    let first_ban_ms = records
+        .iter()
+        .filter(|r| scenario.actors[r.attempt.actor].role == Role::Attacker)
+        .filter(|r| {
+            r.report.connect == Outcome::Banned || r.report.rcpts.contains(&Outcome::Banned)
+        })
+        .map(|r| r.attempt.at.as_millis() as u64)
+        .min();
+    ModeReport {
+        mode: mode.into(),
+        actors,
+        bucket_ms: bucket,
+        timeline,
+        first_ban_ms,
+    }
+}
+
+/// What one actor's attempts met.
+fn actor_report(actor: &Actor, mine: &[&Record], limits: Limits) -> ActorReport {
+    let mut admitted_at: Vec<Duration> = mine
+        .iter()
+        .filter(|r| r.report.connect.passed())
+        .map(|r| r.sent)
+        .collect();
+    admitted_at.sort();
+    let ban_at = mine
+        .iter()
+        .filter(|r| {
+            r.report.connect == Outcome::Banned || r.report.rcpts.contains(&Outcome::Banned)
+        })
+        .map(|r| r.attempt.at)
+        .min();
+    let legit = actor.role == Role::Legitimate;
+    let refused_rcpts: u64 = mine
+        .iter()
+        .flat_map(|r| &r.report.rcpts)
+        .filter(|o| matches!(o, Outcome::Refused | Outcome::Banned))
+        .count() as u64;
+    let refused = mine
+        .iter()
+        .filter(|r| matches!(r.report.connect, Outcome::Refused | Outcome::Banned))
+        .count() as u64;
+    ActorReport {
+        name: actor.name.clone(),
+        role: actor.role,
+        attempts: mine.len() as u64,
+        admitted: admitted_at.len() as u64,
+        refused,
+        errors: mine
             .iter()
-            .filter(|r| r.report.connect.passed())
-            .map(|r| r.sent)
-            .collect();
-        admitted_at.sort();
-        let ban_at = mine
-            .iter()
-            .filter(|r| {
-                r.report.connect == Outcome::Banned || r.report.rcpts.contains(&Outcome::Banned)
-            })
-            .map(|r| r.attempt.at)
-            .min();
-        let legit = actor.role == Role::Legitimate;
-        let refused_rcpts: u64 = mine
+            .flat_map(|r| std::iter::once(&r.report.connect).chain(&r.report.rcpts))
+            .filter(|o| **o == Outcome::Error)
+            .count() as u64,
+        max_admitted_in_window: max_in_window(&admitted_at, limits.window),
+        window_limit: limits.network_rate,
+        bad_rcpts_sent: if actor.bad {
+            mine.iter().map(|r| r.report.rcpts.len() as u64).sum()
+        } else {
+            0
+        },
+        bad_rcpts_passed: if actor.bad {
+            mine.iter()
+                .flat_map(|r| &r.report.rcpts)
+                .filter(|o| o.passed())
+                .count() as u64
+        } else {
+            0
+        },
+        time_to_ban_ms: ban_at.map(|t| t.saturating_sub(actor.start).as_millis() as u64),
+        false_refusals: if legit { refused + refused_rcpts } else { 0 },
+        delayed: mine
             .iter()
             .flat_map(|r| &r.report.rcpts)
-            .filter(|o| matches!(o, Outcome::Refused | Outcome::Banned))
-            .count() as u64;
-        let refused = mine
-            .iter()
-            .filter(|r| matches!(r.report.connect, Outcome::Refused | Outcome::Banned))
-            .count() as u64;
-        actors.push(ActorReport {
-            name: actor.name.clone(),
-            role: actor.role,
-            attempts: mine.len() as u64,
-            admitted: admitted_at.len() as u64,
-            refused,
-            errors: mine
-                .iter()
-                .flat_map(|r| std::iter::once(&r.report.connect).chain(&r.report.rcpts))
-                .filter(|o| **o == Outcome::Error)
-                .count() as u64,
-            max_admitted_in_window: max_in_window(&admitted_at, limits.window),
-            window_limit: limits.network_rate,
-            bad_rcpts_sent: if actor.bad {
-                mine.iter().map(|r| r.report.rcpts.len() as u64).sum()
-            } else {
-                0
-            },
-            bad_rcpts_passed: if actor.bad {
-                mine.iter()
-                    .flat_map(|r| &r.report.rcpts)
-                    .filter(|o| o.passed())
-                    .count() as u64
-            } else {
-                0
-            },
-            time_to_ban_ms: ban_at.map(|t| t.saturating_sub(actor.start).as_millis() as u64),
-            false_refusals: if legit { refused + refused_rcpts } else { 0 },
-            delayed: mine
-                .iter()
-                .flat_map(|r| &r.report.rcpts)
-                .filter(|o| **o == Outcome::Delayed)
-                .count() as u64,
-        });
+            .filter(|o| **o == Outcome::Delayed)
+            .count() as u64,
     }
+}
+
+/// Attempts admitted and refused per time bucket (about 30 over the run), attackers
+/// and legitimate senders apart; and the bucket length.
+fn timeline(scenario: &Scenario, records: &[Record]) -> (u64, Vec<Bucket>) {
     let duration = scenario.duration().max(Duration::from_millis(1));
     let bucket = (duration.as_millis() as u64 / 30).max(50);
     let n = (duration.as_millis() as u64).div_ceil(bucket) as usize;
@@ -249,21 +279,7 @@ pub fn measure(mode: &str, scenario: &Scenario, limits: Limits, records: &[Recor
             (Role::Legitimate, false) => b.legit_refused += 1,
         }
     }
-    let first_ban_ms = records
-        .iter()
-        .filter(|r| scenario.actors[r.attempt.actor].role == Role::Attacker)
-        .filter(|r| {
-            r.report.connect == Outcome::Banned || r.report.rcpts.contains(&Outcome::Banned)
-        })
-        .map(|r| r.attempt.at.as_millis() as u64)
-        .min();
-    ModeReport {
-        mode: mode.into(),
-        actors,
-        bucket_ms: bucket,
-        timeline,
-        first_ban_ms,
-    }
+    (bucket, timeline)
 }
 
 /// The most events within any window of length `w` (half-open: (t - w, t]).

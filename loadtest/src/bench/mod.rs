@@ -136,78 +136,8 @@ pub async fn run(nodes: &[Channel], o: &BenchOptions) -> BenchReport {
     let clients: Arc<[LimiterClient<Channel>]> =
         nodes.iter().cloned().map(LimiterClient::new).collect();
     match o.rate {
-        None => {
-            let mut workers = Vec::new();
-            for w in 0..o.concurrency {
-                let (clients, shared, o) = (clients.clone(), shared.clone(), o.clone());
-                workers.push(tokio::spawn(async move {
-                    let mut local: Vec<Histogram<u64>> = RPCS.iter().map(|_| hist()).collect();
-                    let mut n: u64 = 0;
-                    while Instant::now() < deadline {
-                        let id = (w as u64) << 40 | n;
-                        let t = Instant::now();
-                        let mut took = Took::default();
-                        session(&clients, &o, id, t, &mut took, &shared).await;
-                        took.into(&mut local);
-                        n += 1;
-                    }
-                    let mut h = shared.hists.lock().await;
-                    for (a, b) in h.iter_mut().zip(local) {
-                        let _ = a.add(b);
-                    }
-                }));
-            }
-            for w in workers {
-                let _ = w.await;
-            }
-        }
-        Some(rate) => {
-            // The pacing runs on its own thread with sub-millisecond sleeps: the runtime's
-            // timer ticks in whole milliseconds and would send sessions in bursts.
-            let total = (rate * o.duration.as_secs_f64()).round() as u64;
-            // Bounded: a limiter that stops answering must not exhaust memory. The pacer
-            // takes a slot before it spawns a session, so at most SLOTS sessions exist;
-            // one that waits for a slot still counts its latency from its intended start.
-            let slots = Arc::new(Semaphore::new(SLOTS as usize));
-            let handle = tokio::runtime::Handle::current();
-            let (o2, clients2, shared2, slots2) =
-                (o.clone(), clients.clone(), shared.clone(), slots.clone());
-            let pacer = std::thread::spawn(move || {
-                for n in 0..total {
-                    let intended = start + Duration::from_secs_f64(n as f64 / rate);
-                    // Sleeping costs a system call and a wakeup: a session due within
-                    // EARLY goes now, with its latency counted from when it was sent.
-                    let now = Instant::now();
-                    if intended > now + EARLY {
-                        std::thread::sleep(intended - now);
-                    }
-                    let Ok(slot) = handle.block_on(slots2.clone().acquire_owned()) else {
-                        return;
-                    };
-                    let (clients, shared, o) = (clients2.clone(), shared2.clone(), o2.clone());
-                    handle.spawn(async move {
-                        let mut took = Took::default();
-                        record(
-                            &mut took,
-                            LAG,
-                            Instant::now().saturating_duration_since(intended),
-                        );
-                        session(&clients, &o, n, intended, &mut took, &shared).await;
-                        // A histogram is tens of kilobytes: sessions record into the shared
-                        // ones (one short lock per session), never into their own. The
-                        // slot goes last: a free slot means a recorded session.
-                        took.into(&mut shared.hists.lock().await);
-                        drop(slot);
-                    });
-                }
-            });
-            let paced = tokio::task::spawn_blocking(move || pacer.join()).await;
-            if !matches!(paced, Ok(Ok(()))) {
-                tracing::error!("the open-loop pacer failed; the report covers what it sent");
-            }
-            // Every session holds a slot until it has recorded: all slots free = all done.
-            let _ = slots.acquire_many(SLOTS).await;
-        }
+        None => closed_loop(&clients, &shared, o, deadline).await,
+        Some(rate) => open_loop(&clients, &shared, o, start, rate).await,
     }
     let seconds = start.elapsed().as_secs_f64();
     if let Some(b) = bar {
@@ -243,6 +173,93 @@ pub async fn run(nodes: &[Channel], o: &BenchOptions) -> BenchReport {
     }
 }
 
+/// `concurrency` workers, each starting its next session when the last one ends.
+async fn closed_loop(
+    clients: &Arc<[LimiterClient<Channel>]>,
+    shared: &Arc<Shared>,
+    o: &BenchOptions,
+    deadline: Instant,
+) {
+    let mut workers = Vec::new();
+    for w in 0..o.concurrency {
+        let (clients, shared, o) = (clients.clone(), shared.clone(), o.clone());
+        workers.push(tokio::spawn(async move {
+            let mut local: Vec<Histogram<u64>> = RPCS.iter().map(|_| hist()).collect();
+            let mut n: u64 = 0;
+            while Instant::now() < deadline {
+                let id = (w as u64) << 40 | n;
+                let t = Instant::now();
+                let mut took = Took::default();
+                session(&clients, &o, id, t, &mut took, &shared).await;
+                took.into(&mut local);
+                n += 1;
+            }
+            let mut h = shared.hists.lock().await;
+            for (a, b) in h.iter_mut().zip(local) {
+                let _ = a.add(b);
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+}
+
+/// Sessions started at `rate` per second whether or not earlier ones have ended.
+async fn open_loop(
+    clients: &Arc<[LimiterClient<Channel>]>,
+    shared: &Arc<Shared>,
+    o: &BenchOptions,
+    start: Instant,
+    rate: f64,
+) {
+    // The pacing runs on its own thread with sub-millisecond sleeps: the runtime's
+    // timer ticks in whole milliseconds and would send sessions in bursts.
+    let total = (rate * o.duration.as_secs_f64()).round() as u64;
+    // Bounded: a limiter that stops answering must not exhaust memory. The pacer
+    // takes a slot before it spawns a session, so at most SLOTS sessions exist;
+    // one that waits for a slot still counts its latency from its intended start.
+    let slots = Arc::new(Semaphore::new(SLOTS as usize));
+    let handle = tokio::runtime::Handle::current();
+    let (o2, clients2, shared2, slots2) =
+        (o.clone(), clients.clone(), shared.clone(), slots.clone());
+    let pacer = std::thread::spawn(move || {
+        for n in 0..total {
+            let intended = start + Duration::from_secs_f64(n as f64 / rate);
+            // Sleeping costs a system call and a wakeup: a session due within
+            // EARLY goes now, with its latency counted from when it was sent.
+            let now = Instant::now();
+            if intended > now + EARLY {
+                std::thread::sleep(intended - now);
+            }
+            let Ok(slot) = handle.block_on(slots2.clone().acquire_owned()) else {
+                return;
+            };
+            let (clients, shared, o) = (clients2.clone(), shared2.clone(), o2.clone());
+            handle.spawn(async move {
+                let mut took = Took::default();
+                record(
+                    &mut took,
+                    LAG,
+                    Instant::now().saturating_duration_since(intended),
+                );
+                session(&clients, &o, n, intended, &mut took, &shared).await;
+                // A histogram is tens of kilobytes: sessions record into the shared
+                // ones (one short lock per session), never into their own. The
+                // slot goes last: a free slot means a recorded session.
+                took.into(&mut shared.hists.lock().await);
+                drop(slot);
+            });
+        }
+    });
+    let paced = tokio::task::spawn_blocking(move || pacer.join()).await;
+    if !matches!(paced, Ok(Ok(()))) {
+        tracing::error!("the open-loop pacer failed; the report covers what it sent");
+    }
+    // Every session holds a slot until it has recorded: all slots free = all done.
+    let _ = slots.acquire_many(SLOTS).await;
+}
+
 /// The `n`-th session's source: spread over `networks` /24s of 10.0.0.0/8.
 fn source(n: u64, networks: u32) -> IpAddr {
     let net = (n % u64::from(networks.max(1))) as u32;
@@ -264,6 +281,8 @@ impl Took {
     }
 }
 
+// Long on purpose: one session's calls in the order an agent makes them (Connect,
+// the RCPTs, Disconnect), each timed where it is made.
 async fn session(
     clients: &[LimiterClient<Channel>],
     o: &BenchOptions,

@@ -95,6 +95,7 @@ pub fn nth_address(net: IpNet, n: u32) -> IpAddr {
     }
 }
 
+// Long on purpose: a table of the built-in scenarios, one arm each.
 /// The built-in scenarios. `networks` supplies the networks in order (attackers first),
 /// so that SMTP runs can use loopback networks.
 pub fn preset(

@@ -242,6 +242,8 @@ impl<S: Store> Engine<S> {
         r
     }
 
+    // Long on purpose: the decision path of a Recipient, read top to bottom in one place
+    // (block, count, then the verdicts strongest first).
     pub async fn recipient(&self, req: &Recipient<'_>) -> Result<RecipientReply, StoreError> {
         let policy = self.policy.get();
         let s = &policy.settings;

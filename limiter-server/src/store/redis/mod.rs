@@ -226,6 +226,8 @@ impl Registered {
 }
 
 impl RedisStore {
+    // Long on purpose: the one place a configuration becomes a connection (URLs, TLS,
+    // single or cluster, credentials, version, scripts), in the order it is checked.
     /// Connects and loads the scripts. A single URL whose server runs in cluster mode
     /// is used as a cluster seed.
     pub async fn connect(config: &RedisConfig) -> Result<RedisStore, StoreError> {
@@ -438,6 +440,8 @@ fn level(code: i64) -> Level {
 }
 
 impl Store for RedisStore {
+    // Long on purpose: connect.lua's KEYS and ARGV in the order its header lists them,
+    // then its reply read back.
     async fn connect(&self, op: &ConnectOp<'_>) -> Result<ConnectOutcome, StoreError> {
         let k = NetKeys::new(&self.prefix, op.source);
         let (_, registry) = node_keys(&self.prefix, op.lease.node);

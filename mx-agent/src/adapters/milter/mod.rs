@@ -352,6 +352,8 @@ impl Milter {
         Status::Continue
     }
 
+    // Long on purpose: one RCPT from the MTA to the verdict it enforces, in order
+    // (what the MTA decided, the limiter or the local limits, the action).
     async fn rcpt(&self, cx: &mut Context<Session>, args: Vec<CString>) -> Status {
         let started = Instant::now();
         if let Some(st) = Some(still_open(cx)).filter(|s| *s != Status::Continue) {
