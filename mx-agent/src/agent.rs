@@ -156,7 +156,7 @@ impl Agent {
 fn limiter_channel(l: &LimiterSettings) -> Result<tonic::transport::Channel, AgentError> {
     let targets = match &l.dns {
         Some(d) => {
-            let (name, port) = channel::parse_dns_target(d).map_err(AgentError::Config)?;
+            let (name, port) = crate::config::parse_dns_target(d).map_err(AgentError::Config)?;
             let servers = l
                 .dns_servers
                 .iter()

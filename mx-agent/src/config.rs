@@ -190,7 +190,7 @@ impl AgentConfig {
             return Err("limiter: give endpoints or dns".into());
         }
         if let Some(d) = &self.limiter.dns {
-            crate::limiter::channel::parse_dns_target(d)?;
+            parse_dns_target(d)?;
         }
         if self.limiter.tls.is_some()
             && let Some(e) = self
@@ -222,9 +222,37 @@ impl AgentConfig {
     }
 }
 
+/// `name:port` for DNS discovery.
+pub fn parse_dns_target(s: &str) -> Result<(String, u16), String> {
+    let (name, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("limiter.dns: {s:?} needs a port (name:port)"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("limiter.dns: {port:?} is not a port"))?;
+    if name.is_empty() {
+        return Err(format!("limiter.dns: {s:?} has no name"));
+    }
+    Ok((name.to_string(), port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_targets_need_a_port() {
+        assert_eq!(
+            parse_dns_target("lim.svc:7525").unwrap(),
+            ("lim.svc".to_string(), 7525)
+        );
+        assert!(
+            parse_dns_target("lim.svc")
+                .unwrap_err()
+                .contains("needs a port")
+        );
+        assert!(parse_dns_target(":7525").is_err());
+    }
 
     #[test]
     fn the_example_file_is_valid_and_spells_out_the_defaults() {

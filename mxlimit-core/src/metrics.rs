@@ -5,9 +5,7 @@
 use std::net::SocketAddr;
 
 use metrics::{Unit, describe_counter, describe_histogram};
-use mxlimit_proto::v1::Action;
 
-use crate::decision::verdict::reason;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
 /// One store operation (one round trip on Redis), by `op`.
@@ -66,36 +64,4 @@ pub fn describe() {
         TALLY_DROPPED,
         "Events left out of the top lists: too many distinct sources in one second."
     );
-}
-
-/// The `action` label of a verdict (also the agent's).
-pub fn action_label(a: Action) -> &'static str {
-    match a {
-        Action::Unspecified => "unspecified",
-        Action::Accept => "accept",
-        Action::Delay => "delay",
-        Action::Tempfail => "tempfail",
-        Action::Reject => "reject",
-        Action::Disconnect => "disconnect",
-    }
-}
-
-/// The `reason` label of a verdict: one of the limiter's reasons, or `other`, so that
-/// a label never takes a value from the network.
-pub fn reason_label(r: &str) -> &'static str {
-    [
-        reason::OK,
-        reason::ACCESS,
-        reason::EXEMPT,
-        reason::BANNED,
-        reason::BLOCKED,
-        reason::CLIENT_RATE,
-        reason::CLIENT_CONN,
-        reason::BAD_RCPT,
-        reason::BAD_RCPT_THROTTLE,
-        reason::MAX_RCPTS,
-    ]
-    .into_iter()
-    .find(|k| *k == r)
-    .unwrap_or("other")
 }

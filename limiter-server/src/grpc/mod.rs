@@ -17,8 +17,8 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::metrics::{DECISIONS, REQUEST_ERRORS, REQUEST_SECONDS};
+use mxlimit_core::decision::verdict::{action_label, reason_label};
 use mxlimit_core::decision::{Connect, Engine, Heartbeat, Recipient};
-use mxlimit_core::metrics::{action_label, reason_label};
 use mxlimit_core::store::{LeaseId, Store, StoreError};
 use mxlimit_core::telemetry;
 

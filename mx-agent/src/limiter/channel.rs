@@ -25,20 +25,6 @@ pub enum Targets {
     },
 }
 
-/// `name:port` for DNS discovery.
-pub fn parse_dns_target(s: &str) -> Result<(String, u16), String> {
-    let (name, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("limiter.dns: {s:?} needs a port (name:port)"))?;
-    let port = port
-        .parse()
-        .map_err(|_| format!("limiter.dns: {port:?} is not a port"))?;
-    if name.is_empty() {
-        return Err(format!("limiter.dns: {s:?} has no name"));
-    }
-    Ok((name.to_string(), port))
-}
-
 fn endpoint(
     uri: &str,
     connect_timeout: Duration,
@@ -272,23 +258,4 @@ fn resolver(servers: &[SocketAddr]) -> Result<TokioResolver, String> {
     // changed Service soon: the resolver's cache must not hide it.
     builder.options_mut().cache_size = 0;
     builder.build().map_err(|e| e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dns_targets_need_a_port() {
-        assert_eq!(
-            parse_dns_target("lim.svc:7525").unwrap(),
-            ("lim.svc".to_string(), 7525)
-        );
-        assert!(
-            parse_dns_target("lim.svc")
-                .unwrap_err()
-                .contains("needs a port")
-        );
-        assert!(parse_dns_target(":7525").is_err());
-    }
 }

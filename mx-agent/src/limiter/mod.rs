@@ -29,7 +29,7 @@ use tracing::Instrument;
 use crate::config::FailMode;
 use breaker::Breaker;
 use metrics::{counter, gauge, histogram};
-use mxlimit_core::metrics::{action_label, reason_label};
+use mxlimit_core::decision::verdict::{action_label, reason_label};
 
 use crate::metrics as m;
 pub use sessions::Origin;

@@ -208,3 +208,35 @@ pub fn shadow(mut v: Verdict) -> Verdict {
 pub fn is_block(v: &Verdict) -> bool {
     v.shadow || v.action != Action::Accept as i32
 }
+
+/// The `action` label of a verdict in metrics (the limiter's and the agent's).
+pub fn action_label(a: Action) -> &'static str {
+    match a {
+        Action::Unspecified => "unspecified",
+        Action::Accept => "accept",
+        Action::Delay => "delay",
+        Action::Tempfail => "tempfail",
+        Action::Reject => "reject",
+        Action::Disconnect => "disconnect",
+    }
+}
+
+/// The `reason` label of a verdict in metrics: one of the limiter's reasons, or
+/// `other`, so that a label never takes a value from the network.
+pub fn reason_label(r: &str) -> &'static str {
+    [
+        reason::OK,
+        reason::ACCESS,
+        reason::EXEMPT,
+        reason::BANNED,
+        reason::BLOCKED,
+        reason::CLIENT_RATE,
+        reason::CLIENT_CONN,
+        reason::BAD_RCPT,
+        reason::BAD_RCPT_THROTTLE,
+        reason::MAX_RCPTS,
+    ]
+    .into_iter()
+    .find(|k| *k == r)
+    .unwrap_or("other")
+}
