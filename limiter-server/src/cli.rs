@@ -190,7 +190,7 @@ pub struct Cli {
     #[arg(long, env = "MXLIMIT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
-    /// Log filter (tracing syntax, e.g. "info" or "limiter_server=debug").
+    /// Log filter (tracing syntax, e.g. "info", or "mxlimit_core=debug" for the decisions, "limiter_server=debug" for the server).
     #[arg(long, env = "MXLIMIT_LOG", default_value = "info")]
     pub log: String,
 

@@ -65,21 +65,17 @@ async fn main() -> Result<()> {
     };
     tokio::spawn(policy.clone().watch(cli.reload_interval, until_stopped()));
 
-    let listener = TcpListener::bind(cli.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cli.listen))?;
-    let options = serve_options(&cli, &until_stopped).await?;
     match &cli.redis {
         Some(urls) => {
             let store = redis_store(&cli, urls).await?;
-            run(store, policy, listener, options, &cli, until_stopped()).await
+            serve(store, policy, &cli, until_stopped).await
         }
         None => {
             let store = Arc::new(MemoryStore::new(MemoryConfig {
                 max_entries: cli.memory_max_entries,
             }));
             store.sweeper(std::time::Duration::from_secs(10));
-            run(store, policy, listener, options, &cli, until_stopped()).await
+            serve(store, policy, &cli, until_stopped).await
         }
     }
 }
@@ -258,14 +254,20 @@ fn redis_password(cli: &Cli) -> Result<Option<String>> {
     Ok(cli.redis_password.clone())
 }
 
-async fn run<S: Store + Ledger>(
+/// Listens, and serves `store` under `policy` until `until_stopped` resolves.
+async fn serve<S: Store + Ledger, F>(
     store: S,
     policy: Arc<PolicyHandle>,
-    listener: TcpListener,
-    options: ServeOptions,
     cli: &Cli,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
+    until_stopped: impl Fn() -> F,
+) -> Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let options = serve_options(cli, &until_stopped).await?;
     metrics::gauge!(
         limiter_server::metrics::BUILD_INFO,
         "version" => env!("CARGO_PKG_VERSION"),
@@ -285,7 +287,7 @@ async fn run<S: Store + Ledger>(
         "limiter serving"
     );
     let engine = Arc::new(Engine::new(store, policy));
-    server::serve(engine, listener, options, shutdown)
+    server::serve(engine, listener, options, until_stopped())
         .await
         .context("gRPC server failed")?;
     tracing::info!("stopped");

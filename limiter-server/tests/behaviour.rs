@@ -928,7 +928,8 @@ async fn explain_predicts_the_next_connect_in_every_state(backend: Backend) {
     let toml = "[client_rate]\nwindow = \"1h\"\naddress = 3\nnetwork = 6\n\
                 [client_conn]\naddress = 2\nnetwork = 4\nlease_ttl = \"1h\"\n\
                 [bad_rcpt]\ntarpit_after = 0\nnetwork_tarpit_after = 0\nblock_after = 2\nnetwork_block_after = 4\nblock_for = \"1h\"\n";
-    let access = "Connect:192.0.2.10\tOK\nConnect:192.0.2.20\tREJECT\n";
+    let access = "Connect:192.0.2.10\tOK\nConnect:192.0.2.20\tREJECT\n\
+                  Connect:10.2.6.50\tOK\nConnect:10.2.13.5\tREJECT\n";
     for shadow in [false, true] {
         let toml = format!("shadow = {shadow}\n{toml}");
         let mut p = Pair::start_with(backend, policy(&toml, access), || ServeOptions {
@@ -1005,38 +1006,113 @@ async fn explain_predicts_the_next_connect_in_every_state(backend: Backend) {
             disconnect(c, "mx1", &s, "10.2.7.5").await;
             bad_rcpt(c, "mx1", &s, "10.2.7.5", &format!("u{i}@x")).await;
         }
-        // Exempt (with connections past every limit), refused by the access file,
-        // blocked by an operator.
+        // Exempt (its connections count nowhere); refused by the access file (in
+        // shadow mode counted as well, here past its rate); blocked by an operator,
+        // once alone and once over a ban.
         for _ in 0..4 {
             connect(c, "mx1", &session(), "192.0.2.10").await;
         }
-        admin
-            .block(authed(BlockRequest {
-                target: "203.0.113.0/24".into(),
-                ttl_ms: 600_000,
-                reason: "dictionary attack".into(),
-            }))
-            .await
-            .expect("block");
+        for _ in 0..3 {
+            let s = session();
+            connect(c, "mx1", &s, "10.2.13.5").await;
+            disconnect(c, "mx1", &s, "10.2.13.5").await;
+        }
+        for i in 0..3 {
+            bad_rcpt(c, "mx1", &session(), "10.2.12.5", &format!("u{i}@x")).await;
+        }
+        for target in ["203.0.113.0/24", "10.2.12.0/24"] {
+            admin
+                .block(authed(BlockRequest {
+                    target: target.into(),
+                    ttl_ms: 600_000,
+                    reason: "dictionary attack".into(),
+                }))
+                .await
+                .expect("block");
+        }
 
+        // (state, source, the reason and the rule that must answer)
         let states = [
-            ("fresh", "198.51.100.1", "ok"),
-            ("over rate, address", "10.2.1.5", "client_rate"),
-            ("over rate, network", "10.2.2.99", "client_rate"),
-            ("over conn, address", "10.2.3.5", "client_conn"),
-            ("over conn, network", "10.2.4.99", "client_conn"),
-            ("banned, address", "10.2.5.5", "banned"),
-            ("banned, network", "10.2.6.99", "banned"),
-            ("banned at both levels", "10.2.9.5", "banned"),
-            ("over rate at both levels", "10.2.10.5", "client_rate"),
-            ("over conn at both levels", "10.2.11.5", "client_conn"),
-            ("banned and over rate", "10.2.7.5", "banned"),
-            ("over rate and conn", "10.2.8.5", "client_rate"),
-            ("exempt", "192.0.2.10", "exempt"),
-            ("access refusal", "192.0.2.20", "access"),
-            ("blocked", "203.0.113.5", "blocked"),
+            ("fresh", "198.51.100.1", "ok", "policy:client_rate.address"),
+            (
+                "over rate, address",
+                "10.2.1.5",
+                "client_rate",
+                "policy:client_rate.address",
+            ),
+            (
+                "over rate, network",
+                "10.2.2.99",
+                "client_rate",
+                "policy:client_rate.network",
+            ),
+            (
+                "over conn, address",
+                "10.2.3.5",
+                "client_conn",
+                "policy:client_conn.address",
+            ),
+            (
+                "over conn, network",
+                "10.2.4.99",
+                "client_conn",
+                "policy:client_conn.network",
+            ),
+            ("banned, address", "10.2.5.5", "banned", "Ban:10.2.5.5"),
+            ("banned, network", "10.2.6.99", "banned", "Ban:10.2.6.0/24"),
+            (
+                "banned at both levels",
+                "10.2.9.5",
+                "banned",
+                "Ban:10.2.9.5",
+            ),
+            (
+                "over rate at both levels",
+                "10.2.10.5",
+                "client_rate",
+                "policy:client_rate.address",
+            ),
+            (
+                "over conn at both levels",
+                "10.2.11.5",
+                "client_conn",
+                "policy:client_conn.address",
+            ),
+            ("banned and over rate", "10.2.7.5", "banned", "Ban:10.2.7.5"),
+            (
+                "over rate and conn",
+                "10.2.8.5",
+                "client_rate",
+                "policy:client_rate.address",
+            ),
+            ("exempt", "192.0.2.10", "exempt", "Connect:192.0.2.10"),
+            (
+                "exempt in a banned network",
+                "10.2.6.50",
+                "exempt",
+                "Connect:10.2.6.50",
+            ),
+            (
+                "access refusal",
+                "192.0.2.20",
+                "access",
+                "Connect:192.0.2.20",
+            ),
+            (
+                "access refusal over rate",
+                "10.2.13.5",
+                "access",
+                "Connect:10.2.13.5",
+            ),
+            ("blocked", "203.0.113.5", "blocked", "Block:203.0.113.0/24"),
+            (
+                "blocked and banned",
+                "10.2.12.5",
+                "blocked",
+                "Block:10.2.12.0/24",
+            ),
         ];
-        for (state, ip, reason) in states {
+        for (state, ip, reason, rule) in states {
             let explained = admin
                 .explain(authed(ExplainRequest {
                     client_ip: ip.into(),
@@ -1049,8 +1125,13 @@ async fn explain_predicts_the_next_connect_in_every_state(backend: Backend) {
                 .expect("a connect verdict");
             let got = connect(c, "mx1", &session(), ip).await;
             assert_eq!(explained, got, "{state} ({ip}), shadow = {shadow}");
-            // The states are what they say: each has the reason it was built for.
-            assert_eq!(got.reason, reason, "{state} ({ip}), shadow = {shadow}");
+            // The states are what they say: each is answered by the reason and the rule
+            // (so the level) it was built for.
+            assert_eq!(
+                (got.reason.as_str(), got.rule.as_str()),
+                (reason, rule),
+                "{state} ({ip}), shadow = {shadow}"
+            );
             // Blocks bite in shadow mode too; the rest only report there.
             let blocks = reason != "ok" && reason != "exempt" && (!shadow || reason == "blocked");
             assert_eq!(

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the decision path and the stores: the names (each listed in
-//! docs/OPERATIONS.md), verdict labels, and the scrape endpoint. Without `--metrics-listen` no recorder is installed and recording costs
+//! docs/OPERATIONS.md) and the scrape endpoint. Verdicts' labels are
+//! `decision::verdict::{action_label, reason_label}`. Without `--metrics-listen` no recorder is installed and recording costs
 //! next to nothing.
 
 use std::net::SocketAddr;
@@ -44,7 +45,7 @@ pub fn describe() {
     describe_histogram!(
         STORE_SECONDS,
         Unit::Seconds,
-        "One store operation (one Redis round trip), by op."
+        "One store operation (one round trip to the store), by op."
     );
     describe_counter!(STORE_ERRORS, "Store operations that failed, by op.");
     describe_counter!(

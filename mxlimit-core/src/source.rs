@@ -45,7 +45,8 @@ impl Default for Aggregation {
 pub struct Source {
     pub ip: IpAddr,
     pub net: IpNet,
-    /// The store hash tag of the network, e.g. `n4:206.81.85.0/24`.
+    /// The network's name in store keys and top lists, e.g. `n4:206.81.85.0/24`: all
+    /// of a network's keys share it (on Redis Cluster, their slot).
     pub tag: String,
     /// The canonical text of the address, as used in store keys.
     pub ip_text: String,

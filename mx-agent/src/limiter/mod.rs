@@ -361,7 +361,7 @@ impl Limiter {
     async fn fallback_connect(&self, session: &str, ip: IpAddr, name: Option<&str>) -> Admission {
         match self.fail {
             FailMode::Closed => Admission {
-                verdict: unavailable(Action::Disconnect, 421),
+                verdict: verdict::unavailable(Action::Disconnect, 421),
                 policy: SessionPolicy::default(),
                 origin: Origin::Closed,
             },
@@ -453,7 +453,7 @@ impl Limiter {
         rcpt: Rcpt<'_>,
     ) -> (Verdict, Origin) {
         match self.fail {
-            FailMode::Closed => (unavailable(Action::Tempfail, 451), Origin::Closed),
+            FailMode::Closed => (verdict::unavailable(Action::Tempfail, 451), Origin::Closed),
             FailMode::Open => {
                 let local = decision::Recipient {
                     node: &self.node,
@@ -667,11 +667,6 @@ fn decided(rpc: &'static str, v: &Verdict, origin: Origin) {
         "origin" => origin.as_str(),
     )
     .increment(1);
-}
-
-/// What the agent answers when it fails closed.
-pub fn unavailable(action: Action, code: u32) -> Verdict {
-    verdict::unavailable(action, code)
 }
 
 fn truncate(s: &str, max: usize) -> &str {

@@ -405,7 +405,7 @@ impl<S: Store> Engine<S> {
 
 /// What the access file's `Connect:` entry says: exempt (`OK`, `RELAY`), a refusal,
 /// or nothing (no entry, or `SKIP`).
-pub fn access_verdict(rules: &ClientRules<'_>) -> Option<Verdict> {
+fn access_verdict(rules: &ClientRules<'_>) -> Option<Verdict> {
     match rules.connect.map(|e| (&e.value, e.rule.as_str()))? {
         (Value::Connect(ConnectAction::Exempt), rule) => Some(verdict::exempt(rule)),
         (
@@ -421,7 +421,7 @@ pub fn access_verdict(rules: &ClientRules<'_>) -> Option<Verdict> {
 }
 
 /// The verdict of a `Connect` the store admitted or refused (access rules aside).
-pub fn connect_verdict(
+fn connect_verdict(
     policy: &Policy,
     rules: &ClientRules<'_>,
     source: &Source,
@@ -501,7 +501,7 @@ fn session_policy(p: &Policy, rules: &ClientRules<'_>) -> SessionPolicy {
     }
 }
 
-pub fn finish(p: &Policy, v: Verdict) -> Verdict {
+fn finish(p: &Policy, v: Verdict) -> Verdict {
     if p.settings.shadow {
         verdict::shadow(v)
     } else {

@@ -451,8 +451,8 @@ fn session_span(node: &str, ip: IpAddr, session: &str) -> tracing::Span {
     tracing::info_span!("smtp.session", node, client_ip = %ip, session)
 }
 
-/// The limits of one session for a recipient the MTA accepted: the same verdicts as
-/// the limiter's for a recipient (too many recipients, the tarpit, the throttle).
+/// The limits of one session for a recipient the MTA accepted (too many recipients,
+/// the tarpit, the throttle), as verdicts from the same builders as the limiter's.
 fn local_rcpt_verdict(p: &SessionPolicy, rcpts: u32, prior_bad: u32, tarpit_ms: u32) -> Verdict {
     if p.max_rcpts_per_message > 0 && rcpts > p.max_rcpts_per_message {
         return verdict::max_rcpts(rule::MAX_RCPTS);

@@ -17,12 +17,12 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mxlimit_core::decision::verdict::reason;
+use mxlimit_core::decision::verdict::{self, reason};
 use mxlimit_proto::v1::{Action, Verdict};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::{capped, refuses, smtp_reply, verified_name};
-use crate::limiter::{Ends, Limiter, Rcpt, action, unavailable};
+use crate::limiter::{Ends, Limiter, Rcpt, action};
 use crate::listen::{Listener, Stream};
 use crate::metrics::{Undecided, undecided};
 
@@ -265,7 +265,7 @@ impl PolicyService {
         };
         match self.limiter.lookup(ip, None).await {
             // Fail-closed, and the limiter unreachable.
-            None => reply(&unavailable(Action::Tempfail, 451)),
+            None => reply(&verdict::unavailable(Action::Tempfail, 451)),
             Some(v) if refuses(&v) => reply(&v),
             Some(_) => "DUNNO".into(),
         }
