@@ -930,6 +930,11 @@ async fn explain_predicts_the_next_connect_in_every_state(backend: Backend) {
                 [bad_rcpt]\ntarpit_after = 0\nnetwork_tarpit_after = 0\nblock_after = 2\nnetwork_block_after = 4\nblock_for = \"1h\"\n";
     let access = "Connect:192.0.2.10\tOK\nConnect:192.0.2.20\tREJECT\n\
                   Connect:10.2.6.50\tOK\nConnect:10.2.13.5\tREJECT\n";
+    /// A session that comes and goes: admitted connections count in the window.
+    async fn visit(c: &mut LimiterClient<Channel>, session: &str, ip: &str) {
+        connect(c, "mx1", session, ip).await;
+        disconnect(c, "mx1", session, ip).await;
+    }
     for shadow in [false, true] {
         let toml = format!("shadow = {shadow}\n{toml}");
         let mut p = Pair::start_with(backend, policy(&toml, access), || ServeOptions {
@@ -952,15 +957,11 @@ async fn explain_predicts_the_next_connect_in_every_state(backend: Backend) {
         };
         // Over ClientRate at the address: 3 admitted (and gone) in the window.
         for _ in 0..3 {
-            let s = session();
-            connect(c, "mx1", &s, "10.2.1.5").await;
-            disconnect(c, "mx1", &s, "10.2.1.5").await;
+            visit(c, &session(), "10.2.1.5").await;
         }
         // Over ClientRate at the network: 6 addresses of 10.2.2.0/24, each once.
         for i in 1..=6 {
-            let (s, ip) = (session(), format!("10.2.2.{i}"));
-            connect(c, "mx1", &s, &ip).await;
-            disconnect(c, "mx1", &s, &ip).await;
+            visit(c, &session(), &format!("10.2.2.{i}")).await;
         }
         // Over ClientConn at the address (2 live sessions), and at the network (4).
         for _ in 0..2 {
@@ -985,25 +986,20 @@ async fn explain_predicts_the_next_connect_in_every_state(backend: Backend) {
             bad_rcpt(c, "mx1", &session(), &format!("10.2.9.{i}"), "u@x").await;
         }
         for i in [5, 5, 5, 1, 2, 3] {
-            let (s, ip) = (session(), format!("10.2.10.{i}"));
-            connect(c, "mx1", &s, &ip).await;
-            disconnect(c, "mx1", &s, &ip).await;
+            visit(c, &session(), &format!("10.2.10.{i}")).await;
         }
         for i in [5, 5, 1, 2] {
             connect(c, "mx1", &session(), &format!("10.2.11.{i}")).await;
         }
         // Over ClientRate and ClientConn at the address (rate answers): one session
         // come and gone, two live.
-        let s = session();
-        connect(c, "mx1", &s, "10.2.8.5").await;
-        disconnect(c, "mx1", &s, "10.2.8.5").await;
+        visit(c, &session(), "10.2.8.5").await;
         for _ in 0..2 {
             connect(c, "mx1", &session(), "10.2.8.5").await;
         }
         for i in 0..3 {
             let s = session();
-            connect(c, "mx1", &s, "10.2.7.5").await;
-            disconnect(c, "mx1", &s, "10.2.7.5").await;
+            visit(c, &s, "10.2.7.5").await;
             bad_rcpt(c, "mx1", &s, "10.2.7.5", &format!("u{i}@x")).await;
         }
         // Exempt (its connections count nowhere); refused by the access file (in
@@ -1013,9 +1009,7 @@ async fn explain_predicts_the_next_connect_in_every_state(backend: Backend) {
             connect(c, "mx1", &session(), "192.0.2.10").await;
         }
         for _ in 0..3 {
-            let s = session();
-            connect(c, "mx1", &s, "10.2.13.5").await;
-            disconnect(c, "mx1", &s, "10.2.13.5").await;
+            visit(c, &session(), "10.2.13.5").await;
         }
         for i in 0..3 {
             bad_rcpt(c, "mx1", &session(), "10.2.12.5", &format!("u{i}@x")).await;
