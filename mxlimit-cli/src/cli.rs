@@ -155,4 +155,23 @@ pub enum Command {
     },
     /// Make the limiter read its rule files now.
     Reload,
+    /// Read mail logs (sendmail, Postfix, Exim; syslog or the MTA's own files) and
+    /// list the sources with the most unknown recipients, early talking, protocol
+    /// errors and AUTH failures. Reads the files only: no limiter is asked.
+    ImportLog {
+        /// Log files, read in turn (`-` for standard input).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "net")]
+        by: By,
+        /// Sources listed at most.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// The network of an IPv4 address, as the limiter's `[network] ipv4_prefix`.
+        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=32))]
+        ipv4_prefix: u8,
+        /// The network of an IPv6 address, as the limiter's `[network] ipv6_prefix`.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u8).range(16..=128))]
+        ipv6_prefix: u8,
+    },
 }

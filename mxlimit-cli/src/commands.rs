@@ -30,6 +30,7 @@ pub async fn run(admin: &mut Admin, command: Command, json_out: bool) -> Result<
         Command::Unblock { target } => unblock(admin, target, json_out).await,
         Command::Blocks { limit } => blocks(admin, limit, json_out).await,
         Command::Reload => reload(admin, json_out).await,
+        Command::ImportLog { .. } => bail!("import-log reads log files; it asks no limiter"),
     }
 }
 

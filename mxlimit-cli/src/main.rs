@@ -5,6 +5,7 @@ mod client;
 mod commands;
 mod duration;
 mod export;
+mod import;
 mod table;
 
 use clap::Parser;
@@ -12,11 +13,29 @@ use clap::Parser;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    let result = async {
-        let mut admin = client::connect(&cli).await?;
-        commands::run(&mut admin, cli.command, cli.json).await
-    }
-    .await;
+    let result = if let cli::Command::ImportLog {
+        files,
+        by,
+        limit,
+        ipv4_prefix,
+        ipv6_prefix,
+    } = &cli.command
+    {
+        // Old logs are read here: no limiter is asked.
+        let o = import::Options {
+            by: *by,
+            limit: *limit,
+            ipv4_prefix: *ipv4_prefix,
+            ipv6_prefix: *ipv6_prefix,
+        };
+        import::run(files, &o, cli.json)
+    } else {
+        async {
+            let mut admin = client::connect(&cli).await?;
+            commands::run(&mut admin, cli.command, cli.json).await
+        }
+        .await
+    };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -473,3 +473,191 @@ async fn the_cli_over_mutual_tls_with_an_admin_certificate() {
         "{e}"
     );
 }
+
+/// `mxlimit import-log` over a real Postfix's log: the unknown recipients it refused,
+/// from IPv4 and IPv6 clients, counted per address and per network; a file of binary
+/// garbage beside it is read and skipped. No limiter is asked (none runs here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_log_counts_what_a_real_postfix_refused_by_address_and_network() {
+    use testkit::postfix::{Postfix, PostfixOptions};
+    use testkit::smtp::Smtp;
+
+    testkit::ipv6::route_on_lo("2001:db8:71::".parse().unwrap());
+    let pf = Postfix::start(
+        "import",
+        &PostfixOptions {
+            mailboxes: vec!["real@mx.test".into()],
+            ipv6: true,
+            ..Default::default()
+        },
+    );
+    // (client, server, unknown recipients it tries, then one real one)
+    let plan: [(&str, std::net::SocketAddr, usize); 3] = [
+        ("127.0.0.71", pf.addr(), 3),
+        ("127.0.0.72", pf.addr(), 2),
+        ("2001:db8:71::5", pf.addr6(), 4),
+    ];
+    let mut refused = 0;
+    for (client, server, n) in plan {
+        let (mut s, _) = Smtp::connect(client.parse().unwrap(), server)
+            .await
+            .unwrap();
+        s.cmd("EHLO client.test").await.unwrap();
+        s.cmd("MAIL FROM:<a@client.test>").await.unwrap();
+        for i in 0..n {
+            let r = s
+                .cmd(&format!("RCPT TO:<nobody{i}@mx.test>"))
+                .await
+                .unwrap();
+            assert_eq!(r.code, 550, "{client}: {r:?}");
+            refused += 1;
+        }
+        let r = s.cmd("RCPT TO:<real@mx.test>").await.unwrap();
+        assert_eq!(r.code, 250, "{client}: {r:?}");
+        s.cmd("QUIT").await.unwrap();
+    }
+    // Postfix writes its log asynchronously: wait until every refusal is in it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pf.log().matches("User unknown").count() < refused {
+        assert!(
+            Instant::now() < deadline,
+            "the refusals never reached the log:\n{}",
+            pf.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let garbage = pf.dir().join("garbage.log");
+    std::fs::write(
+        &garbage,
+        (0..=255u8).cycle().take(100_000).collect::<Vec<u8>>(),
+    )
+    .unwrap();
+
+    let log = pf.dir().join("maillog");
+    let run = |by: &str| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mxlimit"))
+            // Nothing listens there: import-log must not ask.
+            .args([
+                "--server",
+                "http://127.0.0.1:1",
+                "--json",
+                "import-log",
+                "--by",
+                by,
+            ])
+            .arg(&log)
+            .arg(&garbage)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["source"].as_str().unwrap().to_string(),
+                    r["unknown_recipient"].as_u64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        run("addr"),
+        [
+            ("2001:db8:71::5".to_string(), 4),
+            ("127.0.0.71".to_string(), 3),
+            ("127.0.0.72".to_string(), 2),
+        ]
+    );
+    assert_eq!(
+        run("net"),
+        [
+            ("127.0.0.0/24".to_string(), 5),
+            ("2001:db8:71::/64".to_string(), 4)
+        ]
+    );
+}
+
+/// The seed operator's own setup: sendmail refuses a domain's unknown users with a
+/// virtusertable catch-all (`@mx.test error:nouser User unknown`), which no milter is
+/// told of. `mxlimit import-log` over what that real sendmail logged counts them by
+/// client, IPv4 and IPv6, though sendmail logs the client only at the end of the
+/// transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_log_counts_a_sendmail_virtusertable_s_refusals() {
+    use testkit::sendmail::{Sendmail, SendmailOptions};
+    use testkit::smtp::Smtp;
+
+    testkit::ipv6::route_on_lo("2001:db8:72::".parse().unwrap());
+    let sm = Sendmail::start(
+        "vut",
+        &SendmailOptions {
+            ipv6: true,
+            log: true,
+            virtusertable: Some("root@mx.test\troot\n@mx.test\terror:nouser User unknown\n".into()),
+            ..Default::default()
+        },
+    );
+    let plan: [(&str, std::net::SocketAddr, usize); 2] = [
+        ("127.0.0.74", sm.addr(), 3),
+        ("2001:db8:72::9", sm.addr6(), 2),
+    ];
+    for (client, server, n) in plan {
+        let (mut s, _) = Smtp::connect(client.parse().unwrap(), server)
+            .await
+            .unwrap();
+        s.cmd("EHLO client.test").await.unwrap();
+        s.cmd("MAIL FROM:<a@client.test>").await.unwrap();
+        for i in 0..n {
+            let r = s
+                .cmd(&format!("RCPT TO:<nobody{i}@mx.test>"))
+                .await
+                .unwrap();
+            // virtusertable's error: without a code answers 553 5.3.0 (parseaddr.c).
+            assert_eq!(r.code, 553, "{client}: {r:?}");
+        }
+        let r = s.cmd("RCPT TO:<root@mx.test>").await.unwrap();
+        assert_eq!(r.code, 250, "{client}: {r:?}");
+        s.cmd("QUIT").await.unwrap();
+    }
+    // The client's address is logged at QUIT, by the session's process.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sm.log().matches("from=<a@client.test>").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "sendmail never logged both sessions:\n{}",
+            sm.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(log.path(), sm.log()).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mxlimit"))
+        .args(["--json", "import-log", "--by", "addr"])
+        .arg(log.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let got: Vec<(String, u64)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["source"].as_str().unwrap().to_string(),
+                r["unknown_recipient"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("127.0.0.74".to_string(), 3),
+            ("2001:db8:72::9".to_string(), 2)
+        ],
+        "{}",
+        sm.log()
+    );
+}

@@ -45,12 +45,20 @@ pub struct SendmailOptions {
     /// the socketmap chained before a hash access map (`access`, empty by default) in
     /// a `sequence`, without `-T<TMPF>`.
     pub recommended: bool,
+    /// A virtusertable's text (`@mx.test\terror:nouser User unknown`), made into the
+    /// hash map `FEATURE(virtusertable)` reads.
+    pub virtusertable: Option<String>,
+    /// Capture what sendmail logs (it logs only to syslog): in a mount namespace of its
+    /// own, `/dev/log` is a socket of this instance, whose messages are written to
+    /// [`Sendmail::log`] as rsyslog's traditional format writes them.
+    pub log: bool,
 }
 
 pub struct Sendmail {
     pub port: u16,
     child: Child,
     _dir: tempfile::TempDir,
+    log: PathBuf,
 }
 
 impl Sendmail {
@@ -89,17 +97,33 @@ impl Sendmail {
             );
             std::fs::write(d.join("sendmail.cf"), out.stdout).unwrap();
             if let Some(text) = &opts.access {
-                make_access_map(&bin, d, text);
+                make_map(&bin, d, "access", text);
             } else if opts.recommended {
-                make_access_map(&bin, d, "");
+                make_map(&bin, d, "access", "");
             }
-            let script = format!(
+            if let Some(text) = &opts.virtusertable {
+                make_map(&bin, d, "virtusertable", text);
+            }
+            let mut unshare = vec!["--uts"];
+            let mut script = String::new();
+            if opts.log && attempt == 0 {
+                syslog_socket(&d.join("log.sock"), d.join("maillog"));
+            }
+            if opts.log {
+                unshare.extend(["--mount", "--propagation", "private"]);
+                script.push_str(&format!(
+                    "mount --bind {} /dev/log && ",
+                    d.join("log.sock").display()
+                ));
+            }
+            script.push_str(&format!(
                 "hostname {name}.mx.test && exec {bin} -C {cf} -bD -O LogLevel=9",
                 bin = bin.display(),
                 cf = d.join("sendmail.cf").display()
-            );
+            ));
             let mut child = Command::new("unshare")
-                .args(["--uts", "sh", "-c", &script])
+                .args(&unshare)
+                .args(["sh", "-c", &script])
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(d.join("stderr")).unwrap())
                 .process_group(0)
@@ -119,6 +143,7 @@ impl Sendmail {
                     return Sendmail {
                         port,
                         child,
+                        log: d.join("maillog"),
                         _dir: dir,
                     };
                 }
@@ -142,15 +167,55 @@ impl Sendmail {
     }
 }
 
-/// `d/access.db` from `text`, by the `makemap` unpacked beside the sendmail binary.
-fn make_access_map(sendmail: &Path, d: &Path, text: &str) {
+/// What sendmail logged so far (with [`SendmailOptions::log`]).
+impl Sendmail {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A syslog socket at `sock` whose messages are appended to `file` as rsyslog's
+/// traditional file format writes them: `Mmm dd hh:mm:ss host tag[pid]: message`.
+/// glibc's syslog(3) sends `<PRI>Mmm dd hh:mm:ss tag[pid]: message`; the host goes
+/// after the time stamp. `/dev/log` must exist to be mounted over: where no syslog
+/// daemon made it, an empty file is left there (as root; nothing else reads it).
+fn syslog_socket(sock: &Path, file: PathBuf) {
+    if std::fs::symlink_metadata("/dev/log").is_err() {
+        std::fs::File::create("/dev/log").expect("create /dev/log (tests run as root)");
+    }
+    let socket = std::os::unix::net::UnixDatagram::bind(sock).expect("syslog socket");
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file)
+            .expect("log file");
+        while let Ok(n) = socket.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]);
+            let msg = msg.trim_end_matches(['\n', '\0']);
+            // Drop `<PRI>`.
+            let msg = msg.split_once('>').map_or(msg, |(_, m)| m);
+            let line = match (msg.get(..15), msg.get(16..)) {
+                (Some(time), Some(rest)) => format!("{time} mx {rest}\n"),
+                _ => format!("{msg}\n"),
+            };
+            if std::io::Write::write_all(&mut out, line.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// `d/<name>.db` from `text`, by the `makemap` unpacked beside the sendmail binary.
+fn make_map(sendmail: &Path, d: &Path, name: &str, text: &str) {
     let makemap = sendmail.with_file_name("makemap");
     // makemap reads the .cf for its TrustedUser; ours, not /etc/mail's.
     let mut child = Command::new(&makemap)
         .arg("-C")
         .arg(d.join("sendmail.cf"))
         .arg("hash")
-        .arg(d.join("access"))
+        .arg(d.join(name))
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -245,6 +310,13 @@ fn mc(d: &Path, name: &str, port: u16, o: &SendmailOptions) -> String {
         mc.push_str(&format!(
             "FEATURE(`access_db', `hash -T<TMPF> {}')dnl\n",
             d.join("access").display()
+        ));
+    }
+    if o.virtusertable.is_some() {
+        mc.push_str("define(`confDONT_BLAME_SENDMAIL', `MapInUnsafeDirPath')dnl\n");
+        mc.push_str(&format!(
+            "FEATURE(`virtusertable', `hash -o {}')dnl\n",
+            d.join("virtusertable").display()
         ));
     }
     if let Some(m) = &o.milter {

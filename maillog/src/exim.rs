@@ -1,0 +1,139 @@
+//! Exim 4.96, from its own log files (mainlog, rejectlog: `log.c:984`) or syslog
+//! (`exim4[pid]: ...`).
+//!
+//! The client is `H=` (`host.c:530`): `[ip]`, `(helo) [ip]`, `name [ip]` or
+//! `name (helo) [ip]`, then maybe `:port`; IPv6 compressed, IPv4-mapped stripped
+//! (`host.c:937`).
+//!
+//! - A refused RCPT (`smtp_in.c:3509`): `H=(client.example) [192.0.2.7]
+//!   F=<a@b.example> rejected RCPT <nouser@example.test>: Unknown user` (Debian's
+//!   `cannot_route_message`), or `...: Unrouteable address` (`route.c:1898`).
+//! - Talking before the greeting (`smtp_in.c:3091`): `SMTP protocol synchronization
+//!   error (input sent without waiting for greeting): rejected connection from
+//!   H=[192.0.2.7] input="EHLO x\r\n"`; later in the session (`:5979`) the same
+//!   error with `(next input sent too soon: ...)`.
+//! - AUTH (`smtp_in.c:4202`, no `H=`): `login authenticator failed for
+//!   (client.example) [192.0.2.7]: 535 Incorrect authentication data (set_id=bob)`.
+
+use crate::{Event, Kind, Line, ip};
+
+pub fn is_exim(program: &str) -> bool {
+    matches!(program, "exim" | "exim4")
+}
+
+/// Reads one Exim line; whether it gave an event.
+pub fn line(l: &Line<'_>, out: &mut Vec<Event>) -> bool {
+    let m = l.message;
+    if let Some((_, rest)) = m.split_once("SMTP protocol synchronization error (") {
+        let kind = if rest.starts_with("input sent without waiting for greeting") {
+            Kind::Pregreet
+        } else {
+            Kind::ProtocolError
+        };
+        return push(out, l, kind, host(m), None, "sync");
+    }
+    if let Some((_, rest)) = m.split_once(" authenticator failed for ") {
+        let client = rest.split_once(": ").map_or(rest, |(c, _)| c);
+        return push(
+            out,
+            l,
+            Kind::AuthFailure,
+            ip::last_bracketed(client),
+            None,
+            "auth",
+        );
+    }
+    let Some((head, rest)) = m.split_once(" rejected RCPT <") else {
+        return false;
+    };
+    let Some((rcpt, why)) = rest.split_once(">: ") else {
+        return false;
+    };
+    let why = why.trim_start();
+    if !(why.starts_with("Unknown user")
+        || why.starts_with("unknown user")
+        || why.starts_with("Unrouteable address"))
+    {
+        return false;
+    }
+    let tail = format!("rcpt:{rcpt}");
+    push(
+        out,
+        l,
+        Kind::UnknownRecipient,
+        host(head),
+        Some(rcpt.to_string()),
+        &tail,
+    )
+}
+
+/// The address of `H=...`: its first bracket.
+fn host(m: &str) -> Option<std::net::IpAddr> {
+    let (_, h) = m.split_once("H=")?;
+    ip::first_bracketed(h)
+}
+
+fn push(
+    out: &mut Vec<Event>,
+    l: &Line<'_>,
+    kind: Kind,
+    addr: Option<std::net::IpAddr>,
+    recipient: Option<String>,
+    tail: &str,
+) -> bool {
+    let Some(ip) = addr else {
+        return false;
+    };
+    out.push(Event {
+        kind,
+        ip,
+        recipient,
+        time: l.time.to_string(),
+        id: format!("exim:{}:{}:{tail}", l.pid.unwrap_or(0), l.time),
+    });
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Kind, Reader};
+
+    #[test]
+    fn refused_recipients_early_talkers_and_auth_failures() {
+        let mut r = Reader::new();
+        let mut out = Vec::new();
+        for l in [
+            "2024-06-03 10:00:01 H=(client.example) [192.0.2.7] F=<a@b.example> rejected RCPT <nouser@example.test>: Unknown user",
+            "2024-06-03 10:00:01 [99] H=mail.example (helo) [2001:db8::7]:4000 X=TLS1.3:x CV=no F=<> rejected RCPT <v@example.test>: Unrouteable address",
+            "2024-06-03 10:00:02 H=[192.0.2.8] F=<a@b> rejected RCPT <r@other.example>: relay not permitted",
+            "2024-06-03 10:00:03 SMTP protocol synchronization error (input sent without waiting for greeting): rejected connection from H=[192.0.2.9] input=\"EHLO x\\r\\n\"",
+            "2024-06-03 10:00:04 SMTP protocol synchronization error (next input sent too soon: pipelining was not advertised): rejected \"MAIL FROM:<a@b>\" H=(x) [192.0.2.10] next input=\"RCPT TO:<c@d>\\r\\n\"",
+            "Jun  3 10:00:05 mx exim4[12]: login authenticator failed for (client.example) [192.0.2.11]: 535 Incorrect authentication data (set_id=bob)",
+        ] {
+            r.line(l, &mut out);
+        }
+        let got: Vec<_> = out
+            .iter()
+            .map(|e| (e.kind, e.ip.to_string(), e.recipient.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    Kind::UnknownRecipient,
+                    "192.0.2.7".into(),
+                    Some("nouser@example.test".into())
+                ),
+                (
+                    Kind::UnknownRecipient,
+                    "2001:db8::7".into(),
+                    Some("v@example.test".into())
+                ),
+                (Kind::Pregreet, "192.0.2.9".into(), None),
+                (Kind::ProtocolError, "192.0.2.10".into(), None),
+                (Kind::AuthFailure, "192.0.2.11".into(), None),
+            ]
+        );
+        assert_eq!(r.stats().skipped, 1);
+    }
+}

@@ -1,0 +1,175 @@
+//! `mxlimit import-log`: the daily list of abusers from old mail logs, as operators
+//! used to build it by hand from maillog (sm_dict): per network or address, the
+//! unknown recipients, early talking, protocol errors and AUTH failures, worst first.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use ipnet::IpNet;
+use mxlimit_maillog::{Event, Kind, Reader, Stats};
+use serde_json::json;
+
+use crate::cli::By;
+use crate::table;
+
+/// How sources aggregate and how many are listed.
+pub struct Options {
+    pub by: By,
+    pub limit: usize,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+}
+
+/// What one source did in the logs read.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    pub counts: [u64; Kind::ALL.len()],
+    pub first: String,
+    pub last: String,
+}
+
+impl Tally {
+    fn add(&mut self, e: &Event) {
+        self.counts[kind_index(e.kind)] += 1;
+        if self.first.is_empty() {
+            self.first = e.time.clone();
+        }
+        self.last = e.time.clone();
+    }
+
+    pub fn count(&self, k: Kind) -> u64 {
+        self.counts[kind_index(k)]
+    }
+
+    fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+fn kind_index(k: Kind) -> usize {
+    Kind::ALL.iter().position(|x| *x == k).unwrap_or(0)
+}
+
+/// Reads `files` (`-`: standard input) and counts their events by source.
+pub fn read(files: &[PathBuf], o: &Options) -> Result<(Vec<(String, Tally)>, Stats)> {
+    let mut reader = Reader::new();
+    let mut by_source: HashMap<String, Tally> = HashMap::new();
+    let mut events = Vec::new();
+    let mut buf = Vec::new();
+    for path in files {
+        let input: Box<dyn Read> = if path == Path::new("-") {
+            Box::new(std::io::stdin().lock())
+        } else {
+            Box::new(
+                std::fs::File::open(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            )
+        };
+        let mut lines = BufReader::with_capacity(1 << 16, input);
+        loop {
+            buf.clear();
+            let n = lines
+                .read_until(b'\n', &mut buf)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            // Logs are bytes: a Latin-1 recipient must not end the import.
+            let text = String::from_utf8_lossy(&buf);
+            reader.line(&text, &mut events);
+            for e in events.drain(..) {
+                by_source.entry(source(e.ip, o)).or_default().add(&e);
+            }
+        }
+    }
+    let mut rows: Vec<(String, Tally)> = by_source.into_iter().collect();
+    rows.sort_by(|(a, x), (b, y)| {
+        (y.count(Kind::UnknownRecipient), y.total(), a).cmp(&(
+            x.count(Kind::UnknownRecipient),
+            x.total(),
+            b,
+        ))
+    });
+    rows.truncate(o.limit);
+    Ok((rows, reader.stats()))
+}
+
+/// The source an event counts for: its address, or its network.
+fn source(ip: IpAddr, o: &Options) -> String {
+    match o.by {
+        By::Addr => ip.to_string(),
+        By::Net => {
+            let len = match ip {
+                IpAddr::V4(_) => o.ipv4_prefix,
+                IpAddr::V6(_) => o.ipv6_prefix,
+            };
+            IpNet::new(ip, len)
+                .map(|n| n.trunc().to_string())
+                .unwrap_or_else(|_| ip.to_string())
+        }
+    }
+}
+
+/// `mxlimit import-log`
+pub fn run(files: &[PathBuf], o: &Options, json_out: bool) -> Result<()> {
+    let (rows, stats) = read(files, o)?;
+    // On stderr, so that --json stays one document for scripts.
+    eprintln!(
+        "mxlimit: {} lines read, {} of use, {} of no interest{}",
+        stats.lines,
+        stats.matched,
+        stats.skipped,
+        if stats.dropped > 0 {
+            format!(
+                ", {} sendmail recipients without a client address (their session never ended in the log)",
+                stats.dropped
+            )
+        } else {
+            String::new()
+        }
+    );
+    if json_out {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(s, t)| {
+                let mut v = json!({"source": s, "first": t.first, "last": t.last});
+                for k in Kind::ALL {
+                    v[k.as_str()] = json!(t.count(k));
+                }
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (s, t))| {
+            let mut r = vec![(i + 1).to_string(), s.clone()];
+            r.extend(Kind::ALL.iter().map(|k| t.count(*k).to_string()));
+            r.extend([t.first.clone(), t.last.clone()]);
+            r
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &[
+                "#",
+                "SOURCE",
+                "BAD RCPTS",
+                "PREGREET",
+                "PROTOCOL",
+                "AUTH",
+                "FIRST",
+                "LAST"
+            ],
+            &body
+        )
+    );
+    Ok(())
+}
