@@ -10,7 +10,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::adapters::{milter, policy::PolicyService, socketmap::Socketmap};
+use crate::adapters::{logs, milter, policy::PolicyService, socketmap::Socketmap};
 use crate::config::{AgentConfig, LimiterSettings};
 use crate::limiter::channel::{self, Targets};
 use crate::limiter::tls::ClientTls;
@@ -37,6 +37,8 @@ pub struct Agent {
     pub milter: Vec<ListenAddr>,
     pub policy: Vec<ListenAddr>,
     pub socketmap: Vec<ListenAddr>,
+    /// What the log adapter did (all zero without `[logs]`).
+    pub logs: Arc<logs::LogStats>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -82,6 +84,7 @@ impl Agent {
             milter: Vec::new(),
             policy: Vec::new(),
             socketmap: Vec::new(),
+            logs: Arc::default(),
             stop,
             tasks,
         };
@@ -128,6 +131,17 @@ impl Agent {
                 cfg.policy.max_sessions,
                 until(),
             )));
+        }
+        if !cfg.logs.files.is_empty() {
+            let l = &cfg.logs;
+            self.tasks.extend(logs::serve(
+                &l.files,
+                l.poll.0,
+                l.queue,
+                limiter.clone(),
+                self.logs.clone(),
+                until(),
+            ));
         }
         let map = Socketmap::new(limiter.clone());
         for a in &cfg.socketmap.listen {

@@ -27,6 +27,7 @@ pub struct AgentConfig {
     pub milter: AdapterSettings,
     pub policy: AdapterSettings,
     pub socketmap: SocketmapSettings,
+    pub logs: LogSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -154,6 +155,28 @@ impl Default for SocketmapSettings {
     }
 }
 
+/// The MTA's log files to follow (`[logs]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// e.g. `/var/log/mail.log` (rsyslog), Postfix's `maillog_file`, Exim's mainlog.
+    pub files: Vec<PathBuf>,
+    /// How often a file at its end is looked at again.
+    pub poll: Span,
+    /// Events waiting for the limiter at most; past it they are dropped and counted.
+    pub queue: usize,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            files: Vec::new(),
+            poll: Span::millis(250),
+            queue: 10_000,
+        }
+    }
+}
+
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<AgentConfig, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -185,6 +208,15 @@ impl AgentConfig {
         for l in &self.socketmap.listen {
             l.parse::<ListenAddr>()
                 .map_err(|e| format!("socketmap.listen: {e}"))?;
+        }
+        if self.logs.poll < Span::millis(10) || self.logs.poll > Span::secs(10) {
+            return Err(format!(
+                "logs.poll: {} is not between 10ms and 10s",
+                self.logs.poll
+            ));
+        }
+        if self.logs.queue == 0 {
+            return Err("logs.queue: must be at least 1".into());
         }
         if self.limiter.endpoints.is_empty() && self.limiter.dns.is_none() {
             return Err("limiter: give endpoints or dns".into());

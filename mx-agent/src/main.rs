@@ -75,6 +75,14 @@ struct Cli {
     /// Socketmap (ban list) listen address(es).
     #[arg(long, env = "MXAGENT_SOCKETMAP", value_delimiter = ',')]
     socketmap: Vec<String>,
+    /// MTA log file(s) to follow for refusals no adapter sees (e.g. /var/log/mail.log).
+    #[arg(
+        long = "log-file",
+        env = "MXAGENT_LOG_FILES",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    log_files: Vec<PathBuf>,
     /// Serve Prometheus metrics over HTTP on this address (any path, e.g. /metrics).
     #[arg(long, env = "MXAGENT_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -141,15 +149,19 @@ async fn main() -> Result<()> {
     if !cli.socketmap.is_empty() {
         cfg.socketmap.listen = cli.socketmap.clone();
     }
+    if !cli.log_files.is_empty() {
+        cfg.logs.files = cli.log_files.clone();
+    }
     cfg.validate()
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
     if cfg.milter.listen.is_empty()
         && cfg.policy.listen.is_empty()
         && cfg.socketmap.listen.is_empty()
+        && cfg.logs.files.is_empty()
     {
         anyhow::bail!(
-            "nothing to serve: give --milter, --policy-service or --socketmap (or listen addresses in the config file)"
+            "nothing to serve: give --milter, --policy-service, --socketmap or --log-file (or listen addresses or log files in the config file)"
         );
     }
     if cli.check {

@@ -22,6 +22,16 @@ pub const LEASES_LIVE: &str = "mxagent_leases_live";
 /// `socketmap`) and `cause` (see [`Undecided`]).
 pub const UNDECIDED: &str = "mxagent_undecided_sessions_total";
 
+/// Log lines read, by `result` (`matched`, `skipped`, `too_long`).
+pub const LOG_LINES: &str = "mxagent_log_lines_total";
+/// Events found in the logs, by `kind` (`unknown_recipient`, `pregreet`,
+/// `protocol_error`, `auth_failure`).
+pub const LOG_EVENTS: &str = "mxagent_log_events_total";
+/// Log events not sent to the limiter, by `reason`: `queue_full` (the limiter slower
+/// than the log), `unpaired` (a sendmail recipient whose client never came),
+/// `counted_already` (the milter, or another log file, reported the same refusal).
+pub const LOG_DROPPED: &str = "mxagent_log_events_dropped_total";
+
 /// Why the limiter did not decide a session (or a connection of the MTA's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Undecided {
@@ -91,6 +101,29 @@ pub fn undecided(adapter: &'static str, cause: Undecided, detail: &dyn std::fmt:
 
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
+/// Warns `what` the first time for `key`, then at most every 10 s with the count in
+/// between: a flood is one line per period.
+pub fn warn_every(key: &'static str, what: &dyn std::fmt::Display) {
+    type Last = Vec<(&'static str, Instant, u64)>;
+    static LAST: Mutex<Last> = Mutex::new(Vec::new());
+    let now = Instant::now();
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    match last.iter_mut().find(|e| e.0 == key) {
+        Some(e) if now.duration_since(e.1) < WARN_EVERY => e.2 += 1,
+        Some(e) => {
+            let since = e.2 + 1;
+            (e.1, e.2) = (now, 0);
+            drop(last);
+            tracing::warn!(times = since, "{what}");
+        }
+        None => {
+            last.push((key, now, 0));
+            drop(last);
+            tracing::warn!(times = 1, "{what}");
+        }
+    }
+}
+
 pub fn describe() {
     describe_counter!(CALLS, "Limiter calls, by rpc and result.");
     describe_counter!(
@@ -109,6 +142,12 @@ pub fn describe() {
     describe_counter!(
         UNDECIDED,
         "Sessions the limiter could not decide, by adapter and cause."
+    );
+    describe_counter!(LOG_LINES, "Log lines read, by result.");
+    describe_counter!(LOG_EVENTS, "Events found in the MTA's logs, by kind.");
+    describe_counter!(
+        LOG_DROPPED,
+        "Log events not sent to the limiter, by reason."
     );
     describe_gauge!(
         LEASES_LIVE,

@@ -172,6 +172,11 @@ impl Sendmail {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The file [`Sendmail::log`] reads, written as sendmail logs.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
 }
 
 /// A syslog socket at `sock` whose messages are appended to `file` as rsyslog's

@@ -2,6 +2,7 @@
 //! verdicts into the MTA's replies, and never lets a reply wait past its `max_delay`.
 
 mod accept;
+pub mod logs;
 pub mod milter;
 pub mod policy;
 pub mod socketmap;

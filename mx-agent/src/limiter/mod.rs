@@ -5,6 +5,7 @@
 
 pub mod breaker;
 pub mod channel;
+pub mod counted;
 pub mod sessions;
 pub mod tls;
 
@@ -109,6 +110,8 @@ pub struct Limiter {
     lease_ttl_ms: AtomicU64,
     next_id: AtomicU64,
     pub stats: Stats,
+    /// Rejected recipients counted lately, so that none counts twice.
+    pub counted: counted::Counted,
 }
 
 /// Why the limiter gave no answer.
@@ -152,6 +155,7 @@ impl Limiter {
             lease_ttl_ms: AtomicU64::new(30_000),
             next_id: AtomicU64::new(1),
             stats: Stats::default(),
+            counted: counted::Counted::default(),
         }
     }
 
@@ -399,6 +403,9 @@ impl Limiter {
         name: Option<&str>,
         rcpt: Rcpt<'_>,
     ) -> (Verdict, Origin) {
+        if rcpt.rejected {
+            self.counted.note(ip, rcpt.recipient);
+        }
         let req = RecipientRequest {
             node: self.node.clone(),
             session_id: session.to_string(),

@@ -1,0 +1,192 @@
+//! The MTA's log as an adapter, through real MTAs: refusals no milter is told of,
+//! counted at the limiter from the log and banned on every MX.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use testkit::postfix::{Postfix, PostfixOptions};
+use testkit::sendmail::{Sendmail, SendmailOptions};
+use testkit::smtp::{Reply, Smtp};
+
+const POLICY: &str = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n\
+[bad_rcpt]\ntarpit_after = 0\nnetwork_tarpit_after = 0\nblock_after = 2\nnetwork_block_after = 0\nblock_for = \"1h\"\n\
+[envelope]\nbad_rcpt_throttle = 0\n";
+
+/// One session: the recipients' replies, then QUIT (when sendmail logs the client).
+async fn session(server: SocketAddr, from: &str, rcpts: &[String]) -> Vec<Reply> {
+    let (mut s, greeting) = Smtp::connect(from.parse().unwrap(), server)
+        .await
+        .expect("TCP connect");
+    let mut replies = vec![greeting];
+    for cmd in [
+        "EHLO client.example".to_string(),
+        "MAIL FROM:<a@client.example>".into(),
+    ]
+    .into_iter()
+    .chain(rcpts.iter().map(|r| format!("RCPT TO:<{r}>")))
+    {
+        match s.cmd(&cmd).await {
+            Ok(r) => replies.push(r),
+            Err(_) => break,
+        }
+    }
+    let _ = s.cmd("QUIT").await;
+    replies
+}
+
+/// The seed operator's setup: sendmail refuses a domain's unknown users with a
+/// virtusertable catch-all (`553 5.3.0 User unknown`), which no milter is told of.
+/// The agent follows sendmail's log; three such refusals (past block_after = 2) ban the source
+/// cluster-wide, so a Postfix MX of the same cluster refuses it at connect. IPv4 and
+/// IPv6 attackers; a legitimate client of the same networks is not refused.
+// Long on purpose: one scenario whose steps build on each other, read top to bottom.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sendmail_virtusertable_refusals_from_the_log_ban_on_every_mx() {
+    testkit::ipv6::route_on_lo("2001:db8:73::".parse().unwrap());
+    let limiter = limiter(POLICY, "").await;
+    let sm = Sendmail::start(
+        "logs1",
+        &SendmailOptions {
+            ipv6: true,
+            log: true,
+            virtusertable: Some("root@mx.test\troot\n@mx.test\terror:nouser User unknown\n".into()),
+            ..Default::default()
+        },
+    );
+    // mx1 (sendmail) has no milter: its agent reads its log. mx2 (Postfix) has the
+    // agent's milter, as recommended.
+    let mut cfg1 = config("mx1", &[limiter.addr]);
+    cfg1.milter.listen.clear();
+    cfg1.policy.listen.clear();
+    cfg1.socketmap.listen.clear();
+    cfg1.logs.files = vec![sm.log_path().to_path_buf()];
+    cfg1.logs.poll = mxlimit_core::policy::duration::Span::millis(20);
+    let a1 = agent(&cfg1).await;
+    let mut cfg2 = config("mx2", &[limiter.addr]);
+    cfg2.policy.listen.clear();
+    cfg2.socketmap.listen.clear();
+    let a2 = agent(&cfg2).await;
+    let pf = Postfix::start(
+        "logs2",
+        &PostfixOptions {
+            milter: Some(format!("inet:{}", tcp(&a2.milter[0]))),
+            mailboxes: vec!["alice@mx.test".into()],
+            ipv6: true,
+            ..Default::default()
+        },
+    );
+
+    for (attacker, at_sendmail, at_postfix) in [
+        ("127.0.0.83", sm.addr(), pf.addr()),
+        ("2001:db8:73::5", sm.addr6(), pf.addr6()),
+    ] {
+        let before = session(at_postfix, attacker, &[]).await;
+        assert!(
+            before.iter().all(|r| r.code < 400),
+            "{attacker} before: {before:?}"
+        );
+        let unknown: Vec<String> = (0..3).map(|i| format!("nobody{i}@mx.test")).collect();
+        let r = session(at_sendmail, attacker, &unknown).await;
+        assert!(r[3..].iter().all(|r| r.code == 553), "{attacker}: {r:?}");
+        // Counted from the log once sendmail wrote the session's from= line; then
+        // banned at Postfix's connect.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = session(at_postfix, attacker, &[]).await;
+            if r.iter().any(|r| r.code == 421) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{attacker} never banned at Postfix: {r:?}\nsendmail's log:\n{}",
+                sm.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // A legitimate sender of the same networks delivers at both.
+    for (client, server) in [
+        ("127.0.0.84", sm.addr()),
+        ("127.0.0.84", pf.addr()),
+        ("2001:db8:73::6", pf.addr6()),
+    ] {
+        let rcpt = if server == sm.addr() {
+            "root@mx.test"
+        } else {
+            "alice@mx.test"
+        };
+        let r = session(server, client, &[rcpt.to_string()]).await;
+        assert!(r.iter().all(|r| r.code < 300), "{client}: {r:?}");
+    }
+    a1.stop().await;
+    a2.stop().await;
+}
+
+/// Never twice: a Postfix whose milter and whose log both go to one agent. The milter
+/// reports each unknown recipient; the same refusals read from the log are known and
+/// not sent again. With block_after = 3, three refusals counted once do not ban
+/// (counted twice they would); a fourth does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_the_milter_reported_is_not_counted_again_from_the_log() {
+    let limiter = limiter(
+        &POLICY.replace("block_after = 2\n", "block_after = 3\n"),
+        "",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // The agent is told of the log before Postfix (and its directory) exists: a name
+    // of ours, made a link to Postfix's maillog_file once it does. The follower waits
+    // for a file that is not there yet and reads it from its start.
+    let log = dir.path().join("maillog");
+    let mut cfg = config("mx1", &[limiter.addr]);
+    cfg.policy.listen.clear();
+    cfg.socketmap.listen.clear();
+    cfg.logs.files = vec![log.clone()];
+    cfg.logs.poll = mxlimit_core::policy::duration::Span::millis(20);
+    let a = agent(&cfg).await;
+    let pf = Postfix::start(
+        "logs3",
+        &PostfixOptions {
+            milter: Some(format!("inet:{}", tcp(&a.milter[0]))),
+            mailboxes: vec!["alice@mx.test".into()],
+            ..Default::default()
+        },
+    );
+    std::os::unix::fs::symlink(pf.dir().join("maillog"), &log).unwrap();
+    let attacker = "127.0.0.85";
+    let unknown: Vec<String> = (0..3).map(|i| format!("nobody{i}@mx.test")).collect();
+    let r = session(pf.addr(), attacker, &unknown).await;
+    assert!(r[3..].iter().all(|r| r.code == 550), "{r:?}");
+    // The log's three refusals, each known as the milter's.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.logs.duplicates.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the log's refusals never came: {:?}\n{}",
+            a.logs,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        a.logs.reported.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // Counted once: three do not go past block_after = 3.
+    let r = session(pf.addr(), attacker, &[]).await;
+    assert!(
+        r.iter().all(|r| r.code < 400),
+        "banned, so counted twice: {r:?}"
+    );
+    // The fourth does.
+    session(pf.addr(), attacker, &["nobody3@mx.test".to_string()]).await;
+    let r = session(pf.addr(), attacker, &[]).await;
+    assert!(
+        r.iter().any(|r| r.code == 421),
+        "not banned after four: {r:?}"
+    );
+    a.stop().await;
+}
