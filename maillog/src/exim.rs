@@ -10,8 +10,9 @@
 //!   `cannot_route_message`), or `...: Unrouteable address` (`route.c:1898`).
 //! - Talking before the greeting (`smtp_in.c:3091`): `SMTP protocol synchronization
 //!   error (input sent without waiting for greeting): rejected connection from
-//!   H=[192.0.2.7] input="EHLO x\r\n"`; later in the session (`:5979`) the same
-//!   error with `(next input sent too soon: ...)`.
+//!   H=[192.0.2.7] input="EHLO x\r\n"`. The same error later in the session
+//!   (`:5979`, `(next input sent too soon: ...)`) quotes the client's input before
+//!   `H=`, and is not read.
 //! - AUTH (`smtp_in.c:4202`, no `H=`): `login authenticator failed for
 //!   (client.example) [192.0.2.7]: 535 Incorrect authentication data (set_id=bob)`.
 
@@ -24,29 +25,25 @@ pub fn is_exim(program: &str) -> bool {
 /// Reads one Exim line; whether it gave an event.
 pub fn line(l: &Line<'_>, out: &mut Vec<Event>) -> bool {
     let m = l.message;
-    if let Some((_, rest)) = m.split_once("SMTP protocol synchronization error (") {
-        let kind = if rest.starts_with("input sent without waiting for greeting") {
-            Kind::Pregreet
-        } else {
-            Kind::ProtocolError
-        };
-        return push(out, l, kind, host(m), None, "sync");
+    // Only the one before the greeting: later synchronization errors quote the
+    // client's own input before `H=`, which could then spell another client.
+    if let Some(rest) = m.strip_prefix(
+        "SMTP protocol synchronization error (input sent without waiting for greeting): rejected connection from H=",
+    ) {
+        return push(out, l, Kind::Pregreet, host(rest), None, "sync");
     }
     if let Some((_, rest)) = m.split_once(" authenticator failed for ") {
-        let client = rest.split_once(": ").map_or(rest, |(c, _)| c);
-        return push(
-            out,
-            l,
-            Kind::AuthFailure,
-            ip::last_bracketed(client),
-            None,
-            "auth",
-        );
+        return push(out, l, Kind::AuthFailure, host(rest), None, "auth");
     }
-    let Some((head, rest)) = m.split_once(" rejected RCPT <") else {
+    // `H=<client> ... rejected RCPT <rcpt>: <why>`: `H=` first, before anything the
+    // client chose (its sender, its recipient).
+    let Some(rest) = m.strip_prefix("H=") else {
         return false;
     };
-    let Some((rcpt, why)) = rest.split_once(">: ") else {
+    let Some((_, rest)) = rest.split_once(" rejected RCPT <") else {
+        return false;
+    };
+    let Some((rcpt, why)) = rest.rsplit_once(">: ") else {
         return false;
     };
     let why = why.trim_start();
@@ -61,16 +58,28 @@ pub fn line(l: &Line<'_>, out: &mut Vec<Event>) -> bool {
         out,
         l,
         Kind::UnknownRecipient,
-        host(head),
+        host(m.strip_prefix("H=").unwrap_or(m)),
         Some(rcpt.to_string()),
         &tail,
     )
 }
 
-/// The address of `H=...`: its first bracket.
-fn host(m: &str) -> Option<std::net::IpAddr> {
-    let (_, h) = m.split_once("H=")?;
-    ip::first_bracketed(h)
+/// The address of a host as Exim writes it after `H=` (`host.c:530`): `[ip]`,
+/// `(helo) [ip]`, `name [ip]` or `name (helo) [ip]`, then `:port` or a space. The
+/// HELO is the client's and may itself be an address literal, `[192.0.2.1]`; the
+/// name is a verified reverse name (no brackets, no parentheses).
+fn host(h: &str) -> Option<std::net::IpAddr> {
+    let mut rest = h;
+    if !rest.starts_with(['[', '(']) {
+        rest = rest.split_once(' ')?.1;
+    }
+    if let Some(r) = rest.strip_prefix('(') {
+        // A HELO holds no `)` (Exim refuses one that is not a name or a literal).
+        rest = r.split_once(") ")?.1;
+    }
+    let r = rest.strip_prefix('[')?;
+    let (addr, _) = r.split_once(']')?;
+    ip::parse(addr)
 }
 
 fn push(
@@ -130,10 +139,27 @@ mod tests {
                     Some("v@example.test".into())
                 ),
                 (Kind::Pregreet, "192.0.2.9".into(), None),
-                (Kind::ProtocolError, "192.0.2.10".into(), None),
                 (Kind::AuthFailure, "192.0.2.11".into(), None),
             ]
         );
-        assert_eq!(r.stats().skipped, 1);
+        // Relay not permitted, and the synchronization error after the greeting.
+        assert_eq!(r.stats().skipped, 2);
+    }
+
+    /// A HELO may be an address literal, and a sender or recipient may spell `H=`:
+    /// neither names the client.
+    #[test]
+    fn text_the_client_chose_never_names_the_client() {
+        let mut r = Reader::new();
+        let mut out = Vec::new();
+        for l in [
+            "2024-06-03 10:00:01 H=([198.51.100.1]) [192.0.2.7] F=<a@b.example> rejected RCPT <nouser@example.test>: Unknown user",
+            "2024-06-03 10:00:01 H=mail.example ([198.51.100.1]) [192.0.2.8]:25 F=<\"H=[198.51.100.1]\"@b> rejected RCPT <x@example.test>: Unknown user",
+            "2024-06-03 10:00:02 login authenticator failed for ([198.51.100.1]) [192.0.2.9]: 535 Incorrect authentication data",
+        ] {
+            r.line(l, &mut out);
+        }
+        let ips: Vec<String> = out.iter().map(|e| e.ip.to_string()).collect();
+        assert_eq!(ips, ["192.0.2.7", "192.0.2.8", "192.0.2.9"]);
     }
 }

@@ -14,12 +14,16 @@ pub fn parse(text: &str) -> Option<IpAddr> {
     Some(ip.to_canonical())
 }
 
-/// The address in the last `[...]` of `text`: `host.example [192.0.2.7]`,
-/// `[IPv6:2001:db8::1] (may be forged)`.
-pub fn last_bracketed(text: &str) -> Option<IpAddr> {
-    let close = text.rfind(']')?;
-    let open = text[..close].rfind('[')?;
-    parse(&text[open + 1..close])
+/// The address of a client the MTA wrote as `name [addr]`, `[addr]`, maybe followed
+/// by ` (may be forged)`, and nothing else after: a reverse name is the client's to
+/// choose and may hold brackets of its own, and a field cut to its maximum length
+/// (sendmail's `relay=%.100s`) may have lost the real address.
+pub fn trailing_bracketed(text: &str) -> Option<IpAddr> {
+    let t = text.trim_end();
+    let t = t.strip_suffix(" (may be forged)").unwrap_or(t);
+    let inner = t.strip_suffix(']')?;
+    let open = inner.rfind('[')?;
+    parse(&inner[open + 1..])
 }
 
 /// The address in the first `[...]` of `text`.
@@ -40,13 +44,18 @@ mod tests {
         assert_eq!(parse("ipv6:2001:db8::1"), Some(v6));
         assert_eq!(parse("::ffff:192.0.2.7"), parse("192.0.2.7"));
         assert_eq!(
-            last_bracketed("host.example [192.0.2.7] (may be forged)"),
+            trailing_bracketed("host.example [192.0.2.7] (may be forged)"),
             parse("192.0.2.7")
         );
         assert_eq!(first_bracketed("[2001:db8::1]:52311 to [::1]:25"), Some(v6));
+        assert_eq!(
+            trailing_bracketed("[198.51.100.1].x [192.0.2.7] (may be forged)"),
+            parse("192.0.2.7")
+        );
+        assert_eq!(trailing_bracketed("x [198.51.100.1] cut her"), None);
         for bad in ["", "IPv6:", "[", "]", "999.1.1.1", "ipv6"] {
             assert_eq!(parse(bad), None, "{bad}");
-            assert_eq!(last_bracketed(bad), None, "{bad}");
+            assert_eq!(trailing_bracketed(bad), None, "{bad}");
         }
     }
 }

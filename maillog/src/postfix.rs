@@ -91,7 +91,8 @@ fn push_id(
     recipient: Option<String>,
     tail: &str,
 ) -> bool {
-    // `name[addr]`, `name[addr]:port`, `[addr]:port ...`: the first bracket.
+    // `name[addr]`, `name[addr]:port` (smtpd checks that a name is a valid host
+    // name: no brackets), `[addr]:port ...`: the first bracket.
     let Some(addr) = ip::first_bracketed(client) else {
         return false;
     };

@@ -32,10 +32,14 @@ use std::net::IpAddr;
 
 use crate::{Event, Kind, Line, ip};
 
-/// Sessions waiting for their client's address at most, and recipients per session:
-/// a log that never says `from=` must not grow memory.
+/// Sessions waiting for their client's address at most, recipients per session, and
+/// bytes of all their recipients and time stamps: a log that never says `from=` must
+/// not grow memory. Past a bound the oldest sessions go first (counted as dropped).
 const MAX_SESSIONS: usize = 10_000;
-const MAX_RECIPIENTS: usize = 1_000;
+const MAX_RECIPIENTS: usize = 100;
+const MAX_BYTES: usize = 16 << 20;
+/// A recipient is kept to this many bytes: it only names the event.
+const MAX_RECIPIENT: usize = 512;
 
 pub fn is_sendmail(program: &str) -> bool {
     matches!(program, "sm-mta" | "sendmail" | "sm-msp-queue")
@@ -47,12 +51,15 @@ pub struct Sessions {
     waiting: HashMap<String, Waiting>,
     /// Queue ids in the order they came, to drop the oldest first.
     order: VecDeque<String>,
+    /// Bytes held in `waiting`, about.
+    bytes: usize,
     dropped: u64,
 }
 
 #[derive(Debug, Default)]
 struct Waiting {
     recipients: Vec<(String, String)>,
+    bytes: usize,
 }
 
 impl Sessions {
@@ -63,45 +70,52 @@ impl Sessions {
             Some((q, w)) if !q.is_empty() && !q.contains(' ') => (q, w),
             _ => ("", l.message),
         };
+        // Client addresses are read from where sendmail puts them, never from text a
+        // client chose (its reverse name, a recipient, a sender): see
+        // `ip::trailing_bracketed`.
         if let Some(rest) = what.strip_prefix("rejecting commands from ")
-            && rest.contains("due to pre-greeting traffic")
+            && let Some((client, _)) = rest.rsplit_once(" due to pre-greeting traffic")
         {
-            return emit_one(out, Kind::Pregreet, ip::first_bracketed(rest), l, None);
+            return emit_one(out, Kind::Pregreet, ip::trailing_bracketed(client), l, None);
         }
         if let Some(rest) = what.strip_prefix("AUTH failure (") {
             let relay = rest.rsplit_once(", relay=").map(|(_, r)| r);
-            return emit_one(
-                out,
-                Kind::AuthFailure,
-                relay.and_then(ip::last_bracketed),
-                l,
-                None,
-            );
+            let addr = relay.and_then(ip::trailing_bracketed);
+            return emit_one(out, Kind::AuthFailure, addr, l, None);
         }
         if qid.is_empty() {
             return false;
         }
-        // Before the suffix test: a check_rcpt refusal may end in "User unknown" too.
+        // A check_rcpt refusal: its `relay=` cannot be told from text the client put
+        // in `arg1=` (the recipient) or in `reject=`, so it waits for the session's
+        // `from=` line as an unknown user does. Before the suffix test: it may end in
+        // "User unknown" too.
         if let Some(rest) = what.strip_prefix("ruleset=check_rcpt, arg1=") {
-            return check_rcpt(qid, rest, l, out);
+            return match check_rcpt(rest) {
+                Some(rcpt) => {
+                    self.wait(qid, rcpt, l.time);
+                    true
+                }
+                None => false,
+            };
         }
-        if let Some(rcpt) = what.strip_suffix("... User unknown")
-            && rcpt.starts_with('<')
-        {
+        if let Some(rcpt) = what.strip_suffix("... User unknown") {
             self.wait(qid, rcpt, l.time);
             return true;
         }
+        // `from=` ends with `relay=`, after everything the client chose (sender,
+        // message id); `lost input channel from <relay> to <daemon> after <command>`.
         let client = if let Some(rest) = what.strip_prefix("from=") {
             rest.rsplit_once(", relay=").map(|(_, r)| r)
         } else if let Some(rest) = what.strip_prefix("lost input channel from ") {
-            rest.split_once(" to ").map(|(c, _)| c)
+            rest.rsplit_once(" to ").map(|(c, _)| c)
         } else {
             None
         };
         let Some(client) = client else {
             return false;
         };
-        match ip::last_bracketed(client) {
+        match ip::trailing_bracketed(client) {
             Some(addr) => {
                 self.release(qid, addr, out);
                 true
@@ -115,15 +129,9 @@ impl Sessions {
     }
 
     fn wait(&mut self, qid: &str, rcpt: &str, time: &str) {
+        let rcpt = clip(unbracket(rcpt), MAX_RECIPIENT);
+        let size = rcpt.len() + time.len() + 64;
         if !self.waiting.contains_key(qid) {
-            while self.waiting.len() >= MAX_SESSIONS {
-                let Some(old) = self.order.pop_front() else {
-                    break;
-                };
-                if let Some(w) = self.waiting.remove(&old) {
-                    self.dropped += w.recipients.len() as u64;
-                }
-            }
             // Released ids stay in `order` until here: compacting now and then keeps
             // a release O(1).
             if self.order.len() >= 2 * MAX_SESSIONS {
@@ -132,10 +140,31 @@ impl Sessions {
             }
             self.order.push_back(qid.to_string());
         }
+        let new = !self.waiting.contains_key(qid);
+        // Each turn drops one session (or passes over an id released, or this one);
+        // `order` bounds the turns.
+        for _ in 0..self.order.len() {
+            let full = new && self.waiting.len() >= MAX_SESSIONS;
+            if !full && self.bytes + size <= MAX_BYTES {
+                break;
+            }
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if old == qid {
+                self.order.push_back(old);
+                continue;
+            }
+            if let Some(w) = self.waiting.remove(&old) {
+                self.dropped += w.recipients.len() as u64;
+                self.bytes = self.bytes.saturating_sub(w.bytes);
+            }
+        }
         let w = self.waiting.entry(qid.to_string()).or_default();
         if w.recipients.len() < MAX_RECIPIENTS {
-            w.recipients
-                .push((unbracket(rcpt).to_string(), time.to_string()));
+            w.recipients.push((rcpt.to_string(), time.to_string()));
+            w.bytes += size;
+            self.bytes += size;
         } else {
             self.dropped += 1;
         }
@@ -145,6 +174,7 @@ impl Sessions {
         let Some(w) = self.waiting.remove(qid) else {
             return;
         };
+        self.bytes = self.bytes.saturating_sub(w.bytes);
         for (n, (rcpt, time)) in w.recipients.into_iter().enumerate() {
             out.push(Event {
                 kind: Kind::UnknownRecipient,
@@ -157,29 +187,13 @@ impl Sessions {
     }
 }
 
-/// A `check_rcpt` refusal: an event when it refuses an unknown user.
-fn check_rcpt(qid: &str, rest: &str, l: &Line<'_>, out: &mut Vec<Event>) -> bool {
-    let Some((arg1, rest)) = rest.split_once(", relay=") else {
-        return false;
-    };
-    let Some((relay, reject)) = rest.split_once(", reject=") else {
-        return false;
-    };
-    if !(reject.contains("User unknown") || reject.contains(" 5.1.1 ")) {
-        return false;
-    }
-    let Some(addr) = ip::last_bracketed(relay) else {
-        return false;
-    };
-    let rcpt = unbracket(arg1).to_string();
-    out.push(Event {
-        kind: Kind::UnknownRecipient,
-        ip: addr,
-        id: format!("sendmail:{qid}:check_rcpt:{rcpt}"),
-        recipient: Some(rcpt),
-        time: l.time.to_string(),
-    });
-    true
+/// The recipient of a `check_rcpt` refusal of an unknown user (`arg1=<rcpt>, relay=...,
+/// reject=550 5.1.1 ... User unknown`), if that is what it refused. The recipient is
+/// the client's text: it names the event, nothing more.
+fn check_rcpt(rest: &str) -> Option<&str> {
+    let (arg1, _) = rest.split_once(", relay=")?;
+    let (_, reject) = rest.rsplit_once(", reject=")?;
+    (reject.contains("User unknown") || reject.contains(" 5.1.1 ")).then_some(arg1)
 }
 
 fn emit_one(
@@ -205,6 +219,18 @@ fn emit_one(
         ),
     });
     true
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn unbracket(a: &str) -> &str {
@@ -289,10 +315,33 @@ mod tests {
         let (ev, st) = read(&[
             "Jun  3 10:00:01 mx sm-mta[9]: 553A0x1F000009: ruleset=check_rcpt, arg1=<u@example.test>, relay=[192.0.2.9], reject=550 5.1.1 <u@example.test>... User unknown",
             "Jun  3 10:00:01 mx sm-mta[9]: 553A0x1F000009: ruleset=check_rcpt, arg1=<x@example.org>, relay=[192.0.2.9], reject=550 5.7.1 <x@example.org>... Relaying denied",
+            "Jun  3 10:00:02 mx sm-mta[9]: 553A0x1F000009: from=<a@b.example>, size=0, class=0, nrcpts=0, proto=ESMTP, daemon=MTA-v4, relay=[192.0.2.9]",
         ]);
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].recipient.as_deref(), Some("u@example.test"));
+        assert_eq!(ev[0].ip.to_string(), "192.0.2.9");
         assert_eq!(st.skipped, 1);
+    }
+
+    /// A client chooses its recipients, its sender and its reverse name: none of them
+    /// can make an event count for an address of its choice.
+    #[test]
+    fn text_the_client_chose_never_names_the_client() {
+        let victim = "198.51.100.1";
+        let (ev, _) = read(&[
+            // A recipient that spells a relay= and a reject= of its own.
+            "Jun  3 10:00:01 mx sm-mta[9]: q1: ruleset=check_rcpt, arg1=<\"x, relay=[198.51.100.1], reject=550 5.1.1 \"@example.org>, relay=[203.0.113.9], reject=550 5.7.1 <\"x, relay=[198.51.100.1], reject=550 5.1.1 \"@example.org>... Relaying denied",
+            // A sender that spells a relay=.
+            "Jun  3 10:00:02 mx sm-mta[9]: q1: from=<\"y, relay=[198.51.100.1]\"@b.example>, size=0, class=0, nrcpts=0, proto=ESMTP, daemon=MTA, relay=[203.0.113.9]",
+            // A reverse name with brackets, before pre-greeting traffic.
+            "Jun  3 10:00:03 mx sm-mta[10]: q2: rejecting commands from [198.51.100.1].evil.example [203.0.113.10] due to pre-greeting traffic after 0 seconds",
+            // relay=%.100s cut the real address off: nothing is counted.
+            "Jun  3 10:00:04 mx sm-mta[11]: q3: AUTH failure (LOGIN): authentication failure (-13) SASL(-13): x, user=bob, relay=[198.51.100.1].aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa [203.0",
+        ]);
+        assert!(ev.iter().all(|e| e.ip.to_string() != victim), "{ev:?}");
+        // The first line's own text says "5.1.1": the client is charged, not the victim.
+        let ips: Vec<String> = ev.iter().map(|e| e.ip.to_string()).collect();
+        assert_eq!(ips, ["203.0.113.9", "203.0.113.10"]);
     }
 
     #[test]

@@ -58,21 +58,18 @@ pub fn read(files: &[PathBuf], o: &Options) -> Result<(Vec<(String, Tally)>, Sta
     let mut reader = Reader::new();
     let mut by_source: HashMap<String, Tally> = HashMap::new();
     let mut events = Vec::new();
+    // Every file is opened first: a typo in the last name must not cost the reading
+    // of all the others.
+    let inputs = files
+        .iter()
+        .map(|p| open(p).map(|r| (p, r)))
+        .collect::<Result<Vec<_>>>()?;
     let mut buf = Vec::new();
-    for path in files {
-        let input: Box<dyn Read> = if path == Path::new("-") {
-            Box::new(std::io::stdin().lock())
-        } else {
-            Box::new(
-                std::fs::File::open(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?,
-            )
-        };
+    for (path, input) in inputs {
         let mut lines = BufReader::with_capacity(1 << 16, input);
         loop {
             buf.clear();
-            let n = lines
-                .read_until(b'\n', &mut buf)
+            let n = read_line(&mut lines, &mut buf)
                 .with_context(|| format!("cannot read {}", path.display()))?;
             if n == 0 {
                 break;
@@ -95,6 +92,51 @@ pub fn read(files: &[PathBuf], o: &Options) -> Result<(Vec<(String, Tally)>, Sta
     });
     rows.truncate(o.limit);
     Ok((rows, reader.stats()))
+}
+
+/// `path`, or standard input for `-`; a compressed log is refused with what to do.
+fn open(path: &Path) -> Result<Box<dyn Read>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(std::io::stdin().lock()));
+    }
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut magic = [0u8; 2];
+    let n = f
+        .read(&mut magic)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if n == 2 && magic == [0x1f, 0x8b] {
+        anyhow::bail!(
+            "{} is gzip-compressed: give it decompressed, e.g. `zcat {} | mxlimit import-log -`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(Box::new(std::io::Cursor::new(magic[..n].to_vec()).chain(f)))
+}
+
+/// Lines are kept to 64 KiB (the rest of a longer one is skipped): a file without
+/// newlines must not be read into memory whole. Returns the bytes consumed.
+fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    const MAX: usize = 64 * 1024;
+    let mut consumed = 0;
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(consumed);
+        }
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = MAX.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..take.min(room)]);
+        r.consume(take);
+        consumed += take;
+        if done {
+            return Ok(consumed);
+        }
+    }
 }
 
 /// The source an event counts for: its address, or its network.

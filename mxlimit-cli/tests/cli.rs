@@ -661,3 +661,43 @@ async fn import_log_counts_a_sendmail_virtusertable_s_refusals() {
         sm.log()
     );
 }
+
+/// What an operator gets wrong with import-log is said before anything is read, and
+/// a file that is not a log costs neither a crash nor its size in memory.
+#[test]
+fn import_log_errors_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("mail.log");
+    std::fs::write(&good, "Jun  3 10:00:01 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[192.0.2.7]: 550 5.1.1 <u@mx.test>: Recipient address rejected: User unknown in local recipient table; from=<> to=<u@mx.test> proto=ESMTP\n").unwrap();
+    let gz = dir.path().join("mail.log.2.gz");
+    std::fs::write(&gz, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0]).unwrap();
+    let no_newline = dir.path().join("blob");
+    std::fs::write(&no_newline, vec![b'x'; 5 << 20]).unwrap();
+    let run = |files: &[&std::path::Path]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mxlimit"))
+            .arg("import-log")
+            .args(files)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[&good, &dir.path().join("missing.log")]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("cannot read") && e.contains("missing.log"),
+        "{e}"
+    );
+    assert!(!e.contains("lines read"), "read before the error: {e}");
+    let o = run(&[&gz]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("gzip-compressed") && e.contains("zcat"), "{e}");
+    let o = run(&[&no_newline, &good]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("2 lines read, 1 of use, 1 of no interest"),
+        "{e}"
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("192.0.2.0/24"));
+}

@@ -31,16 +31,7 @@ impl Counted {
         let key = key(ip, recipient);
         let now = Instant::now();
         let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        i.expire(now);
-        while i.order.len() >= MAX {
-            if let Some((k, at)) = i.order.pop_front()
-                && i.at.get(&k) == Some(&at)
-            {
-                i.at.remove(&k);
-            }
-        }
-        i.at.insert(key.clone(), now);
-        i.order.push_back((key, now));
+        i.insert(key, now);
     }
 
     /// Whether this refusal was counted within [`REMEMBER`].
@@ -48,6 +39,22 @@ impl Counted {
         let key = key(ip, recipient);
         let i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         i.at.get(&key).is_some_and(|at| at.elapsed() < REMEMBER)
+    }
+
+    /// Notes this refusal, and says whether it is new: checked and noted under one
+    /// lock, so that of two callers at once only one hears yes.
+    pub fn first_time(&self, ip: IpAddr, recipient: &str) -> bool {
+        let key = key(ip, recipient);
+        let now = Instant::now();
+        let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if i.at
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < REMEMBER)
+        {
+            return false;
+        }
+        i.insert(key, now);
+        true
     }
 }
 
@@ -59,10 +66,28 @@ fn key(ip: IpAddr, recipient: &str) -> (IpAddr, String) {
         .strip_prefix('<')
         .and_then(|r| r.strip_suffix('>'))
         .unwrap_or(r);
-    (ip, r.to_ascii_lowercase())
+    // As the limiter gets it (512 bytes): a 64 KiB recipient must not be kept whole.
+    let mut end = r.len().min(512);
+    while !r.is_char_boundary(end) {
+        end -= 1;
+    }
+    (ip, r[..end].to_ascii_lowercase())
 }
 
 impl Inner {
+    fn insert(&mut self, key: (IpAddr, String), now: Instant) {
+        self.expire(now);
+        while self.order.len() >= MAX {
+            if let Some((k, at)) = self.order.pop_front()
+                && self.at.get(&k) == Some(&at)
+            {
+                self.at.remove(&k);
+            }
+        }
+        self.at.insert(key.clone(), now);
+        self.order.push_back((key, now));
+    }
+
     fn expire(&mut self, now: Instant) {
         while let Some((k, at)) = self.order.front()
             && now.duration_since(*at) >= REMEMBER
@@ -88,6 +113,8 @@ mod tests {
         assert!(c.lately(a, "nobody@example.test"));
         assert!(!c.lately(b, "nobody@example.test"));
         assert!(!c.lately(a, "other@example.test"));
+        assert!(c.first_time(b, "x@example.test"));
+        assert!(!c.first_time(b, "x@example.test"));
         for n in 0..(MAX + 10) {
             c.note(b, &format!("u{n}@example.test"));
         }

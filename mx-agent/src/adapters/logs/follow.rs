@@ -24,48 +24,73 @@ pub trait Sink {
     /// Following began (`started`: at the end of the file, if there is one), or the
     /// file was rotated, truncated, deleted, or appeared.
     fn reopened(&mut self, why: &'static str);
+    /// The file cannot be read (not a regular file, no permission, a read error);
+    /// it is tried again every poll.
+    fn unreadable(&mut self, error: &std::io::Error);
+    /// Whoever takes the lines is gone: stop.
+    fn closed(&self) -> bool {
+        false
+    }
 }
 
 /// Follows `path` until `stop`, checking for more every `poll`.
 pub fn follow(path: &Path, poll: Duration, stop: &Arc<AtomicBool>, sink: &mut impl Sink) {
-    let mut cur: Option<Open> = Open::at_end(path);
-    sink.reopened("started");
+    let mut cur: Option<Open> = match Open::at_end(path) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            if e.kind() != ErrorKind::NotFound {
+                sink.unreadable(&e);
+            }
+            None
+        }
+    };
+    sink.reopened(if cur.is_some() { "started" } else { "waiting" });
     let mut lines = Lines::default();
     let mut chunk = vec![0u8; 64 * 1024];
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && !sink.closed() {
         let Some(f) = cur.as_mut() else {
             // Not there (yet, or deleted and not made again): a file that appears
             // later is new, and is read from its start.
-            cur = Open::at_start(path);
-            if cur.is_some() {
-                sink.reopened("created");
-                continue;
+            match Open::at_start(path) {
+                Ok(o) => {
+                    cur = Some(o);
+                    sink.reopened("created");
+                    continue;
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => sink.unreadable(&e),
             }
             std::thread::sleep(poll);
             continue;
         };
-        match f.file.read(&mut chunk) {
-            Ok(0) => {}
-            Ok(n) => {
-                f.pos += n as u64;
-                lines.push(&chunk[..n], sink);
-                continue;
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+        match f.read_to_end(&mut chunk, &mut lines, sink) {
+            Ok(true) => continue,
+            Ok(false) => {}
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "logs: read failed; reopening");
-                cur = None;
+                // Tried again at the same place: reopening would read it all again.
+                sink.unreadable(&e);
+                std::thread::sleep(poll);
                 continue;
             }
         }
         // At the end of what is open: has the file under the name changed?
         match std::fs::metadata(path) {
             Ok(m) if m.ino() != f.ino || m.dev() != f.dev => {
-                // Renamed away and made again: the old file is read to its end (done),
-                // then the new one from its start.
+                // Renamed away and made again: what the logger wrote to the old file
+                // since the read above is read first, then the new file from its
+                // start.
+                let _ = f.read_to_end(&mut chunk, &mut lines, sink);
                 lines.flush(sink);
-                cur = Open::at_start(path);
-                sink.reopened("rotated");
+                match Open::at_start(path) {
+                    Ok(o) => {
+                        cur = Some(o);
+                        sink.reopened("rotated");
+                    }
+                    Err(e) => {
+                        sink.unreadable(&e);
+                        cur = None;
+                    }
+                }
                 continue;
             }
             Ok(m) if m.len() < f.pos => {
@@ -102,22 +127,53 @@ struct Open {
 }
 
 impl Open {
-    fn at_end(path: &Path) -> Option<Open> {
+    fn at_end(path: &Path) -> std::io::Result<Open> {
         let mut o = Open::at_start(path)?;
-        o.pos = o.file.seek(SeekFrom::End(0)).ok()?;
-        Some(o)
+        o.pos = o.file.seek(SeekFrom::End(0))?;
+        Ok(o)
     }
 
-    fn at_start(path: &Path) -> Option<Open> {
-        let file = File::open(path).ok()?;
-        let m = file.metadata().ok()?;
-        Some(Open {
+    fn at_start(path: &Path) -> std::io::Result<Open> {
+        // Only regular files: a FIFO or a device would block the read, and the
+        // follower with it.
+        let m = std::fs::metadata(path)?;
+        if !m.is_file() {
+            return Err(std::io::Error::new(
+                ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let file = File::open(path)?;
+        let m = file.metadata()?;
+        Ok(Open {
             file,
             ino: m.ino(),
             dev: m.dev(),
             pos: 0,
             gone: false,
         })
+    }
+
+    /// Reads what is there now into `lines`; whether anything was.
+    fn read_to_end(
+        &mut self,
+        chunk: &mut [u8],
+        lines: &mut Lines,
+        sink: &mut impl Sink,
+    ) -> std::io::Result<bool> {
+        let mut any = false;
+        loop {
+            match self.file.read(chunk) {
+                Ok(0) => return Ok(any),
+                Ok(n) => {
+                    self.pos += n as u64;
+                    lines.push(&chunk[..n], sink);
+                    any = true;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
@@ -196,6 +252,9 @@ mod tests {
         fn reopened(&mut self, why: &'static str) {
             self.0.lock().unwrap().2.push(why);
         }
+        fn unreadable(&mut self, _: &std::io::Error) {
+            self.0.lock().unwrap().2.push("unreadable");
+        }
     }
 
     /// A follower on a thread, and a way to wait for what it has seen.
@@ -216,7 +275,14 @@ mod tests {
                 stop,
                 thread: Some(thread),
             };
-            r.reopened_for("started");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !["started", "waiting"]
+                .iter()
+                .any(|w| r.seen.0.lock().unwrap().2.contains(w))
+            {
+                assert!(Instant::now() < deadline, "never started");
+                std::thread::sleep(Duration::from_millis(5));
+            }
             r
         }
         fn reopened_for(&self, why: &str) {
@@ -296,6 +362,22 @@ mod tests {
         r.reopened_for("deleted");
         append(&log, b"e\n");
         assert_eq!(r.lines_until(5)[4], "e");
+    }
+
+    #[test]
+    fn a_fifo_is_refused_not_blocked_on_and_the_follower_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let r = Running::start(&fifo);
+        r.reopened_for("unreadable");
+        // Dropping `r` stops and joins the thread: it must not hang in an open.
     }
 
     #[test]

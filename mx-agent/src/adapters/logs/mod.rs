@@ -106,7 +106,7 @@ impl follow::Sink for Parse {
                 counter!(LOG_DROPPED, "reason" => "queue_full").increment(1);
                 warn_every(
                     "logs_queue_full",
-                    &"logs: the limiter is slower than the log; events dropped",
+                    &"logs: events dropped: the queue ([logs] queue) holds less than the log writes in the 1 s grace, or the limiter is slow",
                 );
             }
         }
@@ -119,6 +119,21 @@ impl follow::Sink for Parse {
 
     fn reopened(&mut self, why: &'static str) {
         tracing::info!(path = %self.path.display(), why, "logs: following");
+    }
+
+    fn unreadable(&mut self, error: &std::io::Error) {
+        warn_every(
+            "logs_unreadable",
+            &format_args!(
+                "logs: cannot read {}: {error} (tried again every poll)",
+                self.path.display()
+            ),
+        );
+    }
+
+    /// The agent is stopping (or its runtime is gone): the queue's reader has closed.
+    fn closed(&self) -> bool {
+        self.tx.is_closed()
     }
 }
 
@@ -151,7 +166,9 @@ async fn report(limiter: &Limiter, stats: &LogStats, e: &Event) {
         return;
     }
     let recipient = e.recipient.as_deref().unwrap_or("");
-    if limiter.counted.lately(e.ip, recipient) {
+    // Checked and noted in one step: two log files' copies of one refusal, reported
+    // at once, count once.
+    if !limiter.counted.first_time(e.ip, recipient) {
         stats.duplicates.fetch_add(1, Ordering::Relaxed);
         counter!(LOG_DROPPED, "reason" => "counted_already").increment(1);
         return;
