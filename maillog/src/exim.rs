@@ -30,10 +30,10 @@ pub fn line(l: &Line<'_>, out: &mut Vec<Event>) -> bool {
     if let Some(rest) = m.strip_prefix(
         "SMTP protocol synchronization error (input sent without waiting for greeting): rejected connection from H=",
     ) {
-        return push(out, l, Kind::Pregreet, host(rest), None, "sync");
+        return crate::push(out, "exim", l, Kind::Pregreet, host(rest), None, "sync");
     }
     if let Some((_, rest)) = m.split_once(" authenticator failed for ") {
-        return push(out, l, Kind::AuthFailure, host(rest), None, "auth");
+        return crate::push(out, "exim", l, Kind::AuthFailure, host(rest), None, "auth");
     }
     // `H=<client> ... rejected RCPT <rcpt>: <why>`: `H=` first, before anything the
     // client chose (its sender, its recipient).
@@ -54,8 +54,9 @@ pub fn line(l: &Line<'_>, out: &mut Vec<Event>) -> bool {
         return false;
     }
     let tail = format!("rcpt:{rcpt}");
-    push(
+    crate::push(
         out,
+        "exim",
         l,
         Kind::UnknownRecipient,
         host(m.strip_prefix("H=").unwrap_or(m)),
@@ -80,27 +81,6 @@ fn host(h: &str) -> Option<std::net::IpAddr> {
     let r = rest.strip_prefix('[')?;
     let (addr, _) = r.split_once(']')?;
     ip::parse(addr)
-}
-
-fn push(
-    out: &mut Vec<Event>,
-    l: &Line<'_>,
-    kind: Kind,
-    addr: Option<std::net::IpAddr>,
-    recipient: Option<String>,
-    tail: &str,
-) -> bool {
-    let Some(ip) = addr else {
-        return false;
-    };
-    out.push(Event {
-        kind,
-        ip,
-        recipient,
-        time: l.time.to_string(),
-        id: format!("exim:{}:{}:{tail}", l.pid.unwrap_or(0), l.time),
-    });
-    true
 }
 
 #[cfg(test)]

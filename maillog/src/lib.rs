@@ -68,6 +68,30 @@ pub struct Event {
     pub id: String,
 }
 
+/// Appends the event of line `l` for `addr`, when the address could be read; whether
+/// it could. The id is the MTA, the process, the time and `tail`.
+fn push(
+    out: &mut Vec<Event>,
+    mta: &str,
+    l: &Line<'_>,
+    kind: Kind,
+    addr: Option<IpAddr>,
+    recipient: Option<String>,
+    tail: &str,
+) -> bool {
+    let Some(ip) = addr else {
+        return false;
+    };
+    out.push(Event {
+        kind,
+        ip,
+        recipient,
+        time: l.time.to_string(),
+        id: format!("{mta}:{}:{}:{tail}", l.pid.unwrap_or(0), l.time),
+    });
+    true
+}
+
 /// Counts of what a [`Reader`] has read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {

@@ -39,7 +39,7 @@ pub fn line(l: &Line<'_>, out: &mut Vec<Event>) -> bool {
         && let Some((client, what)) = rest.split_once(": SASL ")
         && what.contains(" authentication failed")
     {
-        return push(out, l, Kind::AuthFailure, client, None);
+        return push(out, l, Kind::AuthFailure, client, None, "auth");
     }
     // `<queue id or NOQUEUE>: reject: RCPT from <client>: <reply>; from=...`
     let Some((qid, rest)) = m.split_once(": reject: RCPT from ") else {
@@ -56,7 +56,7 @@ pub fn line(l: &Line<'_>, out: &mut Vec<Event>) -> bool {
         .and_then(|(_, r)| r.split_once(">:"))
         .map(|(r, _)| r.to_string());
     let id_tail = format!("{qid}:{}", rcpt.as_deref().unwrap_or(""));
-    push_id(out, l, Kind::UnknownRecipient, client, rcpt, &id_tail)
+    push(out, l, Kind::UnknownRecipient, client, rcpt, &id_tail)
 }
 
 fn postscreen(l: &Line<'_>, m: &str, out: &mut Vec<Event>) -> bool {
@@ -70,20 +70,12 @@ fn postscreen(l: &Line<'_>, m: &str, out: &mut Vec<Event>) -> bool {
     let Some((_, client)) = m.split_once(" from ") else {
         return false;
     };
-    push(out, l, kind, client, None)
+    push(out, l, kind, client, None, kind.as_str())
 }
 
+/// `name[addr]`, `name[addr]:port` (smtpd checks that a name is a valid host name: no
+/// brackets), `[addr]:port ...`: the first bracket.
 fn push(
-    out: &mut Vec<Event>,
-    l: &Line<'_>,
-    kind: Kind,
-    client: &str,
-    rcpt: Option<String>,
-) -> bool {
-    push_id(out, l, kind, client, rcpt, kind.as_str())
-}
-
-fn push_id(
     out: &mut Vec<Event>,
     l: &Line<'_>,
     kind: Kind,
@@ -91,19 +83,8 @@ fn push_id(
     recipient: Option<String>,
     tail: &str,
 ) -> bool {
-    // `name[addr]`, `name[addr]:port` (smtpd checks that a name is a valid host
-    // name: no brackets), `[addr]:port ...`: the first bracket.
-    let Some(addr) = ip::first_bracketed(client) else {
-        return false;
-    };
-    out.push(Event {
-        kind,
-        ip: addr,
-        recipient,
-        time: l.time.to_string(),
-        id: format!("postfix:{}:{}:{tail}", l.pid.unwrap_or(0), l.time),
-    });
-    true
+    let addr = ip::first_bracketed(client);
+    crate::push(out, "postfix", l, kind, addr, recipient, tail)
 }
 
 #[cfg(test)]

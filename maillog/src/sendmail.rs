@@ -76,12 +76,13 @@ impl Sessions {
         if let Some(rest) = what.strip_prefix("rejecting commands from ")
             && let Some((client, _)) = rest.rsplit_once(" due to pre-greeting traffic")
         {
-            return emit_one(out, Kind::Pregreet, ip::trailing_bracketed(client), l, None);
+            let addr = ip::trailing_bracketed(client);
+            return crate::push(out, "sendmail", l, Kind::Pregreet, addr, None, "pregreet");
         }
         if let Some(rest) = what.strip_prefix("AUTH failure (") {
             let relay = rest.rsplit_once(", relay=").map(|(_, r)| r);
             let addr = relay.and_then(ip::trailing_bracketed);
-            return emit_one(out, Kind::AuthFailure, addr, l, None);
+            return crate::push(out, "sendmail", l, Kind::AuthFailure, addr, None, "auth");
         }
         if qid.is_empty() {
             return false;
@@ -194,31 +195,6 @@ fn check_rcpt(rest: &str) -> Option<&str> {
     let (arg1, _) = rest.split_once(", relay=")?;
     let (_, reject) = rest.rsplit_once(", reject=")?;
     (reject.contains("User unknown") || reject.contains(" 5.1.1 ")).then_some(arg1)
-}
-
-fn emit_one(
-    out: &mut Vec<Event>,
-    kind: Kind,
-    addr: Option<IpAddr>,
-    l: &Line<'_>,
-    recipient: Option<String>,
-) -> bool {
-    let Some(ip) = addr else {
-        return false;
-    };
-    out.push(Event {
-        kind,
-        ip,
-        recipient,
-        time: l.time.to_string(),
-        id: format!(
-            "sendmail:{}:{}:{}",
-            l.pid.unwrap_or(0),
-            l.time,
-            kind.as_str()
-        ),
-    });
-    true
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary.

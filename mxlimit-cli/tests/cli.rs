@@ -474,13 +474,38 @@ async fn the_cli_over_mutual_tls_with_an_admin_certificate() {
     );
 }
 
+/// One session from `client`: `n` unknown users of mx.test, each refused with `code`,
+/// then `mailbox`, accepted; then QUIT.
+async fn unknown_users(
+    client: &str,
+    server: std::net::SocketAddr,
+    n: usize,
+    code: u32,
+    mailbox: &str,
+) {
+    let (mut s, _) = testkit::smtp::Smtp::connect(client.parse().unwrap(), server)
+        .await
+        .unwrap();
+    s.cmd("EHLO client.test").await.unwrap();
+    s.cmd("MAIL FROM:<a@client.test>").await.unwrap();
+    for i in 0..n {
+        let r = s
+            .cmd(&format!("RCPT TO:<nobody{i}@mx.test>"))
+            .await
+            .unwrap();
+        assert_eq!(r.code, code, "{client}: {r:?}");
+    }
+    let r = s.cmd(&format!("RCPT TO:<{mailbox}>")).await.unwrap();
+    assert_eq!(r.code, 250, "{client}: {r:?}");
+    s.cmd("QUIT").await.unwrap();
+}
+
 /// `mxlimit import-log` over a real Postfix's log: the unknown recipients it refused,
 /// from IPv4 and IPv6 clients, counted per address and per network; a file of binary
 /// garbage beside it is read and skipped. No limiter is asked (none runs here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_log_counts_what_a_real_postfix_refused_by_address_and_network() {
     use testkit::postfix::{Postfix, PostfixOptions};
-    use testkit::smtp::Smtp;
 
     testkit::ipv6::route_on_lo("2001:db8:71::".parse().unwrap());
     let pf = Postfix::start(
@@ -499,22 +524,8 @@ async fn import_log_counts_what_a_real_postfix_refused_by_address_and_network() 
     ];
     let mut refused = 0;
     for (client, server, n) in plan {
-        let (mut s, _) = Smtp::connect(client.parse().unwrap(), server)
-            .await
-            .unwrap();
-        s.cmd("EHLO client.test").await.unwrap();
-        s.cmd("MAIL FROM:<a@client.test>").await.unwrap();
-        for i in 0..n {
-            let r = s
-                .cmd(&format!("RCPT TO:<nobody{i}@mx.test>"))
-                .await
-                .unwrap();
-            assert_eq!(r.code, 550, "{client}: {r:?}");
-            refused += 1;
-        }
-        let r = s.cmd("RCPT TO:<real@mx.test>").await.unwrap();
-        assert_eq!(r.code, 250, "{client}: {r:?}");
-        s.cmd("QUIT").await.unwrap();
+        unknown_users(client, server, n, 550, "real@mx.test").await;
+        refused += n;
     }
     // Postfix writes its log asynchronously: wait until every refusal is in it.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -587,7 +598,6 @@ async fn import_log_counts_what_a_real_postfix_refused_by_address_and_network() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_log_counts_a_sendmail_virtusertable_s_refusals() {
     use testkit::sendmail::{Sendmail, SendmailOptions};
-    use testkit::smtp::Smtp;
 
     testkit::ipv6::route_on_lo("2001:db8:72::".parse().unwrap());
     let sm = Sendmail::start(
@@ -604,22 +614,8 @@ async fn import_log_counts_a_sendmail_virtusertable_s_refusals() {
         ("2001:db8:72::9", sm.addr6(), 2),
     ];
     for (client, server, n) in plan {
-        let (mut s, _) = Smtp::connect(client.parse().unwrap(), server)
-            .await
-            .unwrap();
-        s.cmd("EHLO client.test").await.unwrap();
-        s.cmd("MAIL FROM:<a@client.test>").await.unwrap();
-        for i in 0..n {
-            let r = s
-                .cmd(&format!("RCPT TO:<nobody{i}@mx.test>"))
-                .await
-                .unwrap();
-            // virtusertable's error: without a code answers 553 5.3.0 (parseaddr.c).
-            assert_eq!(r.code, 553, "{client}: {r:?}");
-        }
-        let r = s.cmd("RCPT TO:<root@mx.test>").await.unwrap();
-        assert_eq!(r.code, 250, "{client}: {r:?}");
-        s.cmd("QUIT").await.unwrap();
+        // virtusertable's error: without a code answers 553 5.3.0 (parseaddr.c).
+        unknown_users(client, server, n, 553, "root@mx.test").await;
     }
     // The client's address is logged at QUIT, by the session's process.
     let deadline = Instant::now() + Duration::from_secs(20);
