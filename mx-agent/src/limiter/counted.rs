@@ -5,6 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Long enough for sendmail, which logs a session's client only when its transaction
@@ -16,6 +17,9 @@ const MAX: usize = 100_000;
 
 #[derive(Debug, Default)]
 pub struct Counted {
+    /// Only an agent that reads logs needs the memory: without `[logs]` a rejected
+    /// recipient costs no lock and no allocation here.
+    enabled: AtomicBool,
     inner: Mutex<Inner>,
 }
 
@@ -26,19 +30,20 @@ struct Inner {
 }
 
 impl Counted {
+    /// Starts remembering (the log adapter does, when it starts).
+    pub fn enable(&self) {
+        self.enabled.store(true, Ordering::Relaxed);
+    }
+
     /// Notes a refusal counted now.
     pub fn note(&self, ip: IpAddr, recipient: &str) {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return;
+        }
         let key = key(ip, recipient);
         let now = Instant::now();
         let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         i.insert(key, now);
-    }
-
-    /// Whether this refusal was counted within [`REMEMBER`].
-    pub fn lately(&self, ip: IpAddr, recipient: &str) -> bool {
-        let key = key(ip, recipient);
-        let i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        i.at.get(&key).is_some_and(|at| at.elapsed() < REMEMBER)
     }
 
     /// Notes this refusal, and says whether it is new: checked and noted under one
@@ -67,11 +72,7 @@ fn key(ip: IpAddr, recipient: &str) -> (IpAddr, String) {
         .and_then(|r| r.strip_suffix('>'))
         .unwrap_or(r);
     // As the limiter gets it (512 bytes): a 64 KiB recipient must not be kept whole.
-    let mut end = r.len().min(512);
-    while !r.is_char_boundary(end) {
-        end -= 1;
-    }
-    (ip, r[..end].to_ascii_lowercase())
+    (ip, r[..r.floor_char_boundary(512)].to_ascii_lowercase())
 }
 
 impl Inner {
@@ -109,10 +110,14 @@ mod tests {
         let c = Counted::default();
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
+        // Off until enabled: nothing is kept.
         c.note(a, "<Nobody@Example.test>");
-        assert!(c.lately(a, "nobody@example.test"));
-        assert!(!c.lately(b, "nobody@example.test"));
-        assert!(!c.lately(a, "other@example.test"));
+        assert!(c.inner.lock().unwrap().at.is_empty());
+        c.enable();
+        c.note(a, "<Nobody@Example.test>");
+        assert!(!c.first_time(a, "nobody@example.test"));
+        assert!(c.first_time(b, "nobody@example.test"));
+        assert!(c.first_time(a, "other@example.test"));
         assert!(c.first_time(b, "x@example.test"));
         assert!(!c.first_time(b, "x@example.test"));
         for n in 0..(MAX + 10) {

@@ -50,6 +50,8 @@ pub fn serve(
     stats: Arc<LogStats>,
     until: impl Future<Output = ()> + Send + 'static,
 ) -> Vec<JoinHandle<()>> {
+    // The milter's rejected recipients are remembered from now on, for `report`.
+    limiter.counted.enable();
     let (tx, rx) = mpsc::channel::<(Instant, Event)>(queue.max(1));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();

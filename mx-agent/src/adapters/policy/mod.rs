@@ -320,11 +320,7 @@ impl PolicyService {
 
 /// At most 64 bytes of a value from the network, for a log line.
 fn truncate_for_log(s: &str) -> &str {
-    let mut end = s.len().min(64);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    &s[..s.floor_char_boundary(64)]
 }
 
 /// A refusal as a Postfix access action: `421 4.3.2 text` (421 also disconnects).
