@@ -166,6 +166,12 @@ impl<S: mxlimit_core::store::Store> mxlimit_core::store::Store for AnswersLate<S
     ) -> Result<mxlimit_core::store::RecipientOutcome, mxlimit_core::store::StoreError> {
         self.inner.recipient(op).await
     }
+    async fn offence(
+        &self,
+        op: &mxlimit_core::store::OffenceOp<'_>,
+    ) -> Result<mxlimit_core::store::OffenceOutcome, mxlimit_core::store::StoreError> {
+        self.inner.offence(op).await
+    }
     async fn disconnect(
         &self,
         source: &mxlimit_core::source::Source,

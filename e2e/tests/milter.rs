@@ -106,7 +106,7 @@ async fn rejected_recipients_are_tarpitted_then_banned_and_the_session_closed() 
     assert_eq!(
         r,
         Reply::Code(
-            "421 4.7.1 Too many invalid recipients from your address; try again later.".into()
+            "421 4.7.1 Too many invalid recipients or protocol errors from your address; try again later.".into()
         )
     );
     assert_eq!(

@@ -163,8 +163,8 @@ async fn socketmap_answers_bans_in_each_mtas_syntax() {
     assert_eq!(
         got,
         [
-            "OK 421 4.7.1 Too many invalid recipients from your address; try again later.",
-            "OK ERROR:4.7.1:421 Too many invalid recipients from your address; try again later.",
+            "OK 421 4.7.1 Too many invalid recipients or protocol errors from your address; try again later.",
+            "OK ERROR:4.7.1:421 Too many invalid recipients or protocol errors from your address; try again later.",
             "NOTFOUND ",
             "OK 550 5.7.1 Access denied",
             "NOTFOUND ",

@@ -171,7 +171,7 @@ async fn a_dictionary_attack_over_two_postfix_mx_is_tarpitted_then_banned_on_bot
     assert_eq!(r.code, 421, "{r:?}");
     assert!(
         r.text
-            .contains("Too many invalid recipients from your network"),
+            .contains("Too many invalid recipients or protocol errors from your network"),
         "{}",
         r.text
     );

@@ -174,7 +174,7 @@ async fn a_dictionary_attack_through_sendmail_is_banned_on_sendmail_and_postfix(
     assert!(
         refusal
             .text
-            .contains("Too many invalid recipients from your network"),
+            .contains("Too many invalid recipients or protocol errors from your network"),
         "{r:?}"
     );
     let (r, _) = session(bare.addr(), "127.71.0.1", &["root@mx.test"]).await;
@@ -186,7 +186,7 @@ async fn a_dictionary_attack_through_sendmail_is_banned_on_sendmail_and_postfix(
     assert!(
         refusal
             .text
-            .contains("Too many invalid recipients from your network"),
+            .contains("Too many invalid recipients or protocol errors from your network"),
         "{r:?}"
     );
     // ... while the legitimate sender still gets through both.

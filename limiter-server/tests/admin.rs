@@ -703,3 +703,50 @@ async fn top_list_buckets_stay_bounded_however_many_sources_attack() {
         assert!(n <= keep, "{k} holds {n} sources, more than {keep}");
     }
 }
+
+/// An operator's unblock of an address forgets its offences as well as its bad
+/// recipients: with pregreet's ban_at = 2, an offence before the unblock and one after
+/// it do not add up to a ban.
+async fn unblocking_an_address_forgets_its_offences(backend: Backend) {
+    let toml = "[offences.pregreet]\nban_at = 2\nnetwork_ban_at = 0\n";
+    let p = two(backend, toml, "").await;
+    let ls = &p.limiters;
+    let mut lim = ls[0].client().await;
+    let ip = "192.0.2.20";
+    let kind = mxlimit_proto::v1::OffenceKind::Pregreet;
+    assert_eq!(
+        action(&offence(&mut lim, "mx1", ip, kind, "before").await),
+        Action::Accept
+    );
+    let u = admin(&ls[1])
+        .await
+        .unblock(authed(UnblockRequest { target: ip.into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!u.ban_removed && !u.block_removed, "{u:?}");
+    let v = offence(&mut lim, "mx1", ip, kind, "after").await;
+    assert_eq!(
+        action(&v),
+        Action::Accept,
+        "counted from before the unblock: {v:?}"
+    );
+    // Two offences after it do.
+    let v = offence(&mut lim, "mx1", ip, kind, "after2").await;
+    assert_eq!(v.rule, format!("Ban:{ip}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unblocking_an_address_forgets_its_offences_in_memory() {
+    unblocking_an_address_forgets_its_offences(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unblocking_an_address_forgets_its_offences_on_redis() {
+    unblocking_an_address_forgets_its_offences(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unblocking_an_address_forgets_its_offences_on_redis_cluster() {
+    unblocking_an_address_forgets_its_offences(Backend::Cluster).await;
+}

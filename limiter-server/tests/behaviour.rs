@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use mxlimit_proto::v1::limiter_client::LimiterClient;
-use mxlimit_proto::v1::{Action, ConnectReply, HeartbeatRequest, Lease};
+use mxlimit_proto::v1::{Action, ConnectReply, HeartbeatRequest, Lease, OffenceKind};
 use support::*;
 use tonic::transport::Channel;
 
@@ -44,6 +44,8 @@ suite!(
     bad_input_is_invalid_argument,
     lookup_answers_bans_and_access_rules_without_counting,
     explain_predicts_the_next_connect_in_every_state,
+    offences_ban_the_address_then_the_network_on_every_instance,
+    offence_kinds_count_apart_and_can_be_exempt_off_or_shadowed,
 );
 
 /// Generous windows: only the sliding-window and lease tests depend on time.
@@ -482,7 +484,7 @@ async fn bad_recipients_spread_over_a_network_tarpit_then_ban_everywhere(backend
         );
         assert_eq!(
             v.text,
-            "Too many invalid recipients from your network; try again later."
+            "Too many invalid recipients or protocol errors from your network; try again later."
         );
     }
     // Another network is not touched.
@@ -832,6 +834,39 @@ async fn bad_input_is_invalid_argument(backend: Backend) {
         .await
         .map(|x| x.map(|_| ()));
     check(r, "leases.client_ip");
+    let unit_o = |r: Result<tonic::Response<mxlimit_proto::v1::OffenceReply>, tonic::Status>| {
+        r.map(|x| x.map(|_| ()))
+    };
+    let mut req = offence_req("mx1", "1.2.3.4", OffenceKind::Pregreet, "e");
+    req.kind = 0;
+    check(
+        unit_o(p.a.offence(req).await),
+        "kind: 0 is not an offence kind",
+    );
+    let mut req = offence_req("mx1", "1.2.3.4", OffenceKind::Pregreet, "e");
+    req.kind = 77;
+    check(unit_o(p.b.offence(req).await), "kind: 77");
+    check(
+        unit_o(
+            p.a.offence(offence_req("mx1", "1.2.3.4", OffenceKind::Auth, ""))
+                .await,
+        ),
+        "event_id: must not be empty",
+    );
+    check(
+        unit_o(
+            p.a.offence(offence_req("mx1", "1.2.3.4", OffenceKind::Auth, "a b"))
+                .await,
+        ),
+        "event_id: \"a b\" has characters other than printable ASCII",
+    );
+    check(
+        unit_o(
+            p.a.offence(offence_req("mx1", "1.2.3", OffenceKind::Auth, "e"))
+                .await,
+        ),
+        "client_ip",
+    );
     // The server is still fine.
     assert_eq!(
         action(&connect(&mut p.a, "mx1", "fine", "1.2.3.4").await),
@@ -1135,4 +1170,169 @@ async fn explain_predicts_the_next_connect_in_every_state(backend: Backend) {
             );
         }
     }
+}
+
+/// Early talkers, counted as the log adapter (or a custom MTA) reports them: with
+/// pregreet's thresholds at 2 offences per address and 3 offending addresses per
+/// network, an address is banned at its second offence (a retried call counts once),
+/// then a third offending address bans its network, on both instances, for IPv4 and
+/// IPv6 networks alike.
+// Long on purpose: one attack whose steps build on each other, read top to bottom.
+async fn offences_ban_the_address_then_the_network_on_every_instance(backend: Backend) {
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n\
+                [offences.pregreet]\nban_at = 2\nnetwork_ban_at = 3\nblock_for = \"1h\"\n";
+    let mut p = Pair::start(backend, policy(toml, "")).await;
+    let pregreet = OffenceKind::Pregreet;
+    for (net, a, b, c, other) in [
+        (
+            "10.6.6.0/24",
+            "10.6.6.1",
+            "10.6.6.2",
+            "10.6.6.3",
+            "10.6.6.200",
+        ),
+        (
+            "2001:db8:6::/64",
+            "2001:db8:6::1",
+            "2001:db8:6::2",
+            "2001:db8:6::3",
+            "2001:db8:6::c8",
+        ),
+    ] {
+        let first = offence(&mut p.a, "mx1", a, pregreet, "e1").await;
+        assert_eq!(
+            (action(&first), first.reason.as_str(), first.rule.as_str()),
+            (Action::Accept, "ok", "policy:offences.pregreet")
+        );
+        // The same event again (a retry, another instance): still one.
+        let retry = offence(&mut p.b, "mx1", a, pregreet, "e1").await;
+        assert_eq!(action(&retry), Action::Accept, "{retry:?}");
+        // The same event id from another node is another offence.
+        let ban = offence(&mut p.b, "mx2", a, pregreet, "e1").await;
+        assert_eq!(
+            (
+                action(&ban),
+                ban.smtp_code,
+                ban.reason.as_str(),
+                ban.rule.clone()
+            ),
+            (Action::Disconnect, 421, "banned", format!("Ban:{a}"))
+        );
+        for (i, inst) in [0, 1].into_iter().enumerate() {
+            let v = connect(p.inst(inst), "mx3", &format!("{a}-{i}"), a).await;
+            assert_eq!(
+                (action(&v), v.reason.as_str(), v.rule.clone()),
+                (Action::Disconnect, "banned", format!("Ban:{a}"))
+            );
+            assert_eq!(
+                v.text,
+                "Too many invalid recipients or protocol errors from your address; try again later."
+            );
+        }
+        // Further offences of a banned address answer its ban and count nothing.
+        let again = offence(&mut p.a, "mx1", a, pregreet, "e9").await;
+        assert_eq!(again.rule, format!("Ban:{a}"));
+        // The network is not banned yet: two addresses short of three.
+        assert_eq!(
+            action(&connect(&mut p.a, "mx3", &format!("{other}-x"), other).await),
+            Action::Accept
+        );
+        assert_eq!(
+            action(&offence(&mut p.a, "mx1", b, pregreet, "e2").await),
+            Action::Accept
+        );
+        // The third address of the network bans the whole network.
+        let ban = offence(&mut p.b, "mx2", c, pregreet, "e3").await;
+        assert_eq!(
+            (action(&ban), ban.rule.clone()),
+            (Action::Disconnect, format!("Ban:{net}"))
+        );
+        let v = connect(&mut p.b, "mx3", &format!("{other}-y"), other).await;
+        assert_eq!(
+            (action(&v), v.rule.clone()),
+            (Action::Disconnect, format!("Ban:{net}"))
+        );
+    }
+    // Another network is untouched.
+    assert_eq!(
+        action(&connect(&mut p.a, "mx3", "ok", "10.6.7.1").await),
+        Action::Accept
+    );
+}
+
+/// Each kind has its own count: two protocol errors and one pregreet do not add up to
+/// a ban (protocol's default is 3); AUTH failures are off by default and never ban; an
+/// exempt source (Connect: OK) is not counted; in shadow mode a would-be ban is only
+/// reported.
+async fn offence_kinds_count_apart_and_can_be_exempt_off_or_shadowed(backend: Backend) {
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n\
+                [offences.pregreet]\nban_at = 2\nnetwork_ban_at = 0\n";
+    let mut p = Pair::start(backend, policy(toml, "Connect:10.6.8.9 OK\n")).await;
+    let ip = "10.6.8.1";
+    let v = [
+        offence(&mut p.a, "mx1", ip, OffenceKind::Protocol, "p1").await,
+        offence(&mut p.b, "mx1", ip, OffenceKind::Protocol, "p2").await,
+        offence(&mut p.a, "mx1", ip, OffenceKind::Pregreet, "g1").await,
+    ];
+    assert_eq!(
+        v.iter()
+            .map(|v| (action(v), v.rule.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (Action::Accept, "policy:offences.protocol"),
+            (Action::Accept, "policy:offences.protocol"),
+            (Action::Accept, "policy:offences.pregreet")
+        ]
+    );
+    assert_eq!(
+        action(&connect(&mut p.a, "mx1", "s1", ip).await),
+        Action::Accept
+    );
+    // The third protocol error bans (default ban_at = 3).
+    let ban = offence(&mut p.b, "mx1", ip, OffenceKind::Protocol, "p3").await;
+    assert_eq!(
+        (action(&ban), ban.rule.as_str()),
+        (Action::Disconnect, "Ban:10.6.8.1")
+    );
+
+    let brute = "10.6.8.2";
+    for i in 0..20 {
+        let v = offence(&mut p.a, "mx1", brute, OffenceKind::Auth, &format!("a{i}")).await;
+        assert_eq!(
+            (action(&v), v.rule.as_str()),
+            (Action::Accept, "policy:offences.auth")
+        );
+    }
+    assert_eq!(
+        action(&connect(&mut p.b, "mx1", "s2", brute).await),
+        Action::Accept,
+        "auth is off by default"
+    );
+
+    let exempt = "10.6.8.9";
+    for i in 0..3 {
+        let v = offence(
+            &mut p.a,
+            "mx1",
+            exempt,
+            OffenceKind::Pregreet,
+            &format!("x{i}"),
+        )
+        .await;
+        assert_eq!((action(&v), v.reason.as_str()), (Action::Accept, "exempt"));
+    }
+
+    let mut s = Pair::start(backend, policy(&format!("shadow = true\n{toml}"), "")).await;
+    let ip = "10.6.9.1";
+    offence(&mut s.a, "mx1", ip, OffenceKind::Pregreet, "g1").await;
+    let v = offence(&mut s.b, "mx1", ip, OffenceKind::Pregreet, "g2").await;
+    assert_eq!(
+        (action(&v), v.shadow, v.reason.as_str()),
+        (Action::Accept, true, "banned")
+    );
+    let v = connect(&mut s.a, "mx1", "s3", ip).await;
+    assert_eq!(
+        (action(&v), v.shadow, v.reason.as_str()),
+        (Action::Accept, true, "banned")
+    );
 }

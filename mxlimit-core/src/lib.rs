@@ -6,6 +6,7 @@
 //!   the operators' blocks and the top-list tallies it consults and feeds.
 //! - [`store`]: the `Store` trait (one operation per decision), the Connect check
 //!   order, and the in-memory store. The Redis store is limiter-server's.
+//! - [`offence`]: kinds of protocol offence, counted beside bad recipients.
 //! - [`names`]: verified reverse names for host and domain rules.
 //! - [`telemetry`], [`metrics`], [`shutdown`]: logs and traces, metric names and the
 //!   Prometheus listener, the signals that stop a process.
@@ -13,6 +14,7 @@
 pub mod decision;
 pub mod metrics;
 pub mod names;
+pub mod offence;
 pub mod policy;
 pub mod shutdown;
 pub mod source;

@@ -21,6 +21,10 @@ pub const LEASES_RELEASED: &str = "mxlimit_leases_released_total";
 pub const LEASES_FREED: &str = "mxlimit_leases_freed_total";
 /// Rule reloads by `result` (`ok`, `error`).
 pub const RULE_RELOADS: &str = "mxlimit_rule_reloads_total";
+/// Offences reported (the `Offence` call), by `kind` and `result`: `counted`,
+/// `banned` (this one set a ban), `banned_before` (a ban was in force: not counted),
+/// `exempt` (an OK or RELAY rule), `off` (the kind's thresholds are 0), `blocked`.
+pub const OFFENCES: &str = "mxlimit_offences_total";
 /// Events not counted in the top lists because too many distinct sources came in one
 /// flush interval.
 pub const TALLY_DROPPED: &str = "mxlimit_tally_dropped_total";
@@ -61,6 +65,10 @@ pub fn describe() {
         "Session leases freed because their node restarted."
     );
     describe_counter!(RULE_RELOADS, "Rule reloads, by result (ok, error).");
+    describe_counter!(
+        OFFENCES,
+        "Offences reported, by kind and result (counted, banned, banned_before, exempt, off, blocked)."
+    );
     describe_counter!(
         TALLY_DROPPED,
         "Events left out of the top lists: too many distinct sources in one second."

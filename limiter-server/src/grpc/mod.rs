@@ -11,14 +11,15 @@ use metrics::{counter, histogram};
 use mxlimit_proto::v1::limiter_server::Limiter;
 use mxlimit_proto::v1::{
     ConnectReply, ConnectRequest, DisconnectReply, DisconnectRequest, HeartbeatReply,
-    HeartbeatRequest, LookupReply, LookupRequest, RecipientReply, RecipientRequest, Verdict,
+    HeartbeatRequest, LookupReply, LookupRequest, OffenceReply, OffenceRequest, RecipientReply,
+    RecipientRequest, Verdict,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::metrics::{DECISIONS, REQUEST_ERRORS, REQUEST_SECONDS};
 use mxlimit_core::decision::verdict::{action_label, reason_label};
-use mxlimit_core::decision::{Connect, Engine, Heartbeat, Recipient};
+use mxlimit_core::decision::{Connect, Engine, Heartbeat, Offence, Recipient};
 use mxlimit_core::store::{LeaseId, Store, StoreError};
 use mxlimit_core::telemetry;
 
@@ -56,6 +57,12 @@ impl Decided for RecipientReply {
 }
 
 impl Decided for LookupReply {
+    fn verdict(&self) -> Option<&Verdict> {
+        self.verdict.as_ref()
+    }
+}
+
+impl Decided for OffenceReply {
     fn verdict(&self) -> Option<&Verdict> {
         self.verdict.as_ref()
     }
@@ -205,6 +212,25 @@ impl<S: Store> LimiterService<S> {
             .map_err(unavailable)
     }
 
+    async fn offence_inner(
+        &self,
+        req: Request<OffenceRequest>,
+    ) -> Result<Response<OffenceReply>, Status> {
+        let r = req.get_ref();
+        let o = Offence {
+            node: validate::node(&r.node)?,
+            ip: validate::client_ip("client_ip", &r.client_ip)?,
+            client_name: validate::client_name(&r.client_name)?,
+            kind: validate::offence_kind(r.kind)?,
+            event: validate::id("event_id", &r.event_id, true)?,
+        };
+        self.engine
+            .offence(&o)
+            .await
+            .map(Response::new)
+            .map_err(unavailable)
+    }
+
     async fn lookup_inner(
         &self,
         req: Request<LookupRequest>,
@@ -263,6 +289,17 @@ impl<S: Store> Limiter for LimiterService<S> {
         let span = telemetry::server_span("mxlimit.v1.Limiter/Heartbeat", req.metadata());
         let r = self.heartbeat_inner(req).instrument(span).await;
         observe("heartbeat", t, &r);
+        r
+    }
+
+    async fn offence(
+        &self,
+        req: Request<OffenceRequest>,
+    ) -> Result<Response<OffenceReply>, Status> {
+        let t = Instant::now();
+        let span = telemetry::server_span("mxlimit.v1.Limiter/Offence", req.metadata());
+        let r = self.offence_inner(req).instrument(span).await;
+        observe("offence", t, &r);
         r
     }
 

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use tonic::Status;
 
+use mxlimit_core::offence::OffenceKind;
 use mxlimit_core::source::parse_client_ip;
 
 /// Longest node, session id, epoch.
@@ -64,6 +65,16 @@ pub fn node(v: &str) -> Result<&str, Status> {
         ));
     }
     Ok(v)
+}
+
+/// A kind this version knows; `UNSPECIFIED` is no kind.
+pub fn offence_kind(v: i32) -> Result<OffenceKind, Status> {
+    OffenceKind::from_wire(v).ok_or_else(|| {
+        bad(
+            "kind",
+            format!("{v} is not an offence kind (1 pregreet, 2 protocol, 3 auth)"),
+        )
+    })
 }
 
 pub fn client_ip(field: &str, v: &str) -> Result<IpAddr, Status> {

@@ -10,7 +10,10 @@ use mxlimit_core::policy::Policy;
 use mxlimit_core::policy::reload::PolicyHandle;
 use mxlimit_core::store::memory::{MemoryConfig, MemoryStore};
 use mxlimit_proto::v1::limiter_client::LimiterClient;
-use mxlimit_proto::v1::{Action, ConnectRequest, DisconnectRequest, RecipientRequest, Verdict};
+use mxlimit_proto::v1::{
+    Action, ConnectRequest, DisconnectRequest, OffenceKind, OffenceRequest, RecipientRequest,
+    Verdict,
+};
 use tonic::transport::Channel;
 
 pub use testkit::*;
@@ -167,6 +170,32 @@ pub async fn bad_rcpt(
     c.recipient(rcpt_req(node, session, ip, rcpt, true, 1, 1))
         .await
         .expect("recipient")
+        .into_inner()
+        .verdict
+        .unwrap()
+}
+
+pub fn offence_req(node: &str, ip: &str, kind: OffenceKind, event: &str) -> OffenceRequest {
+    OffenceRequest {
+        node: node.into(),
+        client_ip: ip.into(),
+        kind: kind as i32,
+        event_id: event.into(),
+        ..Default::default()
+    }
+}
+
+/// One offence of `kind`, named `event` on `node`.
+pub async fn offence(
+    c: &mut LimiterClient<Channel>,
+    node: &str,
+    ip: &str,
+    kind: OffenceKind,
+    event: &str,
+) -> Verdict {
+    c.offence(offence_req(node, ip, kind, event))
+        .await
+        .expect("offence")
         .into_inner()
         .verdict
         .unwrap()

@@ -10,13 +10,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use metrics::counter;
 use mxlimit_proto::v1::{
-    ConnectReply, HeartbeatReply, LookupReply, RecipientReply, SessionPolicy, Verdict,
+    ConnectReply, HeartbeatReply, LookupReply, OffenceReply, RecipientReply, SessionPolicy, Verdict,
 };
 
 use crate::decision::blocks::BlockTable;
 use crate::decision::tally::Tally;
+use crate::metrics::OFFENCES;
 use crate::names::NameResolver;
+use crate::offence::OffenceKind;
 use crate::policy::access::{ConnectAction, Value};
 use crate::policy::reload::PolicyHandle;
 use crate::policy::{ClientRules, Policy};
@@ -25,7 +28,7 @@ use crate::store::connect_order;
 use crate::store::ledger::Metric;
 use crate::store::{
     BanPolicy, ConnectCounts, ConnectLimits, ConnectOp, HeartbeatOp, LeaseId, NetSessions,
-    PerLevel, RecipientOp, Refusal, Store, StoreError,
+    OffenceOp, PerLevel, RecipientOp, Refusal, Store, StoreError,
 };
 use verdict::reason;
 
@@ -48,6 +51,16 @@ pub struct Recipient<'a> {
     pub rejected: bool,
     pub envelope_rcpts: u32,
     pub envelope_bad_rcpts: u32,
+}
+
+/// A validated `Offence`.
+#[derive(Debug, Clone, Copy)]
+pub struct Offence<'a> {
+    pub node: &'a str,
+    pub ip: IpAddr,
+    pub client_name: Option<&'a str>,
+    pub kind: OffenceKind,
+    pub event: &'a str,
 }
 
 /// A validated `Heartbeat`.
@@ -330,6 +343,78 @@ impl<S: Store> Engine<S> {
         let v = finish(&policy, v);
         log_refusal("recipient", req.node, &source, Some(&v));
         Ok(RecipientReply { verdict: Some(v) })
+    }
+
+    /// An offence: counted at both levels of the source with its kind's thresholds, and
+    /// the source's ban if it is (now) banned.
+    pub async fn offence(&self, req: &Offence<'_>) -> Result<OffenceReply, StoreError> {
+        let policy = self.policy.get();
+        let s = &policy.settings;
+        let source = policy.source(req.ip);
+        let name = self.client_name(&policy, req.ip, req.client_name).await;
+        let rules = policy.client_rules(&source, name.as_deref());
+        let limits = s.offences.limits(req.kind);
+        let rule = verdict::rule::offences(req.kind);
+        let done = |v: Verdict, result: &'static str| {
+            counter!(OFFENCES, "kind" => req.kind.as_str(), "result" => result).increment(1);
+            let v = finish(&policy, v);
+            log_refusal("offence", req.node, &source, Some(&v));
+            Ok(OffenceReply { verdict: Some(v) })
+        };
+
+        // 1. Not counted: a source an operator blocked (refused everywhere already), an
+        //    exempt one (OK, RELAY), or a kind turned off.
+        if let Some(v) = self.blocked(source.ip, crate::policy::settings::BanReply::Tempfail) {
+            return done(v, "blocked");
+        }
+        if rules.exempt() {
+            let v = access_verdict(&rules).unwrap_or_else(|| verdict::exempt(rule));
+            return done(v, "exempt");
+        }
+        if limits.is_off() {
+            return done(verdict::accept(rule), "off");
+        }
+
+        // 2. Count it and learn of bans: one store operation.
+        let op = OffenceOp {
+            source: &source,
+            kind: req.kind,
+            event: crate::store::offence_event(req.node, req.kind, req.event),
+            window_ms: limits.window.as_millis(),
+            ban_at: PerLevel {
+                address: limits.ban_at,
+                network: limits.network_ban_at,
+            },
+            ban: BanPolicy {
+                block_for_ms: limits.block_for.as_millis(),
+                ..ban_policy(&policy)
+            },
+            shadow: s.shadow,
+        };
+        let outcome = self.store.offence(&op).await?;
+
+        // 3. The verdict: the ban, if any.
+        let Some(ban) = outcome.ban else {
+            return done(verdict::accept(rule), "counted");
+        };
+        if ban.new {
+            tracing::info!(
+                node = req.node,
+                source = %source,
+                kind = %req.kind,
+                level = ban.level.as_str(),
+                count = outcome.count.at(ban.level),
+                ban_ms = ban.remaining_ms,
+                offence = ban.offence,
+                shadow = s.shadow,
+                "banned for offences"
+            );
+            if !s.shadow {
+                self.tally.ban(ban.level, &source, ban.remaining_ms);
+            }
+        }
+        let v = verdict::banned_in_session(ban.level, &verdict::ban_rule(&source.at(ban.level)));
+        done(v, if ban.new { "banned" } else { "banned_before" })
     }
 
     /// What `connect` would answer from bans and access rules alone; counts nothing.

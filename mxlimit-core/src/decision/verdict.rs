@@ -28,6 +28,16 @@ pub mod rule {
     pub const BAD_RCPT: &str = "policy:bad_rcpt";
     pub const TARPIT: &str = "policy:bad_rcpt.tarpit_after";
     pub const NETWORK_TARPIT: &str = "policy:bad_rcpt.network_tarpit_after";
+
+    /// The policy table of an offence kind: `policy:offences.pregreet`.
+    pub fn offences(kind: crate::offence::OffenceKind) -> &'static str {
+        use crate::offence::OffenceKind::*;
+        match kind {
+            Pregreet => "policy:offences.pregreet",
+            Protocol => "policy:offences.protocol",
+            Auth => "policy:offences.auth",
+        }
+    }
 }
 
 fn verdict(
@@ -108,8 +118,14 @@ pub fn ban_rule(source: &str) -> String {
 
 fn ban_text(level: Level) -> &'static str {
     match level {
-        Level::Address => "Too many invalid recipients from your address; try again later.",
-        Level::Network => "Too many invalid recipients from your network; try again later.",
+        // One text for every cause of a ban (bad recipients, offences): the store keeps
+        // the ban, not why; the limiter's log says why.
+        Level::Address => {
+            "Too many invalid recipients or protocol errors from your address; try again later."
+        }
+        Level::Network => {
+            "Too many invalid recipients or protocol errors from your network; try again later."
+        }
     }
 }
 

@@ -518,9 +518,57 @@ mod tests {
     }
 
     #[test]
+    fn an_offence_table_overrides_only_the_keys_it_names() {
+        use crate::offence::OffenceKind;
+        let s = parse_settings(
+            "[offences.auth]\nban_at = 10\n[offences.pregreet]\nnetwork_ban_at = 0\n",
+            Path::new("p.toml"),
+        )
+        .unwrap();
+        let auth = s.offences.limits(OffenceKind::Auth);
+        assert_eq!((auth.ban_at, auth.network_ban_at), (10, 0));
+        assert_eq!(auth.window, duration::Span::secs(3600));
+        let pregreet = s.offences.limits(OffenceKind::Pregreet);
+        assert_eq!((pregreet.ban_at, pregreet.network_ban_at), (1, 0));
+        assert_eq!(
+            s.offences.limits(OffenceKind::Protocol),
+            settings::OffenceLimits::default_for(OffenceKind::Protocol)
+        );
+        let e = parse_settings("[offences.pregret]\nban_at = 1\n", Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `pregret`"), "{e}");
+        let e = parse_settings(
+            "[offences.protocol]\nblock_for = \"2d\"\n",
+            Path::new("p.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "p.toml: offences.protocol.block_for: 2d is longer than bad_rcpt.max_block (1d), which caps every ban"
+        );
+    }
+
+    #[test]
     fn the_example_policy_file_is_valid_and_spells_out_the_defaults() {
         let text = include_str!("../../../examples/policy.toml");
-        let s = parse_settings(text, Path::new("examples/policy.toml")).unwrap();
+        let mut s = parse_settings(text, Path::new("examples/policy.toml")).unwrap();
+        // The offence tables spell out every key; what they resolve to must be the
+        // defaults.
+        for k in crate::offence::OffenceKind::ALL {
+            assert_eq!(
+                s.offences.limits(k),
+                settings::OffenceLimits::default_for(k),
+                "{k}"
+            );
+            assert_ne!(
+                s.offences.table(k),
+                &settings::OffenceTable::default(),
+                "examples/policy.toml must show [offences.{k}]"
+            );
+        }
+        s.offences = Default::default();
         let expected = Settings {
             access_files: vec!["access".into()],
             ..Settings::default()

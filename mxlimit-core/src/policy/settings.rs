@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::duration::Span;
+use crate::offence::OffenceKind;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -22,6 +23,7 @@ pub struct Settings {
     pub client_rate: RateSettings,
     pub client_conn: ConnSettings,
     pub bad_rcpt: BadRcptSettings,
+    pub offences: OffenceSettings,
     pub envelope: EnvelopeSettings,
     pub dns: DnsSettings,
 }
@@ -134,6 +136,89 @@ impl Default for BadRcptSettings {
             max_block: Span::secs(86_400),
             remember: Span::secs(7 * 86_400),
             ban_reply: BanReply::Tempfail,
+        }
+    }
+}
+
+/// Offences other than bad recipients (see [`crate::offence`]), each kind in a table of
+/// its own: `[offences.pregreet]`, `[offences.protocol]`, `[offences.auth]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OffenceSettings {
+    pub pregreet: OffenceTable,
+    pub protocol: OffenceTable,
+    pub auth: OffenceTable,
+}
+
+/// One kind's table as written: a key left out takes the kind's default, so that
+/// `[offences.auth]` with only `ban_at = 10` keeps auth's own window and ban length.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OffenceTable {
+    pub window: Option<Span>,
+    pub ban_at: Option<u32>,
+    pub network_ban_at: Option<u32>,
+    pub block_for: Option<Span>,
+}
+
+/// One kind's thresholds, defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffenceLimits {
+    /// The sliding window offences are counted in.
+    pub window: Span,
+    /// At this many offences of the address in the window, the address is banned on
+    /// every MX. 0 = off.
+    pub ban_at: u32,
+    /// At this many distinct offending addresses of one network in the window, the
+    /// network is banned. 0 = off.
+    pub network_ban_at: u32,
+    /// The first ban's length; repeat bans escalate as `[bad_rcpt]` says (escalation,
+    /// max_block, remember), whatever caused them.
+    pub block_for: Span,
+}
+
+impl OffenceLimits {
+    /// The defaults of each kind. One pregreet bans the address: SMTP clients wait for
+    /// the banner, and a ban answers 421 by default, which a real MTA retries. Other
+    /// protocol errors need three. AUTH failures are off: a mail host whose users
+    /// authenticate elsewhere never sees them, and one that does should choose.
+    pub fn default_for(kind: OffenceKind) -> OffenceLimits {
+        let (ban_at, network_ban_at) = match kind {
+            OffenceKind::Pregreet => (1, 3),
+            OffenceKind::Protocol => (3, 5),
+            OffenceKind::Auth => (0, 0),
+        };
+        OffenceLimits {
+            window: Span::secs(3600),
+            ban_at,
+            network_ban_at,
+            block_for: Span::secs(1800),
+        }
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.ban_at == 0 && self.network_ban_at == 0
+    }
+}
+
+impl OffenceSettings {
+    pub fn table(&self, kind: OffenceKind) -> &OffenceTable {
+        match kind {
+            OffenceKind::Pregreet => &self.pregreet,
+            OffenceKind::Protocol => &self.protocol,
+            OffenceKind::Auth => &self.auth,
+        }
+    }
+
+    /// A kind's thresholds: its table over its defaults.
+    pub fn limits(&self, kind: OffenceKind) -> OffenceLimits {
+        let t = self.table(kind);
+        let d = OffenceLimits::default_for(kind);
+        OffenceLimits {
+            window: t.window.unwrap_or(d.window),
+            ban_at: t.ban_at.unwrap_or(d.ban_at),
+            network_ban_at: t.network_ban_at.unwrap_or(d.network_ban_at),
+            block_for: t.block_for.unwrap_or(d.block_for),
         }
     }
 }
@@ -268,6 +353,30 @@ impl Settings {
                     b.max_block, b.block_for
                 ),
             );
+        }
+        for kind in OffenceKind::ALL {
+            let l = self.offences.limits(kind);
+            if l.window.0.is_zero() {
+                return err(
+                    &format!("offences.{kind}.window"),
+                    "must be longer than 0".into(),
+                );
+            }
+            if l.block_for.0.is_zero() && !l.is_off() {
+                return err(
+                    &format!("offences.{kind}.block_for"),
+                    "must be longer than 0 while bans are on".into(),
+                );
+            }
+            if l.block_for > b.max_block {
+                return err(
+                    &format!("offences.{kind}.block_for"),
+                    format!(
+                        "{} is longer than bad_rcpt.max_block ({}), which caps every ban",
+                        l.block_for, b.max_block
+                    ),
+                );
+            }
         }
         for (key, d) in [
             ("bad_rcpt.tarpit_delay", b.tarpit_delay),

@@ -7,8 +7,8 @@ use metrics::{counter, histogram};
 
 use super::ledger::{Batch, Inspection, Ledger, Standing, TopQuery, TopRow};
 use super::{
-    Ban, ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, RecipientOp,
-    RecipientOutcome, Store, StoreError,
+    Ban, ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, OffenceOp,
+    OffenceOutcome, RecipientOp, RecipientOutcome, Store, StoreError,
 };
 use crate::metrics::{LEASES_FREED, LEASES_RELEASED, LEASES_TAKEN, STORE_ERRORS, STORE_SECONDS};
 use crate::source::{Level, Source};
@@ -42,6 +42,13 @@ impl<S: Store> Store for Instrumented<S> {
         let t = Instant::now();
         let r = self.0.recipient(op).await;
         observe("recipient", t, &r);
+        r
+    }
+
+    async fn offence(&self, op: &OffenceOp<'_>) -> Result<OffenceOutcome, StoreError> {
+        let t = Instant::now();
+        let r = self.0.offence(op).await;
+        observe("offence", t, &r);
         r
     }
 

@@ -14,6 +14,7 @@ use std::future::Future;
 
 use thiserror::Error;
 
+use crate::offence::OffenceKind;
 use crate::source::{Level, Source};
 
 pub use connect_order::{ConnectCounts, ConnectLimits};
@@ -192,6 +193,44 @@ pub struct RecipientOutcome {
     pub bad: PerLevel<u32>,
 }
 
+/// An `Offence`: check bans; count one offence of a kind at both levels, banning a
+/// level that reaches its `ban_at`. The address counts offences; the network counts
+/// the distinct addresses that offended (several addresses of one network ban it).
+#[derive(Debug, Clone)]
+pub struct OffenceOp<'a> {
+    pub source: &'a Source,
+    pub kind: OffenceKind,
+    /// Identifies this offence cluster-wide, so that a retried call counts once.
+    pub event: String,
+    pub window_ms: u64,
+    /// Offences (address) and offending addresses (network) that ban; 0 = off.
+    pub ban_at: PerLevel<u32>,
+    pub ban: BanPolicy,
+    /// Count and ban in shadow mode's own keys.
+    pub shadow: bool,
+}
+
+impl OffenceOp<'_> {
+    /// Counts past this are not needed to decide, so logs keep no more.
+    pub fn cap(&self, level: Level) -> u32 {
+        self.ban_at.at(level).max(1)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OffenceOutcome {
+    /// The ban in force before this call (nothing was counted), or the one it set.
+    pub ban: Option<Ban>,
+    /// Offences of the address and offending addresses of the network in the window,
+    /// this one included (capped at `cap`).
+    pub count: PerLevel<u32>,
+}
+
+/// The id of one offence, cluster-wide: `node␟kind␟event`.
+pub fn offence_event(node: &str, kind: OffenceKind, event: &str) -> String {
+    format!("{node}{SEP}{kind}{SEP}{event}")
+}
+
 /// Live sessions of one network, for a heartbeat.
 #[derive(Debug, Clone)]
 pub struct NetSessions<'a> {
@@ -233,6 +272,11 @@ pub trait Store: Send + Sync + 'static {
         op: &RecipientOp<'_>,
     ) -> impl Future<Output = Result<RecipientOutcome, StoreError>> + Send;
 
+    fn offence(
+        &self,
+        op: &OffenceOp<'_>,
+    ) -> impl Future<Output = Result<OffenceOutcome, StoreError>> + Send;
+
     /// Frees a lease; freeing an unknown lease is not an error.
     fn disconnect(
         &self,
@@ -273,6 +317,12 @@ impl<T: Store> Store for std::sync::Arc<T> {
         op: &RecipientOp<'_>,
     ) -> impl Future<Output = Result<RecipientOutcome, StoreError>> + Send {
         (**self).recipient(op)
+    }
+    fn offence(
+        &self,
+        op: &OffenceOp<'_>,
+    ) -> impl Future<Output = Result<OffenceOutcome, StoreError>> + Send {
+        (**self).offence(op)
     }
     fn disconnect(
         &self,

@@ -2,6 +2,7 @@
 //! sees the address and the network together and Redis Cluster spreads networks over
 //! its shards; a node's own keys share the node's tag.
 
+use mxlimit_core::offence::OffenceKind;
 use mxlimit_core::source::Source;
 
 /// Key names of one source: `<prefix>:{n4:206.81.85.0/24}:<kind>[:<address>]`.
@@ -58,23 +59,40 @@ pub const INDEX: &str = "l";
 /// The nodes that registered this network.
 pub const NODES: &str = "nodes";
 
-/// Bans, offences and bad-RCPT logs, at both levels. Shadow mode keeps its own, so that
-/// would-be bans never bite when shadow mode is switched off.
+/// Bans, ban counts for escalation (`offences`), bad-RCPT logs and the logs of each
+/// offence kind, at both levels. Shadow mode keeps its own, so that would-be bans never
+/// bite when shadow mode is switched off.
 pub struct PenaltyKinds {
     pub ban: &'static str,
     pub offences: &'static str,
     pub bad: &'static str,
+    /// By [`OffenceKind`], in its order.
+    misconduct: [&'static str; 3],
+}
+
+impl PenaltyKinds {
+    /// The log of one offence kind.
+    pub fn misconduct(&self, kind: OffenceKind) -> &'static str {
+        self.misconduct[kind as usize]
+    }
+
+    /// Every log of this level that a ban or an unban starts afresh.
+    pub fn logs(&self) -> impl Iterator<Item = &'static str> + '_ {
+        std::iter::once(self.bad).chain(self.misconduct.iter().copied())
+    }
 }
 
 pub const PENALTIES: PenaltyKinds = PenaltyKinds {
     ban: "x",
     offences: "o",
     bad: "b",
+    misconduct: ["fp", "fr", "fa"],
 };
 pub const SHADOW_PENALTIES: PenaltyKinds = PenaltyKinds {
     ban: "xs",
     offences: "os",
     bad: "bs",
+    misconduct: ["fps", "frs", "fas"],
 };
 
 pub fn penalties(shadow: bool) -> &'static PenaltyKinds {
@@ -100,6 +118,18 @@ mod tests {
             "mxl:{n4:206.81.85.0/24}:xs:206.81.85.12"
         );
         assert_eq!(k.net(LEASES), "mxl:{n4:206.81.85.0/24}:c");
+        assert_eq!(
+            k.net(penalties(false).misconduct(OffenceKind::Pregreet)),
+            "mxl:{n4:206.81.85.0/24}:fp"
+        );
+        // Every kind has its own log, and shadow mode its own of each.
+        let mut all: Vec<&str> = penalties(false)
+            .logs()
+            .chain(penalties(true).logs())
+            .collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 2 * (1 + OffenceKind::ALL.len()));
         assert_eq!(node_keys("mxl", "mx1").1, "mxl:{node:mx1}:nets");
     }
 }

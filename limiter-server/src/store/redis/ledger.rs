@@ -245,12 +245,14 @@ impl Ledger for RedisStore {
     ) -> Result<bool, StoreError> {
         let k = NetKeys::new(&self.prefix, source);
         let p = penalties(shadow);
-        let (ban, bad) = match lvl {
-            Level::Address => (k.addr(p.ban), k.addr(p.bad)),
-            Level::Network => (k.net(p.ban), k.net(p.bad)),
+        let key = |kind: &str| match lvl {
+            Level::Address => k.addr(kind),
+            Level::Network => k.net(kind),
         };
-        let mut inv = self.ledger_scripts.unban.key(ban);
-        inv.key(bad);
+        let mut inv = self.ledger_scripts.unban.key(key(p.ban));
+        for log in p.logs() {
+            inv.key(key(log));
+        }
         let had: i64 = self.invoke(&inv).await?;
         // The ban's entry in the index lives on the ledger's shard: a second call.
         let mut pipe = redis::pipe();

@@ -17,8 +17,9 @@ use keys::{INDEX, LEASES, NODES, NetKeys, RATE, net_base, node_keys, penalties};
 
 use mxlimit_core::source::{Level, Source};
 use mxlimit_core::store::{
-    Ban, ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, PerLevel, RecipientOp,
-    RecipientOutcome, Refusal, Store, StoreError, registry_ttl_ms,
+    Ban, ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, OffenceOp,
+    OffenceOutcome, PerLevel, RecipientOp, RecipientOutcome, Refusal, Store, StoreError,
+    registry_ttl_ms,
 };
 
 /// How to reach Redis. Its `Debug` shows no password, from the fields or the URLs.
@@ -139,6 +140,7 @@ pub mod sources {
     pub const CONNECT: &str = include_str!("scripts/connect.lua");
     pub const RELEASE: &str = include_str!("scripts/release.lua");
     pub const RECIPIENT: &str = include_str!("scripts/recipient.lua");
+    pub const OFFENCE: &str = include_str!("scripts/offence.lua");
 }
 
 #[derive(Clone)]
@@ -151,6 +153,7 @@ struct Scripts {
     bans: Script,
     connect: Script,
     recipient: Script,
+    offence: Script,
     release: Script,
     node: Script,
     register: Script,
@@ -163,6 +166,7 @@ impl Scripts {
             bans: Script::new(include_str!("scripts/bans.lua")),
             connect: Script::new(sources::CONNECT),
             recipient: Script::new(sources::RECIPIENT),
+            offence: Script::new(sources::OFFENCE),
             release: Script::new(sources::RELEASE),
             node: Script::new(include_str!("scripts/node.lua")),
             register: Script::new(include_str!("scripts/register.lua")),
@@ -170,10 +174,11 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 6] {
+    fn all(&self) -> [&Script; 7] {
         [
             &self.connect,
             &self.recipient,
+            &self.offence,
             &self.release,
             &self.node,
             &self.register,
@@ -560,6 +565,43 @@ impl Store for RedisStore {
             bad: PerLevel {
                 address: bad_a as u32,
                 network: bad_n as u32,
+            },
+        })
+    }
+
+    async fn offence(&self, op: &OffenceOp<'_>) -> Result<OffenceOutcome, StoreError> {
+        let k = NetKeys::new(&self.prefix, op.source);
+        let p = penalties(op.shadow);
+        let log = p.misconduct(op.kind);
+        let mut inv = self.scripts.offence.key(k.addr(p.ban));
+        inv.key(k.net(p.ban))
+            .key(k.addr(log))
+            .key(k.net(log))
+            .key(k.addr(p.offences))
+            .key(k.net(p.offences))
+            .arg(&op.event)
+            .arg(&op.source.ip_text)
+            .arg(op.window_ms)
+            .arg(op.ban_at.address)
+            .arg(op.ban_at.network)
+            .arg(op.ban.block_for_ms)
+            .arg(op.ban.escalation)
+            .arg(op.ban.max_block_ms)
+            .arg(op.ban.remember_ms);
+        let r: Vec<i64> = self.invoke(&inv).await?;
+        let [lvl, left, new, offence, n_a, n_n] = r[..] else {
+            return Err(StoreError::Reply(format!("offence returned {r:?}")));
+        };
+        Ok(OffenceOutcome {
+            ban: (lvl != 0).then(|| Ban {
+                level: level(lvl),
+                remaining_ms: left.max(0) as u64,
+                new: new == 1,
+                offence: offence.max(1) as u32,
+            }),
+            count: PerLevel {
+                address: u32::try_from(n_a).unwrap_or(0),
+                network: u32::try_from(n_n).unwrap_or(0),
             },
         })
     }

@@ -18,12 +18,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use ipnet::IpNet;
 
 pub use clock::Clock;
-use state::{LevelState, NetState};
+use state::{LevelState, Member, NetState};
 
 use super::connect_order::{self, ConnectCounts};
 use super::{
-    ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, PerLevel, RecipientOp,
-    RecipientOutcome, Refusal, SEP, Store, StoreError, registry_ttl_ms,
+    ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, OffenceOp, OffenceOutcome,
+    PerLevel, RecipientOp, RecipientOutcome, Refusal, SEP, Store, StoreError, registry_ttl_ms,
 };
 use crate::source::{Level, Source};
 
@@ -319,18 +319,11 @@ impl Store for MemoryStore {
         let now = self.clock.now_ms();
         let src = op.source;
         let mut shard = self.shard(&src.net);
-        if let Some(n) = shard.nets.get(&src.net) {
-            let existing = n
-                .addrs
-                .get(&src.ip)
-                .and_then(|a| a.penalty(op.shadow).ban(now, Level::Address))
-                .or_else(|| n.level.penalty(op.shadow).ban(now, Level::Network));
-            if let Some(ban) = existing {
-                return Ok(RecipientOutcome {
-                    ban: Some(ban),
-                    bad: PerLevel::default(),
-                });
-            }
+        if let Some(ban) = current_ban(&shard, src, op.shadow, now) {
+            return Ok(RecipientOutcome {
+                ban: Some(ban),
+                bad: PerLevel::default(),
+            });
         }
         if !op.rejected {
             let bad = shard
@@ -366,22 +359,80 @@ impl Store for MemoryStore {
             network: bad_n,
         };
         let ban = if op.block_after.address > 0 && bad.address > op.block_after.address {
-            let (ban, live) = addr
-                .penalty_mut(op.shadow)
-                .impose_ban(now, &op.ban, Level::Address);
+            let p = addr.penalty_mut(op.shadow);
+            let (ban, live) = p.impose_ban(now, &op.ban, Level::Address);
+            p.clear_bad();
             addr.extend(live);
             Some(ban)
         } else if op.block_after.network > 0 && bad.network > op.block_after.network {
-            let (ban, live) =
-                net.level
-                    .penalty_mut(op.shadow)
-                    .impose_ban(now, &op.ban, Level::Network);
+            let p = net.level.penalty_mut(op.shadow);
+            let (ban, live) = p.impose_ban(now, &op.ban, Level::Network);
+            p.clear_bad();
             net.level.extend(live);
             Some(ban)
         } else {
             None
         };
         Ok(RecipientOutcome { ban, bad })
+    }
+
+    // As offence.lua, step by step.
+    async fn offence(&self, op: &OffenceOp<'_>) -> Result<OffenceOutcome, StoreError> {
+        let now = self.clock.now_ms();
+        let src = op.source;
+        let mut shard = self.shard(&src.net);
+        if let Some(ban) = current_ban(&shard, src, op.shadow, now) {
+            return Ok(OffenceOutcome {
+                ban: Some(ban),
+                count: PerLevel::default(),
+            });
+        }
+        let (net, _) = entry(&mut shard, self.shard_cap, src, now);
+        let addr = net.addrs.get_mut(&src.ip).expect("entry() made it");
+        let mut count = PerLevel::default();
+        if op.ban_at.address > 0 {
+            let (n, live) = addr.penalty_mut(op.shadow).count_offence(
+                op.kind,
+                &op.event,
+                Member::Event,
+                now,
+                op.window_ms,
+                op.cap(Level::Address),
+            );
+            addr.extend(live);
+            count.address = n;
+        }
+        if op.ban_at.network > 0 {
+            let (n, live) = net.level.penalty_mut(op.shadow).count_offence(
+                op.kind,
+                &src.ip_text,
+                Member::Latest,
+                now,
+                op.window_ms,
+                op.cap(Level::Network),
+            );
+            net.level.extend(live);
+            count.network = n;
+        }
+        // The network first: its ban covers the address, and an address banned on its
+        // own would otherwise keep the network from ever reaching its threshold.
+        let reached = |at: u32, n: u32| at > 0 && n >= at;
+        let ban = if reached(op.ban_at.network, count.network) {
+            let p = net.level.penalty_mut(op.shadow);
+            let (ban, live) = p.impose_ban(now, &op.ban, Level::Network);
+            p.clear_offences(op.kind);
+            net.level.extend(live);
+            Some(ban)
+        } else if reached(op.ban_at.address, count.address) {
+            let p = addr.penalty_mut(op.shadow);
+            let (ban, live) = p.impose_ban(now, &op.ban, Level::Address);
+            p.clear_offences(op.kind);
+            addr.extend(live);
+            Some(ban)
+        } else {
+            None
+        };
+        Ok(OffenceOutcome { ban, count })
     }
 
     async fn disconnect(&self, source: &Source, lease: LeaseId<'_>) -> Result<(), StoreError> {
@@ -449,13 +500,7 @@ impl Store for MemoryStore {
 
     async fn ban(&self, source: &Source, shadow: bool) -> Result<Option<super::Ban>, StoreError> {
         let now = self.clock.now_ms();
-        let shard = self.shard(&source.net);
-        Ok(shard.nets.get(&source.net).and_then(|n| {
-            n.addrs
-                .get(&source.ip)
-                .and_then(|a| a.penalty(shadow).ban(now, Level::Address))
-                .or_else(|| n.level.penalty(shadow).ban(now, Level::Network))
-        }))
+        Ok(current_ban(&self.shard(&source.net), source, shadow, now))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -507,6 +552,15 @@ fn connect_refusal(net: &mut NetState, op: &ConnectOp<'_>, now: u64) -> Option<R
         },
     };
     connect_order::refusal(&counts, &op.limits())
+}
+
+/// The ban in force on a source: the address's, else the network's.
+fn current_ban(shard: &Shard, src: &Source, shadow: bool, now: u64) -> Option<super::Ban> {
+    let n = shard.nets.get(&src.net)?;
+    n.addrs
+        .get(&src.ip)
+        .and_then(|a| a.penalty(shadow).ban(now, Level::Address))
+        .or_else(|| n.level.penalty(shadow).ban(now, Level::Network))
 }
 
 /// Splits a lease member into address, node, epoch, session.

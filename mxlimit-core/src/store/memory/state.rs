@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::split_member;
+use crate::offence::OffenceKind;
 use crate::source::Level;
 use crate::store::{Ban, BanPolicy};
 
@@ -14,10 +15,25 @@ use crate::store::{Ban, BanPolicy};
 pub struct Penalty {
     /// Bad recipients: (time, event), oldest first, at most the cap.
     bad: VecDeque<(u64, Box<str>)>,
+    /// Offence logs, one per kind, made on the first offence: most sources never have one.
+    misconduct: Option<Box<[Log; OffenceKind::ALL.len()]>>,
     ban_until: u64,
     ban_offence: u32,
     offences: u32,
     offences_until: u64,
+}
+
+/// (time, member), oldest first.
+type Log = VecDeque<(u64, Box<str>)>;
+
+/// Which member an offence log keeps, as ZADD does on Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Member {
+    /// Each event once, at the time it first came (`ZADD NX`): an address's offences.
+    Event,
+    /// Each member once, at the time it last came (`ZADD`): a network's offending
+    /// addresses.
+    Latest,
 }
 
 impl Penalty {
@@ -40,6 +56,7 @@ impl Penalty {
         let had = self.banned(now);
         self.ban_until = 0;
         self.bad.clear();
+        self.misconduct = None;
         had
     }
 
@@ -65,8 +82,52 @@ impl Penalty {
         (self.bad.len() as u32, now + window)
     }
 
+    /// Counts an offence of `kind` (`member` is its event, or the offending address);
+    /// returns the count in the window, and how long the state must live.
+    pub fn count_offence(
+        &mut self,
+        kind: OffenceKind,
+        member: &str,
+        how: Member,
+        now: u64,
+        window: u64,
+        cap: u32,
+    ) -> (u32, u64) {
+        let logs = self.misconduct.get_or_insert_with(Default::default);
+        let log = &mut logs[kind as usize];
+        let cut = now.saturating_sub(window);
+        while log.front().is_some_and(|(t, _)| *t <= cut) {
+            log.pop_front();
+        }
+        let seen = log.iter().position(|(_, m)| &**m == member);
+        match (seen, how) {
+            (Some(_), Member::Event) => {}
+            (Some(i), Member::Latest) => {
+                let (_, m) = log.remove(i).expect("found above");
+                log.push_back((now, m));
+            }
+            (None, _) => log.push_back((now, member.into())),
+        }
+        while log.len() > cap as usize {
+            log.pop_front();
+        }
+        (log.len() as u32, now + window)
+    }
+
+    /// A fresh start once a ban for bad recipients is over.
+    pub fn clear_bad(&mut self) {
+        self.bad.clear();
+    }
+
+    /// A fresh start once a ban for offences of `kind` is over.
+    pub fn clear_offences(&mut self, kind: OffenceKind) {
+        if let Some(l) = &mut self.misconduct {
+            l[kind as usize].clear();
+        }
+    }
+
     /// Bans this level; repeat offences within `remember` get longer bans. Returns the
-    /// ban and how long the state must live.
+    /// ban and how long the state must live. What led to it is the caller's to clear.
     pub fn impose_ban(&mut self, now: u64, p: &BanPolicy, level: Level) -> (Ban, u64) {
         if self.offences_until <= now {
             self.offences = 0;
@@ -76,8 +137,6 @@ impl Penalty {
         let len = p.length_ms(self.offences);
         self.ban_until = now + len;
         self.ban_offence = self.offences;
-        // A fresh start once the ban is over.
-        self.bad.clear();
         let ban = Ban {
             level,
             remaining_ms: len,

@@ -539,3 +539,60 @@ async fn nodes_are_forgotten_when_idle() {
     st.sweep();
     assert_eq!(st.nodes(), 0);
 }
+
+fn offence_op<'a>(s: &'a Source, event: &str, at: (u32, u32)) -> OffenceOp<'a> {
+    OffenceOp {
+        source: s,
+        kind: crate::offence::OffenceKind::Pregreet,
+        event: event.to_string(),
+        window_ms: 10_000,
+        ban_at: PerLevel {
+            address: at.0,
+            network: at.1,
+        },
+        ban: BanPolicy {
+            block_for_ms: 5000,
+            escalation: 2.0,
+            max_block_ms: 60_000,
+            remember_ms: 600_000,
+        },
+        shadow: false,
+    }
+}
+
+#[tokio::test]
+async fn offences_slide_out_of_their_window_and_a_network_counts_addresses_once() {
+    let (st, clock) = store();
+    let a = &src("10.7.0.1");
+    let first = st.offence(&offence_op(a, "e1", (2, 0))).await.unwrap();
+    assert_eq!((first.ban, first.count.address), (None, 1));
+    clock.advance(10_001);
+    // t=10001: e1 has left the 10 s window; e2 is alone in it.
+    let second = st.offence(&offence_op(a, "e2", (2, 0))).await.unwrap();
+    assert_eq!((second.ban, second.count.address), (None, 1));
+    clock.advance(1);
+    let third = st.offence(&offence_op(a, "e3", (2, 0))).await.unwrap();
+    let ban = third.ban.expect("two in the window ban");
+    assert_eq!(
+        (ban.level, ban.remaining_ms, ban.new, ban.offence),
+        (Level::Address, 5000, true, 1)
+    );
+
+    // Network: one address offending three times is one offending address.
+    let b = &src("10.7.1.1");
+    for e in ["n1", "n2", "n3"] {
+        let o = st.offence(&offence_op(b, e, (0, 2))).await.unwrap();
+        assert_eq!((o.ban, o.count.network), (None, 1), "{e}");
+    }
+    let c = &src("10.7.1.2");
+    let o = st.offence(&offence_op(c, "n4", (0, 2))).await.unwrap();
+    assert_eq!(o.ban.map(|b| b.level), Some(Level::Network));
+    // An address of that network is banned at connect; the ban ends after block_for,
+    // and the network starts afresh.
+    let d = &src("10.7.1.3");
+    assert!(!admitted(&st, op(d, "s1")).await);
+    clock.advance(5001);
+    assert!(admitted(&st, op(d, "s2")).await);
+    let o = st.offence(&offence_op(d, "n5", (0, 2))).await.unwrap();
+    assert_eq!((o.ban, o.count.network), (None, 1));
+}
