@@ -190,3 +190,154 @@ async fn a_refusal_the_milter_reported_is_not_counted_again_from_the_log() {
     );
     a.stop().await;
 }
+
+/// Early talkers, cluster-wide: a client that sends EHLO before the banner at a Postfix
+/// MX with postscreen (postscreen logs `PREGREET` and keeps it from smtpd) is refused
+/// at connect on every MX afterwards: at a sendmail MX, and at the postscreen MX itself
+/// once it behaves (its smtpd's milter asks the same limiter). The agent of the
+/// postscreen MX follows its log. With pregreet's `network_ban_at = 2` (the default is
+/// 3), a second early talker of a network bans the network: an address of it that
+/// never talked is refused too. IPv4 and IPv6; a legitimate sender of another network
+/// delivers at both MXes.
+// Long on purpose: one attack whose steps build on each other, read top to bottom.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_talker_at_postscreen_is_refused_at_connect_on_every_mx() {
+    for net in ["2001:db8:74::", "2001:db8:75::"] {
+        testkit::ipv6::route_on_lo(net.parse().unwrap());
+    }
+    let policy = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n\
+[offences.pregreet]\nban_at = 1\nnetwork_ban_at = 2\nblock_for = \"2h\"\n";
+    let limiter = limiter(policy, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("maillog");
+    // mx1: postscreen in front of smtpd, whose milter is mx1's agent; the agent also
+    // follows mx1's log (a link made once Postfix's directory exists).
+    let mut cfg1 = config("mx1", &[limiter.addr]);
+    cfg1.policy.listen.clear();
+    cfg1.socketmap.listen.clear();
+    cfg1.logs.files = vec![log.clone()];
+    cfg1.logs.poll = mxlimit_core::policy::duration::Span::millis(20);
+    let a1 = agent(&cfg1).await;
+    let pf = Postfix::start(
+        "early1",
+        &PostfixOptions {
+            milter: Some(format!("inet:{}", tcp(&a1.milter[0]))),
+            mailboxes: vec!["alice@mx.test".into()],
+            ipv6: true,
+            postscreen: true,
+            ..Default::default()
+        },
+    );
+    std::os::unix::fs::symlink(pf.dir().join("maillog"), &log).unwrap();
+    // mx2: sendmail with its agent's milter.
+    let mut cfg2 = config("mx2", &[limiter.addr]);
+    cfg2.policy.listen.clear();
+    cfg2.socketmap.listen.clear();
+    let a2 = agent(&cfg2).await;
+    let sm = Sendmail::start(
+        "early2",
+        &SendmailOptions {
+            milter: Some(format!("inet:{}@127.0.0.1", tcp(&a2.milter[0]).port())),
+            ipv6: true,
+            ..Default::default()
+        },
+    );
+    // A milter's 421 at connect, as each MTA words it (neither passes the milter's
+    // text on): Postfix `421 <host> Service unavailable - try again later`
+    // (smtpd.c:6084), sendmail `421 4.7.0 <host> closing connection`. Not any 421:
+    // a broken MTA says 421 too.
+    let refused = |r: &[Reply]| {
+        r.first().is_some_and(|g| {
+            g.code == 421
+                && (g.text.contains("Service unavailable - try again later")
+                    || g.text.contains("closing connection"))
+        })
+    };
+    let until_refused = |who: &'static str, server: SocketAddr, what: &'static str| {
+        let pf_log = pf.log();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let r = session(server, who, &[]).await;
+                if refused(&r) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{who} never refused at {what}: {r:?}\nmx1's log:\n{pf_log}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    for (talker, second, unseen, legit) in [
+        ("127.0.74.1", "127.0.74.2", "127.0.74.3", "127.0.75.5"),
+        (
+            "2001:db8:74::1",
+            "2001:db8:74::2",
+            "2001:db8:74::3",
+            "2001:db8:75::5",
+        ),
+    ] {
+        let (at_pf, at_sm) = if talker.contains(':') {
+            (pf.addr6(), sm.addr6())
+        } else {
+            (pf.addr(), sm.addr())
+        };
+        let before = session(at_sm, talker, &[]).await;
+        assert!(
+            before.iter().all(|r| r.code < 400),
+            "{talker} before: {before:?}"
+        );
+
+        // Talks first at postscreen: never reaches smtpd, so no milter hears of it.
+        let (_s, greeting) =
+            Smtp::connect_talking_first(talker.parse().unwrap(), at_pf, "EHLO early.example")
+                .await
+                .unwrap();
+        // postscreen's multi-line banner, which it sends in parts to catch early talkers.
+        assert!(greeting.text.starts_with("220-"), "{greeting:?}");
+        drop(_s);
+        until_refused(talker, at_sm, "sendmail").await;
+        // At the postscreen MX too, once it waits for the banner like an MTA.
+        until_refused(talker, at_pf, "Postfix behind postscreen").await;
+        // One early talker does not ban its network.
+        let r = session(at_sm, unseen, &[]).await;
+        assert!(
+            r.iter().all(|r| r.code < 400),
+            "{unseen} refused after one talker: {r:?}"
+        );
+
+        // A second one does, at every MX.
+        let (_s, _) =
+            Smtp::connect_talking_first(second.parse().unwrap(), at_pf, "EHLO early2.example")
+                .await
+                .unwrap();
+        drop(_s);
+        until_refused(unseen, at_sm, "sendmail").await;
+        until_refused(unseen, at_pf, "Postfix behind postscreen").await;
+
+        // A legitimate sender of another network delivers at both.
+        for (server, rcpt) in [(at_sm, "root@mx.test"), (at_pf, "alice@mx.test")] {
+            let r = session(server, legit, &[rcpt.to_string()]).await;
+            assert!(
+                r.iter().all(|r| r.code < 300),
+                "{legit}: {r:?}\nmx1's log:\n{}",
+                pf.log()
+            );
+        }
+    }
+    assert!(
+        pf.log().contains("PREGREET"),
+        "postscreen logged no PREGREET:\n{}",
+        pf.log()
+    );
+    assert_eq!(
+        a1.logs.offences.load(std::sync::atomic::Ordering::Relaxed),
+        4,
+        "four early talkers, each reported once"
+    );
+    a1.stop().await;
+    a2.stop().await;
+}

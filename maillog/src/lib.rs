@@ -69,7 +69,7 @@ pub struct Event {
 }
 
 /// Appends the event of line `l` for `addr`, when the address could be read; whether
-/// it could. The id is the MTA, the process, the time and `tail`.
+/// it could. The id is the MTA, the process, the time, the client and `tail`.
 fn push(
     out: &mut Vec<Event>,
     mta: &str,
@@ -87,7 +87,9 @@ fn push(
         ip,
         recipient,
         time: l.time.to_string(),
-        id: format!("{mta}:{}:{}:{tail}", l.pid.unwrap_or(0), l.time),
+        // The client too: postscreen is one process for all clients, and two of them
+        // can offend in the same second.
+        id: format!("{mta}:{}:{}:{ip}:{tail}", l.pid.unwrap_or(0), l.time),
     });
     true
 }

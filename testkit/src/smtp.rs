@@ -28,6 +28,25 @@ pub struct Smtp {
 impl Smtp {
     /// Connects from `source` and reads the greeting.
     pub async fn connect(source: IpAddr, server: SocketAddr) -> std::io::Result<(Smtp, Reply)> {
+        Smtp::connect_saying(source, server, None).await
+    }
+
+    /// Connects from `source` and, as ratware does, talks at once: sends `line` before
+    /// the greeting comes, then reads the greeting (and `line`'s reply, if the server
+    /// answers it, stays unread).
+    pub async fn connect_talking_first(
+        source: IpAddr,
+        server: SocketAddr,
+        line: &str,
+    ) -> std::io::Result<(Smtp, Reply)> {
+        Smtp::connect_saying(source, server, Some(line)).await
+    }
+
+    async fn connect_saying(
+        source: IpAddr,
+        server: SocketAddr,
+        first: Option<&str>,
+    ) -> std::io::Result<(Smtp, Reply)> {
         let sock = if source.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
@@ -43,8 +62,11 @@ impl Smtp {
         };
         sock.bind(SocketAddr::new(source, 0))?;
         let t = Instant::now();
-        let s = sock.connect(server).await?;
+        let mut s = sock.connect(server).await?;
         s.set_nodelay(true)?;
+        if let Some(line) = first {
+            s.write_all(format!("{line}\r\n").as_bytes()).await?;
+        }
         let mut c = Smtp {
             r: BufReader::new(s),
         };

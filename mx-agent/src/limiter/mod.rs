@@ -15,13 +15,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mxlimit_core::decision::{self, Engine, verdict};
+use mxlimit_core::offence::OffenceKind;
 use mxlimit_core::store::LeaseId;
 use mxlimit_core::store::memory::MemoryStore;
 use mxlimit_core::telemetry;
 use mxlimit_proto::v1::limiter_client::LimiterClient;
 use mxlimit_proto::v1::{
     Action, ConnectRequest, DisconnectRequest, HeartbeatRequest, Lease, LookupRequest,
-    RecipientRequest, SessionPolicy, Verdict,
+    OffenceRequest, RecipientRequest, SessionPolicy, Verdict,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -481,6 +482,55 @@ impl Limiter {
                 (v.unwrap_or_else(accept), Origin::Local)
             }
         }
+    }
+
+    /// An offence the MTA saw (talked before the greeting, broke the protocol, failed
+    /// AUTH), named by `event` on this node so that a retry counts once. Counted at the
+    /// limiter; without it, in this host's fallback limits when failing open (so that
+    /// this MX still refuses the source), not at all when failing closed.
+    pub async fn offence(&self, ip: IpAddr, kind: OffenceKind, event: &str) -> (Verdict, Origin) {
+        let req = OffenceRequest {
+            node: self.node.clone(),
+            client_ip: ip.to_string(),
+            kind: kind.to_wire() as i32,
+            event_id: event.to_string(),
+            client_name: String::new(),
+        };
+        let (verdict, origin) = match self
+            .remote("Offence", |mut c, left| {
+                let r = timed(req.clone(), left);
+                async move { c.offence(r).await }
+            })
+            .await
+        {
+            Ok(r) => (r.verdict.unwrap_or_else(accept), Origin::Limiter),
+            Err(why) => {
+                self.fell_back("Offence", &why);
+                match self.fail {
+                    FailMode::Closed => {
+                        (verdict::unavailable(Action::Tempfail, 451), Origin::Closed)
+                    }
+                    FailMode::Open => {
+                        let local = decision::Offence {
+                            node: &self.node,
+                            ip,
+                            client_name: None,
+                            kind,
+                            event,
+                        };
+                        let v = self
+                            .local
+                            .offence(&local)
+                            .await
+                            .ok()
+                            .and_then(|r| r.verdict);
+                        (v.unwrap_or_else(accept), Origin::Local)
+                    }
+                }
+            }
+        };
+        decided("Offence", &verdict, origin);
+        (verdict, origin)
     }
 
     /// Releases the session's lease where it was taken. Never fails the caller.

@@ -2,7 +2,8 @@
 //! ones no milter or policy service is told of (sendmail's virtusertable `error:` and
 //! `check_rcpt`, Postfix's recipient tables before the milter, Exim), counted at the
 //! limiter as the milter counts a rejected recipient: the same tarpit, the same
-//! cluster-wide ban.
+//! cluster-wide ban. Early talkers, protocol errors and AUTH failures, which only the
+//! log tells of, are the limiter's `Offence`s, each kind with its own thresholds.
 //!
 //! Each file is followed on a thread of its own ([`follow`]) and parsed there
 //! (`mxlimit_maillog`); events go through a bounded queue to the limiter, so that a
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use metrics::counter;
+use mxlimit_core::offence::OffenceKind;
 use mxlimit_maillog::{Event, Kind, Reader};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -39,6 +41,8 @@ pub struct LogStats {
     /// Unknown recipients not sent: counted already (by the milter, or from another
     /// log file).
     pub duplicates: AtomicU64,
+    /// Offences (early talkers, protocol errors, AUTH failures) sent to the limiter.
+    pub offences: AtomicU64,
 }
 
 /// Follows `files` and counts their events at the limiter until `until` resolves.
@@ -161,12 +165,23 @@ async fn count(
 
 /// One event at the limiter. An unknown recipient is a rejected `Recipient`, with a
 /// session id made from the event's own id: the same line read twice counts once.
-/// Early talkers, protocol errors and AUTH failures are counted here (metrics) and
-/// not yet sent: the limiter has no call for them yet.
+/// Early talkers, protocol errors and AUTH failures are `Offence`s of their kind, with
+/// the same id.
 async fn report(limiter: &Limiter, stats: &LogStats, e: &Event) {
-    if e.kind != Kind::UnknownRecipient {
-        return;
-    }
+    let id = format!("log-{:016x}", fnv1a(e.id.as_bytes()));
+    let kind = match e.kind {
+        Kind::UnknownRecipient => return report_recipient(limiter, stats, e, &id).await,
+        Kind::Pregreet => OffenceKind::Pregreet,
+        Kind::ProtocolError => OffenceKind::Protocol,
+        Kind::AuthFailure => OffenceKind::Auth,
+    };
+    stats.offences.fetch_add(1, Ordering::Relaxed);
+    // The MTA has dealt with this session; a ban the verdict reports bites at the
+    // source's next connection, on every MX.
+    let _ = limiter.offence(e.ip, kind, &id).await;
+}
+
+async fn report_recipient(limiter: &Limiter, stats: &LogStats, e: &Event, session: &str) {
     let recipient = e.recipient.as_deref().unwrap_or("");
     // Checked and noted in one step: two log files' copies of one refusal, reported
     // at once, count once.
@@ -176,7 +191,6 @@ async fn report(limiter: &Limiter, stats: &LogStats, e: &Event) {
         return;
     }
     stats.reported.fetch_add(1, Ordering::Relaxed);
-    let session = format!("log-{:016x}", fnv1a(e.id.as_bytes()));
     let rcpt = Rcpt {
         recipient,
         rejected: true,
@@ -185,7 +199,7 @@ async fn report(limiter: &Limiter, stats: &LogStats, e: &Event) {
         envelope_bad_rcpts: 1,
     };
     // The verdict is the MTA's business: it has refused the recipient already.
-    let _ = limiter.recipient(&session, e.ip, None, rcpt).await;
+    let _ = limiter.recipient(session, e.ip, None, rcpt).await;
 }
 
 /// FNV-1a, 64 bits: a stable id across restarts (std's hasher is seeded per process).
