@@ -8,6 +8,7 @@
 //! saying so; nothing is skipped.
 
 pub mod dns;
+pub mod exim;
 pub mod ipv6;
 #[cfg(feature = "limiter")]
 pub mod limiter;

@@ -4,8 +4,10 @@
 //! The first request of an SMTP session (any stage) makes the `Connect` call; RCPT-stage
 //! requests make a `Recipient` call for ban, tarpit and `max_rcpts_per_message`.
 //! What Postfix never tells a policy service: rejected recipients (it asks before it
-//! checks them) and disconnects. So this adapter counts no bad recipients (use the
-//! milter for that), and its sessions' leases are released only by their TTL.
+//! checks them) and disconnects. So with Postfix this adapter counts no bad recipients
+//! (use the milter for that), and its sessions' leases are released only by their TTL.
+//! Exim asks it from its ACLs (`${readsocket}`, docs/MTA.md), and asks again after it
+//! refused a recipient, with mxlimit's [`REJECTED`] attribute: that one is counted.
 //!
 //! Beside the milter, Postfix asks it with `policy_context=bans` in
 //! `smtpd_recipient_restrictions`: then it answers bans and refusals only
@@ -30,6 +32,9 @@ use crate::metrics::{Undecided, undecided};
 const ADAPTER: &str = "policy";
 /// The `policy_context` that asks for the ban check alone (see [`PolicyService::bans`]).
 pub const BANS_CONTEXT: &str = "bans";
+/// mxlimit's attribute: `mxlimit_rejected=yes` on a RCPT request says the MTA refused
+/// that recipient as unknown (Postfix never sends it; Exim's ACL does).
+pub const REJECTED: &str = "mxlimit_rejected";
 
 /// Largest request accepted (Postfix's own requests are a few hundred bytes).
 const MAX_REQUEST: usize = 64 * 1024;
@@ -46,6 +51,7 @@ struct Known {
     tarpit_ms: u32,
     instance: String,
     rcpts: u32,
+    bad_rcpts: u32,
     seen: Instant,
 }
 
@@ -215,13 +221,16 @@ impl PolicyService {
         name: Option<&str>,
     ) -> String {
         let get = |k: &str| a.get(k).map(String::as_str).unwrap_or("");
-        let (rcpts, tarpit_ms) = self.count_rcpt(key, get("instance"));
+        // mxlimit's own attribute, for MTAs that ask again once they have refused the
+        // recipient (Exim's ACL after `!verify = recipient`): the same RCPT, rejected.
+        let rejected = get(REJECTED).eq_ignore_ascii_case("yes");
+        let (rcpts, bad, tarpit_ms) = self.count_rcpt(key, get("instance"), rejected);
         let rcpt = Rcpt {
             recipient: get("recipient"),
-            rejected: false,
-            smtp_code: 0,
+            rejected,
+            smtp_code: if rejected { 550 } else { 0 },
             envelope_rcpts: rcpts,
-            envelope_bad_rcpts: 0,
+            envelope_bad_rcpts: bad,
         };
         let (v, _) = match ip {
             Some(ip) => self.limiter.recipient(id, ip, name, rcpt).await,
@@ -292,24 +301,34 @@ impl PolicyService {
                 tarpit_ms: 0,
                 instance: String::new(),
                 rcpts: 0,
+                bad_rcpts: 0,
                 seen: now,
             },
         );
     }
 
-    /// Counts a RCPT of the session's current message; returns the count with this one.
-    fn count_rcpt(&self, key: &str, instance: &str) -> (u32, u32) {
+    /// Counts a RCPT of the session's current message; returns the RCPTs and rejected
+    /// RCPTs so far, this one included, and the session's tarpit. A `rejected` request
+    /// is the RCPT asked about just before, now refused: counted as bad, not again as
+    /// a RCPT.
+    fn count_rcpt(&self, key: &str, instance: &str, rejected: bool) -> (u32, u32, u32) {
         let mut s = self.lock();
         let Some(k) = s.get_mut(key) else {
-            return (1, 0);
+            return (1, u32::from(rejected), 0);
         };
         if k.instance != instance {
             k.instance = instance.to_string();
             k.rcpts = 0;
+            k.bad_rcpts = 0;
         }
-        k.rcpts += 1;
+        if rejected {
+            k.rcpts = k.rcpts.max(1);
+            k.bad_rcpts += 1;
+        } else {
+            k.rcpts += 1;
+        }
         k.seen = Instant::now();
-        (k.rcpts, k.tarpit_ms)
+        (k.rcpts, k.bad_rcpts, k.tarpit_ms)
     }
 
     /// Sessions remembered now.
