@@ -341,3 +341,122 @@ async fn an_early_talker_at_postscreen_is_refused_at_connect_on_every_mx() {
     a1.stop().await;
     a2.stop().await;
 }
+
+/// Polls `ok` until it holds, for at most 20 s; the message shows `show()`.
+async fn wait_for(what: &str, ok: impl Fn() -> bool, show: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}: {}", show());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Log rotation during an attack loses no event and counts none twice. The seed's
+/// sendmail (virtusertable catch-all, refusals only its log tells of) is attacked in
+/// four sessions of two unknown users each, and its log rotated between them:
+/// - as logrotate rotates rsyslog's files: renamed, a new file made, and the logger
+///   writing on to the renamed one until its HUP, while the agent already reads the
+///   new file;
+/// - then cut in place (`copytruncate`).
+///
+/// Every refusal is reported once; with block_after = 7 the source is not banned
+/// after six, and the eighth bans it at a Postfix MX of the same cluster.
+// Long on purpose: one attack whose steps build on each other, read top to bottom.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_rotation_during_an_attack_loses_no_event() {
+    let limiter = limiter(
+        &POLICY.replace("block_after = 2\n", "block_after = 7\n"),
+        "",
+    )
+    .await;
+    let sm = Sendmail::start(
+        "rotate1",
+        &SendmailOptions {
+            log: true,
+            virtusertable: Some("root@mx.test\troot\n@mx.test\terror:nouser User unknown\n".into()),
+            ..Default::default()
+        },
+    );
+    let mut cfg1 = config("mx1", &[limiter.addr]);
+    cfg1.milter.listen.clear();
+    cfg1.policy.listen.clear();
+    cfg1.socketmap.listen.clear();
+    cfg1.logs.files = vec![sm.log_path().to_path_buf()];
+    cfg1.logs.poll = mxlimit_core::policy::duration::Span::millis(20);
+    let a1 = agent(&cfg1).await;
+    let mut cfg2 = config("mx2", &[limiter.addr]);
+    cfg2.policy.listen.clear();
+    cfg2.socketmap.listen.clear();
+    let a2 = agent(&cfg2).await;
+    let pf = Postfix::start(
+        "rotate2",
+        &PostfixOptions {
+            milter: Some(format!("inet:{}", tcp(&a2.milter[0]))),
+            mailboxes: vec!["alice@mx.test".into()],
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let stats = a1.logs.clone();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let show = || format!("{stats:?}\nsendmail's log:\n{}", sm.log());
+    let attacker = "127.0.86.1";
+    for step in 0..4u64 {
+        match step {
+            // logrotate with `create`: the agent takes up the new file while the
+            // logger goes on with the old one.
+            1 => {
+                sm.rotate_log(&dir.path().join("maillog.1"));
+                wait_for("the rotation seen", || load(&stats.reopened) >= 1, show).await;
+            }
+            // postrotate's HUP: the logger writes to the new file.
+            2 => {
+                assert_eq!(
+                    std::fs::read_to_string(sm.log_path()).unwrap(),
+                    "",
+                    "the logger wrote to the new file before its HUP"
+                );
+                sm.reopen_log();
+            }
+            // copytruncate, after six refusals: not banned yet.
+            3 => {
+                assert_ne!(std::fs::read_to_string(sm.log_path()).unwrap(), "");
+                let before = load(&stats.reopened);
+                sm.copytruncate_log(&dir.path().join("maillog.2"));
+                wait_for(
+                    "the truncation seen",
+                    || load(&stats.reopened) > before,
+                    show,
+                )
+                .await;
+                let r = session(pf.addr(), attacker, &[]).await;
+                assert!(r.iter().all(|r| r.code < 400), "banned after six: {r:?}");
+            }
+            _ => {}
+        }
+        let rcpts: Vec<String> = (0..2)
+            .map(|i| format!("nobody{step}-{i}@mx.test"))
+            .collect();
+        let r = session(sm.addr(), attacker, &rcpts).await;
+        assert!(r[3..].iter().all(|r| r.code == 553), "{r:?}");
+        let reported = 2 * (step + 1);
+        wait_for(
+            &format!("{reported} reported"),
+            || load(&stats.reported) == reported,
+            show,
+        )
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = session(pf.addr(), attacker, &[]).await;
+        if r.first().is_some_and(|g| g.code == 421) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never banned: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(load(&stats.duplicates), 0, "{stats:?}");
+    a1.stop().await;
+    a2.stop().await;
+}

@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::{free_port, require};
@@ -59,6 +61,8 @@ pub struct Sendmail {
     child: Child,
     _dir: tempfile::TempDir,
     log: PathBuf,
+    /// Set to have the log writer reopen the log's name (rsyslog's HUP).
+    reopen: Arc<AtomicBool>,
 }
 
 impl Sendmail {
@@ -82,6 +86,7 @@ impl Sendmail {
             opts.recommended || opts.access.is_none() || opts.socketmap.is_none(),
             "one access map: a file or a socketmap (or both in a sequence: recommended)"
         );
+        let reopen = Arc::new(AtomicBool::new(false));
         for attempt in 0..5 {
             let port = free_port();
             let mc = mc(d, name, port, opts);
@@ -107,7 +112,7 @@ impl Sendmail {
             let mut unshare = vec!["--uts"];
             let mut script = String::new();
             if opts.log && attempt == 0 {
-                syslog_socket(&d.join("log.sock"), d.join("maillog"));
+                syslog_socket(&d.join("log.sock"), d.join("maillog"), reopen.clone());
             }
             if opts.log {
                 unshare.extend(["--mount", "--propagation", "private"]);
@@ -144,6 +149,7 @@ impl Sendmail {
                         port,
                         child,
                         log: d.join("maillog"),
+                        reopen,
                         _dir: dir,
                     };
                 }
@@ -177,6 +183,30 @@ impl Sendmail {
     pub fn log_path(&self) -> &Path {
         &self.log
     }
+
+    /// logrotate's default rotation as rsyslog lives it: the log renamed to `to` and a
+    /// new, empty one made (`create`), while the writer goes on appending to the
+    /// renamed file until [`Sendmail::reopen_log`] (postrotate's HUP).
+    pub fn rotate_log(&self, to: &Path) {
+        std::fs::rename(&self.log, to).unwrap();
+        std::fs::File::create(&self.log).unwrap();
+    }
+
+    /// rsyslog's HUP: messages from the next on go to the file under the log's name.
+    pub fn reopen_log(&self) {
+        self.reopen.store(true, Ordering::SeqCst);
+    }
+
+    /// logrotate's `copytruncate`: the log copied to `to`, then cut to nothing in
+    /// place; the writer (appending) goes on at its new end.
+    pub fn copytruncate_log(&self, to: &Path) {
+        std::fs::copy(&self.log, to).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&self.log)
+            .unwrap();
+    }
 }
 
 /// A syslog socket at `sock` whose messages are appended to `file` as rsyslog's
@@ -184,7 +214,7 @@ impl Sendmail {
 /// glibc's syslog(3) sends `<PRI>Mmm dd hh:mm:ss tag[pid]: message`; the host goes
 /// after the time stamp. `/dev/log` must exist to be mounted over: where no syslog
 /// daemon made it, an empty file is left there (as root; nothing else reads it).
-fn syslog_socket(sock: &Path, file: PathBuf) {
+fn syslog_socket(sock: &Path, file: PathBuf, reopen: Arc<AtomicBool>) {
     if std::fs::symlink_metadata("/dev/log").is_err() {
         std::fs::File::create("/dev/log").expect("create /dev/log (tests run as root)");
     }
@@ -197,6 +227,16 @@ fn syslog_socket(sock: &Path, file: PathBuf) {
             .open(&file)
             .expect("log file");
         while let Ok(n) = socket.recv(&mut buf) {
+            if reopen.swap(false, Ordering::SeqCst) {
+                match std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&file)
+                {
+                    Ok(f) => out = f,
+                    Err(_) => return,
+                }
+            }
             let msg = String::from_utf8_lossy(&buf[..n]);
             let msg = msg.trim_end_matches(['\n', '\0']);
             // Drop `<PRI>`.

@@ -1,8 +1,8 @@
 //! Follows a log file as `tail -F` does: from its end when the agent starts, through
-//! rotation by rename (the old file is read to its end, then the new one from its
-//! start), copytruncate (read again from the start), deletion (the new file is
-//! waited for) and lines written in pieces. Runs on a thread of its own: a slow disk
-//! never stalls the adapters.
+//! rotation by rename (the new file is read from its start, and the old one as long
+//! as the logger may still write to it), copytruncate (read again from the start),
+//! deletion (the new file is waited for) and lines written in pieces. Runs on a thread
+//! of its own: a slow disk never stalls the adapters.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
@@ -15,6 +15,11 @@ use std::time::Duration;
 /// Lines longer than this are dropped (counted), not buffered: a binary file or a
 /// runaway line must not grow memory.
 pub const MAX_LINE: usize = 64 * 1024;
+
+/// How long a rotated file is still read after it last grew. logrotate makes the new
+/// file (`create`) before its `postrotate` tells the logger to reopen (rsyslog's HUP):
+/// until then the logger writes to the old one.
+pub const ROTATED_DRAIN: Duration = Duration::from_secs(10);
 
 /// What the follower reports besides lines.
 pub trait Sink {
@@ -47,7 +52,14 @@ pub fn follow(path: &Path, poll: Duration, stop: &Arc<AtomicBool>, sink: &mut im
     sink.reopened(if cur.is_some() { "started" } else { "waiting" });
     let mut lines = Lines::default();
     let mut chunk = vec![0u8; 64 * 1024];
+    // The file rotated away, still read while the logger may write to it.
+    let mut rotated: Option<Rotated> = None;
     while !stop.load(Ordering::Relaxed) && !sink.closed() {
+        if let Some(r) = &mut rotated
+            && !r.drain(&mut chunk, sink)
+        {
+            rotated = None;
+        }
         let Some(f) = cur.as_mut() else {
             // Not there (yet, or deleted and not made again): a file that appears
             // later is new, and is read from its start.
@@ -76,17 +88,24 @@ pub fn follow(path: &Path, poll: Duration, stop: &Arc<AtomicBool>, sink: &mut im
         // At the end of what is open: has the file under the name changed?
         match std::fs::metadata(path) {
             Ok(m) if m.ino() != f.ino || m.dev() != f.dev => {
-                // Renamed away and made again: what the logger wrote to the old file
-                // since the read above is read first, then the new file from its
-                // start.
+                // Renamed away and made again: the new file is read from its start,
+                // and the old one still, until it has not grown for a while.
                 let _ = f.read_to_end(&mut chunk, &mut lines, sink);
-                lines.flush(sink);
                 match Open::at_start(path) {
                     Ok(o) => {
-                        cur = Some(o);
+                        if let Some(mut r) = rotated.take() {
+                            r.finish(&mut chunk, sink);
+                        }
+                        let old = std::mem::replace(f, o);
+                        rotated = Some(Rotated {
+                            open: old,
+                            lines: std::mem::take(&mut lines),
+                            grew: std::time::Instant::now(),
+                        });
                         sink.reopened("rotated");
                     }
                     Err(e) => {
+                        lines.flush(sink);
                         sink.unreadable(&e);
                         cur = None;
                     }
@@ -114,6 +133,36 @@ pub fn follow(path: &Path, poll: Duration, stop: &Arc<AtomicBool>, sink: &mut im
             }
         }
         std::thread::sleep(poll);
+    }
+}
+
+/// A file rotated away, and its last line's beginning.
+struct Rotated {
+    open: Open,
+    lines: Lines,
+    grew: std::time::Instant,
+}
+
+impl Rotated {
+    /// Reads what the logger added; whether to keep reading it.
+    fn drain(&mut self, chunk: &mut [u8], sink: &mut impl Sink) -> bool {
+        match self.open.read_to_end(chunk, &mut self.lines, sink) {
+            Ok(true) => {
+                self.grew = std::time::Instant::now();
+                true
+            }
+            Ok(false) if self.grew.elapsed() < ROTATED_DRAIN => true,
+            _ => {
+                self.lines.flush(sink);
+                false
+            }
+        }
+    }
+
+    /// Reads it to its end, for good (the file rotated again).
+    fn finish(&mut self, chunk: &mut [u8], sink: &mut impl Sink) {
+        let _ = self.open.read_to_end(chunk, &mut self.lines, sink);
+        self.lines.flush(sink);
     }
 }
 
@@ -362,6 +411,31 @@ mod tests {
         r.reopened_for("deleted");
         append(&log, b"e\n");
         assert_eq!(r.lines_until(5)[4], "e");
+    }
+
+    #[test]
+    fn a_rotated_file_is_still_read_while_the_logger_writes_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("mail.log");
+        let old = dir.path().join("mail.log.1");
+        append(&log, b"");
+        let r = Running::start(&log);
+        append(&log, b"a\n");
+        r.lines_until(1);
+        // logrotate with `create`: renamed, a new file made, and the logger (not yet
+        // told to reopen) writes on to the old one, half a line first.
+        std::fs::rename(&log, &old).unwrap();
+        append(&log, b"");
+        r.reopened_for("rotated");
+        append(&old, b"b, in pie");
+        append(&log, b"c\n");
+        r.lines_until(2);
+        append(&old, b"ces\n");
+        // postrotate's HUP: the logger reopens the new file.
+        append(&log, b"d\n");
+        let mut got = r.lines_until(4);
+        got.sort();
+        assert_eq!(got, ["a", "b, in pieces", "c", "d"]);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! (`mxlimit_maillog`); events go through a bounded queue to the limiter, so that a
 //! log flood far faster than the limiter answers costs dropped events (counted and
 //! warned), never memory or the adapters' time. Following starts at the end of each
-//! file: what was written while the agent was down is `mxlimit import-log`'s.
+//! file: what was written while the agent was down is `mxlimit import-log`'s. A file
+//! rotated away is still read for [`follow::ROTATED_DRAIN`] after it last grew.
 
 pub mod follow;
 
@@ -43,6 +44,10 @@ pub struct LogStats {
     pub duplicates: AtomicU64,
     /// Offences (early talkers, protocol errors, AUTH failures) sent to the limiter.
     pub offences: AtomicU64,
+    /// Lines read, all files together.
+    pub lines: AtomicU64,
+    /// Times a followed file was found rotated, truncated, deleted or made.
+    pub reopened: AtomicU64,
 }
 
 /// Follows `files` and counts their events at the limiter until `until` resolves.
@@ -60,9 +65,10 @@ pub fn serve(
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for path in files {
-        let (path, tx, stop) = (path.clone(), tx.clone(), stop.clone());
+        let (path, tx, stop, stats) = (path.clone(), tx.clone(), stop.clone(), stats.clone());
         tasks.push(tokio::task::spawn_blocking(move || {
             let mut sink = Parse {
+                stats,
                 path: path.clone(),
                 reader: Reader::new(),
                 events: Vec::new(),
@@ -83,6 +89,7 @@ pub fn serve(
 
 /// Lines to events, on the follower's thread.
 struct Parse {
+    stats: Arc<LogStats>,
     path: PathBuf,
     reader: Reader,
     events: Vec<Event>,
@@ -92,6 +99,7 @@ struct Parse {
 
 impl follow::Sink for Parse {
     fn line(&mut self, line: &str) {
+        self.stats.lines.fetch_add(1, Ordering::Relaxed);
         let before = self.reader.stats().matched;
         self.reader.line(line, &mut self.events);
         let result = if self.reader.stats().matched > before {
@@ -124,6 +132,9 @@ impl follow::Sink for Parse {
     }
 
     fn reopened(&mut self, why: &'static str) {
+        if !matches!(why, "started" | "waiting") {
+            self.stats.reopened.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::info!(path = %self.path.display(), why, "logs: following");
     }
 
