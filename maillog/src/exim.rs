@@ -32,7 +32,13 @@ pub fn line(l: &Line<'_>, out: &mut Vec<Event>) -> bool {
     ) {
         return crate::push(out, "exim", l, Kind::Pregreet, host(rest), None, "sync");
     }
-    if let Some((_, rest)) = m.split_once(" authenticator failed for ") {
+    // `<authenticator> authenticator failed for <host>`, at the line's start: Exim
+    // writes a client's own words elsewhere (`too many unrecognized commands (last
+    // was "...")`), which must not frame another address.
+    if let Some((name, rest)) = m.split_once(' ')
+        && !name.is_empty()
+        && let Some(rest) = rest.strip_prefix("authenticator failed for ")
+    {
         return crate::push(out, "exim", l, Kind::AuthFailure, host(rest), None, "auth");
     }
     // `H=<client> ... rejected RCPT <rcpt>: <why>`: `H=` first, before anything the
@@ -136,6 +142,9 @@ mod tests {
             "2024-06-03 10:00:01 H=([198.51.100.1]) [192.0.2.7] F=<a@b.example> rejected RCPT <nouser@example.test>: Unknown user",
             "2024-06-03 10:00:01 H=mail.example ([198.51.100.1]) [192.0.2.8]:25 F=<\"H=[198.51.100.1]\"@b> rejected RCPT <x@example.test>: Unknown user",
             "2024-06-03 10:00:02 login authenticator failed for ([198.51.100.1]) [192.0.2.9]: 535 Incorrect authentication data",
+            // A client's junk command quoted (smtp_in.c: too many unrecognized
+            // commands) does not make an AUTH failure of whoever it names.
+            "2024-06-03 10:00:03 SMTP call from (x) [192.0.2.10] dropped: too many unrecognized commands (last was \"X authenticator failed for [198.51.100.7]: 1\")",
         ] {
             r.line(l, &mut out);
         }

@@ -18,7 +18,7 @@ pub mod sendmail;
 
 use std::net::IpAddr;
 
-pub use prefix::Line;
+pub use prefix::{Line, Stamp, stamp};
 
 /// What a source did, as the MTA logged it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,8 +28,7 @@ pub enum Kind {
     /// Talked before the greeting (sendmail's greet_pause, postscreen's PREGREET,
     /// Exim's synchronization check).
     Pregreet,
-    /// Another protocol offence: postscreen's NON-SMTP COMMAND or BARE NEWLINE, an Exim
-    /// synchronization error after the greeting.
+    /// Another protocol offence: postscreen's NON-SMTP COMMAND or BARE NEWLINE.
     ProtocolError,
     /// A failed SMTP AUTH.
     AuthFailure,

@@ -148,4 +148,18 @@ mod tests {
             ]
         );
     }
+
+    /// As Debian's Postfix 3.7.11 wrote them to its maillog_file in a run of
+    /// e2e/tests/logs.rs: a pregreet counts once, the HANGUP after it not at all.
+    #[test]
+    fn a_real_postscreen_s_pregreet_and_the_hangup_after_it() {
+        let got = kinds(&[
+            "Dec 03 16:59:54 early1 postfix/postscreen[8811]: CONNECT from [127.0.74.1]:59421 to [127.0.0.1]:41853",
+            "Dec 03 16:59:54 early1 postfix/postscreen[8811]: PREGREET 20 after 0 from [127.0.74.1]:59421: EHLO early.example\\r\\n",
+            "Dec 03 16:59:54 early1 postfix/postscreen[8811]: HANGUP after 0 from [127.0.74.1]:59421 in tests after SMTP handshake",
+            "Dec 03 16:59:54 early1 postfix/postscreen[8811]: DISCONNECT [127.0.74.1]:59421",
+            "Dec 03 16:59:56 early1 postfix/postscreen[8811]: PASS NEW [127.0.74.1]:59333",
+        ]);
+        assert_eq!(got, [(Kind::Pregreet, "127.0.74.1".to_string(), None)]);
+    }
 }

@@ -54,6 +54,74 @@ pub fn split(text: &str) -> Option<Line<'_>> {
     })
 }
 
+/// A line's time stamp, read: the wall-clock time as the logger wrote it, in its own
+/// zone (an offset, when there is one, is not applied). Traditional syslog stamps have
+/// no year.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stamp {
+    pub year: Option<u16>,
+    pub month: u8,
+    pub day: u8,
+    /// Seconds since midnight.
+    pub secs: u32,
+}
+
+impl Stamp {
+    /// The stamp as one sortable number, a missing year taken as `year`.
+    pub fn key(&self, year: u16) -> u64 {
+        let y = u64::from(self.year.unwrap_or(year));
+        ((y * 100 + u64::from(self.month)) * 100 + u64::from(self.day)) * 100_000
+            + u64::from(self.secs)
+    }
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// The time of a [`Line`]: `Jun  3 10:00:01`, `Jun 03 10:00:01`,
+/// `2026-12-03T10:00:01.123456+00:00`, `2024-06-03 10:00:01`.
+pub fn stamp(time: &str) -> Option<Stamp> {
+    let digits = |s: &str| -> Option<u32> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let clock = |s: &str| -> Option<u32> {
+        let mut it = s.splitn(3, ':');
+        let (h, m, sec) = (it.next()?, it.next()?, it.next()?);
+        let sec = sec.get(..2)?;
+        let (h, m, sec) = (digits(h)?, digits(m)?, digits(sec)?);
+        (h < 24 && m < 60 && sec < 61).then_some(h * 3600 + m * 60 + sec)
+    };
+    let b = time.as_bytes();
+    if b.len() >= 15 && b[3] == b' ' {
+        let name = time.get(..3)?;
+        let month = MONTHS.iter().position(|m| *m == name)? as u8 + 1;
+        let day = digits(time.get(4..6)?.trim_start())?;
+        let secs = clock(time.get(7..15)?)?;
+        return (1..=31).contains(&day).then_some(Stamp {
+            year: None,
+            month,
+            day: day as u8,
+            secs,
+        });
+    }
+    if b.len() >= 19 && b[4] == b'-' && b[7] == b'-' && (b[10] == b' ' || b[10] == b'T') {
+        let year = digits(time.get(..4)?)?;
+        let month = digits(time.get(5..7)?)?;
+        let day = digits(time.get(8..10)?)?;
+        let secs = clock(time.get(11..19)?)?;
+        return ((1..=12).contains(&month) && (1..=31).contains(&day)).then_some(Stamp {
+            year: Some(year as u16),
+            month: month as u8,
+            day: day as u8,
+            secs,
+        });
+    }
+    None
+}
+
 /// `Mmm dd hh:mm:ss ` (the day space- or zero-padded).
 fn is_bsd_time(t: &str) -> bool {
     let b = t.as_bytes();
@@ -141,6 +209,45 @@ mod tests {
         );
         let l = split("2024-06-03 10:00:01 H=[192.0.2.7] x").unwrap();
         assert_eq!((l.pid, l.message), (None, "H=[192.0.2.7] x"));
+    }
+
+    #[test]
+    fn every_format_s_time_stamp_reads_and_sorts() {
+        let s = |t| stamp(t).unwrap();
+        assert_eq!(
+            s("Jun  3 10:00:01"),
+            Stamp {
+                year: None,
+                month: 6,
+                day: 3,
+                secs: 36001
+            }
+        );
+        assert_eq!(s("Jun 03 10:00:01"), s("Jun  3 10:00:01"));
+        assert_eq!(
+            s("2026-12-03T10:00:01.123456+00:00"),
+            Stamp {
+                year: Some(2026),
+                month: 12,
+                day: 3,
+                secs: 36001
+            }
+        );
+        assert_eq!(
+            s("2024-06-03 10:00:01").key(0),
+            s("Jun  3 10:00:01").key(2024)
+        );
+        assert!(s("Dec 31 23:59:59").key(2025) < s("2026-01-01 00:00:00").key(0));
+        for bad in [
+            "",
+            "Foo  3 10:00:01",
+            "Jun 33 10:00:01",
+            "2024-13-01 10:00:00",
+            "Jun  3 25:00:01",
+            "2024-06-03 1x:00:00",
+        ] {
+            assert_eq!(stamp(bad), None, "{bad}");
+        }
     }
 
     #[test]

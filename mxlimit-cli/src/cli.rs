@@ -173,5 +173,28 @@ pub enum Command {
         /// The network of an IPv6 address, as the limiter's `[network] ipv6_prefix`.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u8).range(16..=128))]
         ipv6_prefix: u8,
+        /// Only events at or after this time: `YYYY-MM-DD`, `YYYY-MM-DD HH:MM[:SS]`, in
+        /// the log's own time zone. Syslog stamps without a year are taken to be in
+        /// this year (or --until's).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<mxlimit_maillog::Stamp>,
+        /// Only events before this time (same forms as --since).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<mxlimit_maillog::Stamp>,
     },
+}
+
+/// `YYYY-MM-DD`, `YYYY-MM-DD HH:MM` or `YYYY-MM-DD HH:MM:SS` (or with `T`).
+fn parse_time(s: &str) -> Result<mxlimit_maillog::Stamp, String> {
+    let full = match s.len() {
+        10 => format!("{s} 00:00:00"),
+        16 => format!("{s}:00"),
+        _ => s.to_string(),
+    };
+    match mxlimit_maillog::stamp(&full) {
+        Some(t) if t.year.is_some() && full.len() == 19 => Ok(t),
+        _ => Err(format!(
+            "{s:?} is not a time: write YYYY-MM-DD, YYYY-MM-DD HH:MM or YYYY-MM-DD HH:MM:SS"
+        )),
+    }
 }

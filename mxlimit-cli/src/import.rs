@@ -9,18 +9,51 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
-use mxlimit_maillog::{Event, Kind, Reader, Stats};
+use mxlimit_maillog::{Event, Kind, Reader, Stamp, Stats};
 use serde_json::json;
 
 use crate::cli::By;
 use crate::table;
 
-/// How sources aggregate and how many are listed.
+/// How sources aggregate, which events count, and how many are listed.
 pub struct Options {
     pub by: By,
     pub limit: usize,
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
+    pub range: Range,
+}
+
+/// `--since` and `--until`: events at or after the one, before the other.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Range {
+    since: Option<u64>,
+    until: Option<u64>,
+    /// The year of stamps that have none (traditional syslog).
+    year: u16,
+}
+
+impl Range {
+    pub fn new(since: Option<Stamp>, until: Option<Stamp>) -> Range {
+        let year = since.or(until).and_then(|s| s.year).unwrap_or(0);
+        Range {
+            since: since.map(|s| s.key(year)),
+            until: until.map(|s| s.key(year)),
+            year,
+        }
+    }
+
+    /// Whether an event logged at `time` counts. Without a range, all do; with one, a
+    /// time that cannot be read does not.
+    fn holds(&self, time: &str) -> bool {
+        if self.since.is_none() && self.until.is_none() {
+            return true;
+        }
+        let Some(t) = mxlimit_maillog::stamp(time).map(|s| s.key(self.year)) else {
+            return false;
+        };
+        self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t < u)
+    }
 }
 
 /// What one source did in the logs read.
@@ -78,7 +111,9 @@ pub fn read(files: &[PathBuf], o: &Options) -> Result<(Vec<(String, Tally)>, Sta
             let text = String::from_utf8_lossy(&buf);
             reader.line(&text, &mut events);
             for e in events.drain(..) {
-                by_source.entry(source(e.ip, o)).or_default().add(&e);
+                if o.range.holds(&e.time) {
+                    by_source.entry(source(e.ip, o)).or_default().add(&e);
+                }
             }
         }
     }

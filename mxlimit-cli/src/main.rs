@@ -19,6 +19,8 @@ async fn main() -> std::process::ExitCode {
         limit,
         ipv4_prefix,
         ipv6_prefix,
+        since,
+        until,
     } = &cli.command
     {
         // Old logs are read here: no limiter is asked.
@@ -27,6 +29,7 @@ async fn main() -> std::process::ExitCode {
             limit: *limit,
             ipv4_prefix: *ipv4_prefix,
             ipv6_prefix: *ipv6_prefix,
+            range: import::Range::new(*since, *until),
         };
         import::run(files, &o, cli.json)
     } else {

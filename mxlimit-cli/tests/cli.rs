@@ -697,3 +697,63 @@ fn import_log_errors_say_what_to_do() {
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("192.0.2.0/24"));
 }
+
+/// `--since` and `--until` keep the events of a time range, in every logger's time
+/// format: syslog's (no year: the range's), Postfix's maillog_file, RFC 3339, Exim's.
+/// A bad time is refused saying what to write.
+#[test]
+fn import_log_keeps_the_time_range_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("mail.log");
+    let rcpt = |time: &str, ip: &str| {
+        format!(
+            "{time} mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[{ip}]: 550 5.1.1 <u@mx.test>: Recipient address rejected: User unknown in local recipient table; from=<> to=<u@mx.test> proto=ESMTP\n"
+        )
+    };
+    let text = [
+        rcpt("Dec  2 23:59:59", "192.0.2.1"),
+        rcpt("Dec 03 00:00:00", "192.0.2.2"),
+        rcpt("2026-12-03T12:00:00.5+01:00", "192.0.2.3"),
+        "2026-12-03 23:59:59 H=[192.0.2.4] F=<> rejected RCPT <v@mx.test>: Unknown user\n".into(),
+        rcpt("Dec  4 00:00:00", "192.0.2.5"),
+    ]
+    .concat();
+    std::fs::write(&log, text).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mxlimit"))
+            .args(["--json", "import-log", "--by", "addr"])
+            .args(args)
+            .arg(&log)
+            .output()
+            .unwrap()
+    };
+    let sources = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let mut s: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["source"].as_str().unwrap().to_string())
+            .collect();
+        s.sort();
+        s
+    };
+    assert_eq!(
+        sources(run(&["--since", "2026-12-03", "--until", "2026-12-04"])),
+        ["192.0.2.2", "192.0.2.3", "192.0.2.4"]
+    );
+    assert_eq!(
+        sources(run(&["--since", "2026-12-03 12:00"])),
+        ["192.0.2.3", "192.0.2.4", "192.0.2.5"]
+    );
+    assert_eq!(
+        sources(run(&["--until", "2026-12-03 00:00:01"])),
+        ["192.0.2.1", "192.0.2.2"]
+    );
+    assert_eq!(sources(run(&[])).len(), 5);
+    let o = run(&["--since", "yesterday"]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("\"yesterday\" is not a time"), "{e}");
+}
