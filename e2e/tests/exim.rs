@@ -215,10 +215,15 @@ async fn exim_counts_tarpits_and_bans_with_postfix_and_sendmail() {
             rcpts[0].text.contains("Unknown user"),
             "Exim's own reply: {r:?}"
         );
-        // The tarpit: past the first, each refusal waited the agent's 400 ms.
+        // The tarpit: past the first, each refusal waited the agent's 400 ms, once
+        // (the ACL asks twice about an unknown user).
         assert!(rcpts[0].took < Duration::from_millis(300), "{r:?}");
         for t in &rcpts[1..4] {
             assert!(t.took >= Duration::from_millis(400), "not tarpitted: {r:?}");
+            assert!(
+                t.took < Duration::from_millis(750),
+                "tarpitted twice: {r:?}"
+            );
         }
         assert!(
             rcpts[4]
@@ -332,4 +337,36 @@ async fn mail_flows_through_exim_while_the_agent_is_down() {
     // Unknown users are still refused, by Exim alone.
     let r = session(exim.addr(), "127.0.83.1", &["nobody@mx.test".to_string()]).await;
     assert_eq!(r.last().unwrap().code, 550, "{r:?}");
+}
+
+/// A wedged agent (its port accepts connections, nobody answers) costs each request
+/// `MXLIMIT_TIMEOUT`, here 1s, and then mail flows: once at connect, once at an
+/// accepted RCPT, twice at an unknown user's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_flows_through_exim_past_a_wedged_agent() {
+    // The kernel completes the handshakes of its backlog; nothing ever reads.
+    let wedged = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let exim = Exim::start(
+        "exwedged",
+        &EximOptions {
+            policy: Some(format!("inet:{}", wedged.local_addr().unwrap())),
+            mailboxes: vec!["alice".into()],
+            timeout: Some("1s".into()),
+            ..Default::default()
+        },
+    );
+    let r = deliver(exim.addr(), "127.0.83.2", "alice@mx.test").await;
+    assert_eq!(r.last().unwrap().code, 250, "{r:?}\n{}", exim.log());
+    let waited =
+        |r: &Reply| r.took >= Duration::from_millis(900) && r.took < Duration::from_secs(3);
+    assert!(waited(&r[0]), "connect: {r:?}");
+    assert!(waited(&r[3]), "RCPT: {r:?}");
+    let r = session(exim.addr(), "127.0.83.2", &["nobody@mx.test".to_string()]).await;
+    let unknown = r.last().unwrap();
+    assert_eq!(unknown.code, 550, "{r:?}");
+    assert!(
+        unknown.took >= Duration::from_millis(1900) && unknown.took < Duration::from_secs(5),
+        "{r:?}"
+    );
+    drop(wedged);
 }

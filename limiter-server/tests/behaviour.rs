@@ -1229,7 +1229,7 @@ async fn offences_ban_the_address_then_the_network_on_every_instance(backend: Ba
                 "Too many invalid recipients or protocol errors from your address; try again later."
             );
         }
-        // Further offences of a banned address answer its ban and count nothing.
+        // Further offences of a banned address answer its ban.
         let again = offence(&mut p.a, "mx1", a, pregreet, "e9").await;
         assert_eq!(again.rule, format!("Ban:{a}"));
         // The network is not banned yet: two addresses short of three.

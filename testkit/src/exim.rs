@@ -1,7 +1,8 @@
 //! A private Exim daemon (Debian's `exim4-daemon-light` 4.96, unpacked privately
 //! because it conflicts with Postfix as a package): its own configuration, spool, log
 //! directory and port on 127.0.0.1 (and `[::1]`), wired to mx-agent's policy service
-//! with the repository's own `examples/exim4/mxlimit_acl.conf`, included as it ships.
+//! with the repository's own `examples/exim4/mxlimit_main.conf` and
+//! `mxlimit_acl.conf`, included as they ship, the agent's address given as a macro.
 //!
 //! Debian's binary runs as the `Debian-exim` user, which its `exim4-base` package
 //! makes; the machine is left alone: in a mount namespace of its own, `/etc/passwd`
@@ -41,6 +42,11 @@ pub fn shipped_acl() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/exim4/mxlimit_acl.conf")
 }
 
+/// The main-section settings operators include.
+pub fn shipped_main() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/exim4/mxlimit_main.conf")
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct EximOptions {
     /// mx-agent's policy service as `${readsocket}` names it, `inet:127.0.0.1:7027`:
@@ -50,7 +56,7 @@ pub struct EximOptions {
     pub mailboxes: Vec<String>,
     /// Also listen on `[::1]` at the same port, for clients with IPv6 addresses.
     pub ipv6: bool,
-    /// `MXLIMIT_TIMEOUT` (the shipped default is 10s).
+    /// `MXLIMIT_TIMEOUT` (the shipped default is 10s), e.g. `1s`.
     pub timeout: Option<String>,
 }
 
@@ -84,9 +90,17 @@ impl Exim {
         for attempt in 0..5 {
             let port = free_port();
             std::fs::write(d.join("exim.conf"), config(d, &bin, name, port, opts)).unwrap();
-            // Let the daemon bind before the tests connect; its errors go to stderr.
+            // Macros given with -D win over the shipped file's (readconf.c); root may
+            // give any.
+            let mut macros = String::new();
+            if let Some(p) = &opts.policy {
+                macros.push_str(&format!(" -DMXLIMIT_POLICY={p}"));
+            }
+            if let Some(t) = &opts.timeout {
+                macros.push_str(&format!(" -DMXLIMIT_TIMEOUT={t}"));
+            }
             let script = format!(
-                "mount --bind {d}/passwd /etc/passwd && mount --bind {d}/group /etc/group && exec {bin} -C {d}/exim.conf -bdf",
+                "mount --bind {d}/passwd /etc/passwd && mount --bind {d}/group /etc/group && exec {bin} -C {d}/exim.conf{macros} -bdf",
                 d = d.display(),
                 bin = bin.display(),
             );
@@ -193,19 +207,16 @@ fn config(d: &Path, bin: &Path, name: &str, port: u16, o: &EximOptions) -> Strin
             "127.0.0.1"
         },
     );
-    if let Some(p) = &o.policy {
-        // As examples/exim4/mxlimit_main.conf says, with this test's agent.
-        c.push_str(&format!("MXLIMIT_POLICY = {p}\n"));
-        if let Some(t) = &o.timeout {
-            c.push_str(&format!("MXLIMIT_TIMEOUT = {t}\n"));
-        }
-        c.push_str(
-            "acl_smtp_connect = mxlimit_connect\nacl_smtp_rcpt = mxlimit_rcpt\n\
-             pipelining_connect_advertise_hosts =\n",
-        );
-    } else {
-        c.push_str("acl_smtp_rcpt = acl_check_rcpt\n");
+    if o.policy.is_some() {
+        // The shipped main settings as they are (this test's agent and timeout come
+        // from the command line, which wins over the file's macros).
+        c.push_str(&format!(".include {}\n", shipped_main().display()));
     }
+    // As Debian's conf.d/main/02_exim4-config_options.
+    c.push_str(
+        ".ifndef MAIN_ACL_CHECK_RCPT\nMAIN_ACL_CHECK_RCPT = acl_check_rcpt\n.endif\n\
+         acl_smtp_rcpt = MAIN_ACL_CHECK_RCPT\n",
+    );
     c.push_str("\nbegin acl\n\n");
     if o.policy.is_some() {
         c.push_str(&format!(".include {}\n\n", shipped_acl().display()));

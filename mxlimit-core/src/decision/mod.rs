@@ -357,22 +357,21 @@ impl<S: Store> Engine<S> {
         let rule = verdict::rule::offences(req.kind);
         let done = |v: Verdict, result: &'static str| {
             counter!(OFFENCES, "kind" => req.kind.as_str(), "result" => result).increment(1);
-            let v = finish(&policy, v);
             log_refusal("offence", req.node, &source, Some(&v));
             Ok(OffenceReply { verdict: Some(v) })
         };
 
-        // 1. Not counted: a source an operator blocked (refused everywhere already), an
-        //    exempt one (OK, RELAY), or a kind turned off.
+        // 1. Not counted: a source an operator blocked (refused everywhere already; it
+        //    bites in shadow mode too), an exempt one (OK, RELAY), or a kind turned off.
         if let Some(v) = self.blocked(source.ip, crate::policy::settings::BanReply::Tempfail) {
             return done(v, "blocked");
         }
         if rules.exempt() {
             let v = access_verdict(&rules).unwrap_or_else(|| verdict::exempt(rule));
-            return done(v, "exempt");
+            return done(finish(&policy, v), "exempt");
         }
         if limits.is_off() {
-            return done(verdict::accept(rule), "off");
+            return done(finish(&policy, verdict::accept(rule)), "off");
         }
 
         // 2. Count it and learn of bans: one store operation.
@@ -395,7 +394,7 @@ impl<S: Store> Engine<S> {
 
         // 3. The verdict: the ban, if any.
         let Some(ban) = outcome.ban else {
-            return done(verdict::accept(rule), "counted");
+            return done(finish(&policy, verdict::accept(rule)), "counted");
         };
         if ban.new {
             tracing::info!(
@@ -414,7 +413,10 @@ impl<S: Store> Engine<S> {
             }
         }
         let v = verdict::banned_in_session(ban.level, &verdict::ban_rule(&source.at(ban.level)));
-        done(v, if ban.new { "banned" } else { "banned_before" })
+        done(
+            finish(&policy, v),
+            if ban.new { "banned" } else { "banned_before" },
+        )
     }
 
     /// What `connect` would answer from bans and access rules alone; counts nothing.

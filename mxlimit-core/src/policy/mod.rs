@@ -548,6 +548,21 @@ mod tests {
             e,
             "p.toml: offences.protocol.block_for: 2d is longer than bad_rcpt.max_block (1d), which caps every ban"
         );
+        for (text, says) in [
+            (
+                "[offences.pregreet]\nnetwork_ban_at = 1\n",
+                "offences.pregreet.network_ban_at: 1 would ban",
+            ),
+            (
+                "[offences.auth]\nban_at = 5000\n",
+                "offences.auth.ban_at: 5000 is more than 1000",
+            ),
+        ] {
+            let e = parse_settings(text, Path::new("p.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -177,6 +177,9 @@ pub struct OffenceLimits {
     pub block_for: Span,
 }
 
+/// The highest offence threshold: logs hold up to this many entries per source.
+pub const MAX_OFFENCES: u32 = 1000;
+
 impl OffenceLimits {
     /// The defaults of each kind. One pregreet bans the address: SMTP clients wait for
     /// the banner, and a ban answers 421 by default, which a real MTA retries. Other
@@ -356,6 +359,20 @@ impl Settings {
         }
         for kind in OffenceKind::ALL {
             let l = self.offences.limits(kind);
+            if l.network_ban_at == 1 {
+                return err(
+                    &format!("offences.{kind}.network_ban_at"),
+                    "1 would ban a whole network for one address's offence (ban_at would never apply): 0 (off) or at least 2".into(),
+                );
+            }
+            for (key, v) in [("ban_at", l.ban_at), ("network_ban_at", l.network_ban_at)] {
+                if v > MAX_OFFENCES {
+                    return err(
+                        &format!("offences.{kind}.{key}"),
+                        format!("{v} is more than {MAX_OFFENCES}"),
+                    );
+                }
+            }
             if l.window.0.is_zero() {
                 return err(
                     &format!("offences.{kind}.window"),

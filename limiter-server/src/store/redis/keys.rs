@@ -76,7 +76,8 @@ impl PenaltyKinds {
         self.misconduct[kind as usize]
     }
 
-    /// Every log of this level that a ban or an unban starts afresh.
+    /// Every log of this level, which an operator's unban starts afresh (a ban
+    /// clears only the log that led to it).
     pub fn logs(&self) -> impl Iterator<Item = &'static str> + '_ {
         std::iter::once(self.bad).chain(self.misconduct.iter().copied())
     }

@@ -52,6 +52,8 @@ struct Known {
     instance: String,
     rcpts: u32,
     bad_rcpts: u32,
+    /// The RCPT (of this message) whose answer waited last.
+    delayed_rcpt: u32,
     seen: Instant,
 }
 
@@ -238,9 +240,7 @@ impl PolicyService {
         };
         match action(&v) {
             Action::Accept | Action::Unspecified => {
-                if tarpit_ms > 0 {
-                    tokio::time::sleep(capped(tarpit_ms, self.max_delay)).await;
-                }
+                self.tarpit(key, rcpts, rejected, tarpit_ms).await;
                 "DUNNO".into()
             }
             Action::Delay => {
@@ -249,7 +249,7 @@ impl PolicyService {
                 {
                     k.tarpit_ms = v.delay_ms;
                 }
-                tokio::time::sleep(capped(v.delay_ms, self.max_delay)).await;
+                self.tarpit(key, rcpts, rejected, v.delay_ms).await;
                 "DUNNO".into()
             }
             Action::Disconnect => {
@@ -280,6 +280,24 @@ impl PolicyService {
         }
     }
 
+    /// Waits `ms` before the answer: the tarpit. One RCPT waits once, though an MTA
+    /// that asks again about a recipient it refused (Exim) asks twice.
+    async fn tarpit(&self, key: &str, rcpt: u32, rejected: bool, ms: u32) {
+        if ms == 0 {
+            return;
+        }
+        {
+            let mut s = self.lock();
+            if let Some(k) = s.get_mut(key) {
+                if rejected && k.delayed_rcpt == rcpt {
+                    return;
+                }
+                k.delayed_rcpt = rcpt;
+            }
+        }
+        tokio::time::sleep(capped(ms, self.max_delay)).await;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -302,6 +320,7 @@ impl PolicyService {
                 instance: String::new(),
                 rcpts: 0,
                 bad_rcpts: 0,
+                delayed_rcpt: 0,
                 seen: now,
             },
         );
@@ -320,6 +339,7 @@ impl PolicyService {
             k.instance = instance.to_string();
             k.rcpts = 0;
             k.bad_rcpts = 0;
+            k.delayed_rcpt = 0;
         }
         if rejected {
             k.rcpts = k.rcpts.max(1);
