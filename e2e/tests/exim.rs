@@ -21,27 +21,7 @@ const POLICY: &str = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\nad
 [bad_rcpt]\ntarpit_after = 1\nnetwork_tarpit_after = 0\nblock_after = 3\nnetwork_block_after = 0\n\
 tarpit_delay = \"400ms\"\nblock_for = \"1h\"\n[envelope]\nbad_rcpt_throttle = 0\n";
 
-/// One session: the greeting and each command's reply, then QUIT.
-async fn session(server: SocketAddr, from: &str, rcpts: &[String]) -> Vec<Reply> {
-    let (mut s, greeting) = Smtp::connect(from.parse().unwrap(), server)
-        .await
-        .expect("TCP connect");
-    let mut replies = vec![greeting];
-    for cmd in [
-        "EHLO client.example".to_string(),
-        "MAIL FROM:<a@client.example>".into(),
-    ]
-    .into_iter()
-    .chain(rcpts.iter().map(|r| format!("RCPT TO:<{r}>")))
-    {
-        match s.cmd(&cmd).await {
-            Ok(r) if r.code != 0 => replies.push(r),
-            _ => break,
-        }
-    }
-    let _ = s.cmd("QUIT").await;
-    replies
-}
+use common::smtp_session as session;
 
 /// A message delivered end to end: the reply to its final dot.
 async fn deliver(server: SocketAddr, from: &str, to: &str) -> Vec<Reply> {
@@ -88,12 +68,13 @@ struct Fleet {
 async fn fleet(limiter: SocketAddr, name: &str) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let mainlog = dir.path().join("mainlog");
-    let mut c1 = config("mx1", &[limiter]);
-    c1.milter.listen.clear();
-    c1.socketmap.listen.clear();
-    c1.logs.files = vec![mainlog.clone()];
-    c1.logs.poll = mxlimit_core::policy::duration::Span::millis(20);
-    let a1 = agent(&c1).await;
+    let a1 = agent(&log_config(
+        "mx1",
+        &[limiter],
+        std::slice::from_ref(&mainlog),
+        &["policy"],
+    ))
+    .await;
     let exim = Exim::start(
         &format!("{name}1"),
         &EximOptions {
@@ -105,10 +86,7 @@ async fn fleet(limiter: SocketAddr, name: &str) -> Fleet {
     );
     // The follower waits for the link's target and reads it from its start.
     std::os::unix::fs::symlink(exim.mainlog_path(), &mainlog).unwrap();
-    let mut c2 = config("mx2", &[limiter]);
-    c2.policy.listen.clear();
-    c2.socketmap.listen.clear();
-    let a2 = agent(&c2).await;
+    let a2 = agent(&milter_config("mx2", &[limiter])).await;
     let postfix = Postfix::start(
         &format!("{name}2"),
         &PostfixOptions {
@@ -118,10 +96,7 @@ async fn fleet(limiter: SocketAddr, name: &str) -> Fleet {
             ..Default::default()
         },
     );
-    let mut c3 = config("mx3", &[limiter]);
-    c3.policy.listen.clear();
-    c3.socketmap.listen.clear();
-    let a3 = agent(&c3).await;
+    let a3 = agent(&milter_config("mx3", &[limiter])).await;
     let sendmail = Sendmail::start(
         &format!("{name}3"),
         &SendmailOptions {

@@ -15,27 +15,7 @@ const POLICY: &str = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\nad
 [bad_rcpt]\ntarpit_after = 0\nnetwork_tarpit_after = 0\nblock_after = 2\nnetwork_block_after = 0\nblock_for = \"1h\"\n\
 [envelope]\nbad_rcpt_throttle = 0\n";
 
-/// One session: the recipients' replies, then QUIT (when sendmail logs the client).
-async fn session(server: SocketAddr, from: &str, rcpts: &[String]) -> Vec<Reply> {
-    let (mut s, greeting) = Smtp::connect(from.parse().unwrap(), server)
-        .await
-        .expect("TCP connect");
-    let mut replies = vec![greeting];
-    for cmd in [
-        "EHLO client.example".to_string(),
-        "MAIL FROM:<a@client.example>".into(),
-    ]
-    .into_iter()
-    .chain(rcpts.iter().map(|r| format!("RCPT TO:<{r}>")))
-    {
-        match s.cmd(&cmd).await {
-            Ok(r) => replies.push(r),
-            Err(_) => break,
-        }
-    }
-    let _ = s.cmd("QUIT").await;
-    replies
-}
+use common::smtp_session as session;
 
 /// The seed operator's setup: sendmail refuses a domain's unknown users with a
 /// virtusertable catch-all (`553 5.3.0 User unknown`), which no milter is told of.
@@ -58,17 +38,14 @@ async fn sendmail_virtusertable_refusals_from_the_log_ban_on_every_mx() {
     );
     // mx1 (sendmail) has no milter: its agent reads its log. mx2 (Postfix) has the
     // agent's milter, as recommended.
-    let mut cfg1 = config("mx1", &[limiter.addr]);
-    cfg1.milter.listen.clear();
-    cfg1.policy.listen.clear();
-    cfg1.socketmap.listen.clear();
-    cfg1.logs.files = vec![sm.log_path().to_path_buf()];
-    cfg1.logs.poll = mxlimit_core::policy::duration::Span::millis(20);
-    let a1 = agent(&cfg1).await;
-    let mut cfg2 = config("mx2", &[limiter.addr]);
-    cfg2.policy.listen.clear();
-    cfg2.socketmap.listen.clear();
-    let a2 = agent(&cfg2).await;
+    let a1 = agent(&log_config(
+        "mx1",
+        &[limiter.addr],
+        &[sm.log_path().into()],
+        &[],
+    ))
+    .await;
+    let a2 = agent(&milter_config("mx2", &[limiter.addr])).await;
     let pf = Postfix::start(
         "logs2",
         &PostfixOptions {
@@ -141,12 +118,13 @@ async fn a_refusal_the_milter_reported_is_not_counted_again_from_the_log() {
     // of ours, made a link to Postfix's maillog_file once it does. The follower waits
     // for a file that is not there yet and reads it from its start.
     let log = dir.path().join("maillog");
-    let mut cfg = config("mx1", &[limiter.addr]);
-    cfg.policy.listen.clear();
-    cfg.socketmap.listen.clear();
-    cfg.logs.files = vec![log.clone()];
-    cfg.logs.poll = mxlimit_core::policy::duration::Span::millis(20);
-    let a = agent(&cfg).await;
+    let a = agent(&log_config(
+        "mx1",
+        &[limiter.addr],
+        std::slice::from_ref(&log),
+        &["milter"],
+    ))
+    .await;
     let pf = Postfix::start(
         "logs3",
         &PostfixOptions {
@@ -212,12 +190,13 @@ async fn an_early_talker_at_postscreen_is_refused_at_connect_on_every_mx() {
     let log = dir.path().join("maillog");
     // mx1: postscreen in front of smtpd, whose milter is mx1's agent; the agent also
     // follows mx1's log (a link made once Postfix's directory exists).
-    let mut cfg1 = config("mx1", &[limiter.addr]);
-    cfg1.policy.listen.clear();
-    cfg1.socketmap.listen.clear();
-    cfg1.logs.files = vec![log.clone()];
-    cfg1.logs.poll = mxlimit_core::policy::duration::Span::millis(20);
-    let a1 = agent(&cfg1).await;
+    let a1 = agent(&log_config(
+        "mx1",
+        &[limiter.addr],
+        std::slice::from_ref(&log),
+        &["milter"],
+    ))
+    .await;
     let pf = Postfix::start(
         "early1",
         &PostfixOptions {
@@ -230,10 +209,7 @@ async fn an_early_talker_at_postscreen_is_refused_at_connect_on_every_mx() {
     );
     std::os::unix::fs::symlink(pf.dir().join("maillog"), &log).unwrap();
     // mx2: sendmail with its agent's milter.
-    let mut cfg2 = config("mx2", &[limiter.addr]);
-    cfg2.policy.listen.clear();
-    cfg2.socketmap.listen.clear();
-    let a2 = agent(&cfg2).await;
+    let a2 = agent(&milter_config("mx2", &[limiter.addr])).await;
     let sm = Sendmail::start(
         "early2",
         &SendmailOptions {
@@ -377,17 +353,14 @@ async fn log_rotation_during_an_attack_loses_no_event() {
             ..Default::default()
         },
     );
-    let mut cfg1 = config("mx1", &[limiter.addr]);
-    cfg1.milter.listen.clear();
-    cfg1.policy.listen.clear();
-    cfg1.socketmap.listen.clear();
-    cfg1.logs.files = vec![sm.log_path().to_path_buf()];
-    cfg1.logs.poll = mxlimit_core::policy::duration::Span::millis(20);
-    let a1 = agent(&cfg1).await;
-    let mut cfg2 = config("mx2", &[limiter.addr]);
-    cfg2.policy.listen.clear();
-    cfg2.socketmap.listen.clear();
-    let a2 = agent(&cfg2).await;
+    let a1 = agent(&log_config(
+        "mx1",
+        &[limiter.addr],
+        &[sm.log_path().into()],
+        &[],
+    ))
+    .await;
+    let a2 = agent(&milter_config("mx2", &[limiter.addr])).await;
     let pf = Postfix::start(
         "rotate2",
         &PostfixOptions {

@@ -39,6 +39,37 @@ pub fn config(node: &str, limiters: &[SocketAddr]) -> AgentConfig {
     cfg
 }
 
+/// An agent with its milter alone (the other adapters off).
+pub fn milter_config(node: &str, limiters: &[SocketAddr]) -> AgentConfig {
+    let mut cfg = config(node, limiters);
+    cfg.policy.listen.clear();
+    cfg.socketmap.listen.clear();
+    cfg
+}
+
+/// An agent that follows `files` (polled every 20 ms), with `keep` of its other
+/// adapters: "milter", "policy", "socketmap".
+pub fn log_config(
+    node: &str,
+    limiters: &[SocketAddr],
+    files: &[std::path::PathBuf],
+    keep: &[&str],
+) -> AgentConfig {
+    let mut cfg = config(node, limiters);
+    for (name, listen) in [
+        ("milter", &mut cfg.milter.listen),
+        ("policy", &mut cfg.policy.listen),
+        ("socketmap", &mut cfg.socketmap.listen),
+    ] {
+        if !keep.contains(&name) {
+            listen.clear();
+        }
+    }
+    cfg.logs.files = files.to_vec();
+    cfg.logs.poll = Span::millis(20);
+    cfg
+}
+
 pub async fn agent(cfg: &AgentConfig) -> Agent {
     Agent::start(cfg).await.expect("agent starts")
 }
@@ -104,4 +135,38 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// One SMTP session from `from`: the greeting and each command's reply (EHLO, MAIL,
+/// a RCPT per recipient), then QUIT, which is when sendmail logs the client. It stops
+/// early when the server closes.
+pub async fn smtp_session(
+    server: SocketAddr,
+    from: &str,
+    rcpts: &[String],
+) -> Vec<testkit::smtp::Reply> {
+    let (mut s, greeting) = testkit::smtp::Smtp::connect(from.parse().unwrap(), server)
+        .await
+        .expect("TCP connect");
+    let mut replies = vec![greeting];
+    for cmd in [
+        "EHLO client.example".to_string(),
+        "MAIL FROM:<a@client.example>".into(),
+    ]
+    .into_iter()
+    .chain(rcpts.iter().map(|r| format!("RCPT TO:<{r}>")))
+    {
+        match s.cmd(&cmd).await {
+            Ok(r) => {
+                let closed = r.code == 0;
+                replies.push(r);
+                if closed {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = s.cmd("QUIT").await;
+    replies
 }
