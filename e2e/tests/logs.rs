@@ -433,3 +433,102 @@ async fn log_rotation_during_an_attack_loses_no_event() {
     a1.stop().await;
     a2.stop().await;
 }
+
+/// The systemd journal, where the MTA logs there: the seed's sendmail (virtusertable
+/// catch-all) logs to a private journald, and the agent reads it with journalctl.
+/// Stopped and started again, the agent goes on from the cursor it kept, so the
+/// refusals made while it was down count too: two before, two while it was down, and
+/// with block_after = 3 the fourth bans the source at a Postfix MX.
+// Long on purpose: one attack whose steps build on each other, read top to bottom.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_is_read_and_resumed_after_a_restart() {
+    let journald = testkit::journald::Journald::start();
+    let limiter = limiter(
+        &POLICY.replace("block_after = 2\n", "block_after = 3\n"),
+        "",
+    )
+    .await;
+    let sm = Sendmail::start(
+        "journal1",
+        &SendmailOptions {
+            syslog: Some(journald.dev_log()),
+            virtusertable: Some("root@mx.test\troot\n@mx.test\terror:nouser User unknown\n".into()),
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg1 = log_config("mx1", &[limiter.addr], &[], &[]);
+    cfg1.logs.journal = true;
+    cfg1.logs.journal_directory = Some(journald.directory());
+    cfg1.logs.journal_cursor = Some(dir.path().join("cursor"));
+    let a2 = agent(&milter_config("mx2", &[limiter.addr])).await;
+    let pf = Postfix::start(
+        "journal2",
+        &PostfixOptions {
+            milter: Some(format!("inet:{}", tcp(&a2.milter[0]))),
+            mailboxes: vec!["alice@mx.test".into()],
+            ..Default::default()
+        },
+    );
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let journal = || {
+        let out = std::process::Command::new("journalctl")
+            .args(["--no-pager", "--directory"])
+            .arg(journald.directory())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let a1 = agent(&cfg1).await;
+    // Without a cursor yet, reading starts at the end: a line of the mail facility
+    // marks when journalctl reads.
+    let marker = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    let stats = a1.logs.clone();
+    wait_for(
+        "the journal read",
+        || {
+            let _ = marker.send_to(b"<22>mxtest: reading?", journald.dev_log());
+            load(&stats.lines) > 0
+        },
+        &journal,
+    )
+    .await;
+
+    let attacker = "127.0.87.1";
+    let unknown = |from: usize| -> Vec<String> {
+        (from..from + 2)
+            .map(|i| format!("nobody{i}@mx.test"))
+            .collect()
+    };
+    let r = session(sm.addr(), attacker, &unknown(0)).await;
+    assert!(r[3..].iter().all(|r| r.code == 553), "{r:?}");
+    wait_for("two reported", || load(&stats.reported) == 2, &journal).await;
+    a1.stop().await;
+    assert!(dir.path().join("cursor").is_file(), "no cursor kept");
+
+    // While the agent is down.
+    let r = session(sm.addr(), attacker, &unknown(2)).await;
+    assert!(r[3..].iter().all(|r| r.code == 553), "{r:?}");
+    let r = session(pf.addr(), attacker, &[]).await;
+    assert!(r.iter().all(|r| r.code < 400), "banned after two: {r:?}");
+
+    let a1 = agent(&cfg1).await;
+    let stats = a1.logs.clone();
+    wait_for(
+        "the two made while down reported",
+        || load(&stats.reported) == 2,
+        || format!("{stats:?}\n{}", journal()),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = session(pf.addr(), attacker, &[]).await;
+        if r.first().is_some_and(|g| g.code == 421) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never banned: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a1.stop().await;
+    a2.stop().await;
+}

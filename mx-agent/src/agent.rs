@@ -132,10 +132,16 @@ impl Agent {
                 until(),
             )));
         }
-        if !cfg.logs.files.is_empty() {
+        if cfg.logs.any() {
             let l = &cfg.logs;
+            let journal = l.journal.then(|| logs::journal::Journal {
+                matches: l.journal_match.clone(),
+                directory: l.journal_directory.clone(),
+                cursor: l.journal_cursor.clone(),
+            });
             self.tasks.extend(logs::serve(
                 &l.files,
+                journal,
                 l.poll.0,
                 l.queue,
                 limiter.clone(),

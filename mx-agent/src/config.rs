@@ -155,7 +155,7 @@ impl Default for SocketmapSettings {
     }
 }
 
-/// The MTA's log files to follow (`[logs]`).
+/// The MTA's log files to follow, or the systemd journal (`[logs]`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
@@ -165,6 +165,18 @@ pub struct LogSettings {
     pub poll: Span,
     /// Events waiting for the limiter at most; past it they are dropped and counted.
     pub queue: usize,
+    /// Read the systemd journal (with journalctl), where the MTA logs there.
+    pub journal: bool,
+    /// The journal's entries to read, as journalctl matches (`FIELD=value`), any of
+    /// them; the mail facility by default.
+    pub journal_match: Vec<String>,
+    /// A journal directory other than the system's (e.g. the host's, mounted into a
+    /// container).
+    pub journal_directory: Option<PathBuf>,
+    /// Where the journal reader keeps its place: after a restart it goes on from there,
+    /// so that what the MTA logged meanwhile is counted. Without it, reading starts at
+    /// the end.
+    pub journal_cursor: Option<PathBuf>,
 }
 
 impl Default for LogSettings {
@@ -173,7 +185,18 @@ impl Default for LogSettings {
             files: Vec::new(),
             poll: Span::millis(250),
             queue: 10_000,
+            journal: false,
+            journal_match: vec!["SYSLOG_FACILITY=2".into()],
+            journal_directory: None,
+            journal_cursor: None,
         }
+    }
+}
+
+impl LogSettings {
+    /// Whether the log adapter runs at all.
+    pub fn any(&self) -> bool {
+        !self.files.is_empty() || self.journal
     }
 }
 
@@ -214,6 +237,18 @@ impl AgentConfig {
                 "logs.poll: {} is not between 10ms and 10s",
                 self.logs.poll
             ));
+        }
+        for m in &self.logs.journal_match {
+            let ok = m.split_once('=').is_some_and(|(f, _)| {
+                !f.is_empty()
+                    && f.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            });
+            if !ok {
+                return Err(format!(
+                    "logs.journal_match: {m:?} is not FIELD=value (upper-case field names, e.g. SYSLOG_FACILITY=2)"
+                ));
+            }
         }
         if self.logs.queue == 0 {
             return Err("logs.queue: must be at least 1".into());
@@ -284,6 +319,21 @@ mod tests {
                 .contains("needs a port")
         );
         assert!(parse_dns_target(":7525").is_err());
+    }
+
+    #[test]
+    fn journal_matches_must_be_field_equals_value() {
+        let mut cfg = AgentConfig::default();
+        cfg.logs.journal_match = vec![
+            "SYSLOG_FACILITY=2".into(),
+            "_SYSTEMD_UNIT=exim4.service".into(),
+        ];
+        cfg.validate().unwrap();
+        for bad in ["mail", "=2", "syslog_facility=2", "--since=today"] {
+            cfg.logs.journal_match = vec![bad.into()];
+            let e = cfg.validate().unwrap_err();
+            assert!(e.starts_with("logs.journal_match:"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -83,6 +83,10 @@ struct Cli {
         value_name = "FILE"
     )]
     log_files: Vec<PathBuf>,
+    /// Read the systemd journal's mail facility too (with journalctl), where the MTA
+    /// logs there.
+    #[arg(long = "log-journal", env = "MXAGENT_LOG_JOURNAL")]
+    log_journal: bool,
     /// Serve Prometheus metrics over HTTP on this address (any path, e.g. /metrics).
     #[arg(long, env = "MXAGENT_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -152,16 +156,19 @@ async fn main() -> Result<()> {
     if !cli.log_files.is_empty() {
         cfg.logs.files = cli.log_files.clone();
     }
+    if cli.log_journal {
+        cfg.logs.journal = true;
+    }
     cfg.validate()
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
     if cfg.milter.listen.is_empty()
         && cfg.policy.listen.is_empty()
         && cfg.socketmap.listen.is_empty()
-        && cfg.logs.files.is_empty()
+        && !cfg.logs.any()
     {
         anyhow::bail!(
-            "nothing to serve: give --milter, --policy-service, --socketmap or --log-file (or listen addresses or log files in the config file)"
+            "nothing to serve: give --milter, --policy-service, --socketmap, --log-file or --log-journal (or listen addresses, log files or the journal in the config file)"
         );
     }
     if cli.check {

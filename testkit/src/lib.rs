@@ -10,6 +10,7 @@
 pub mod dns;
 pub mod exim;
 pub mod ipv6;
+pub mod journald;
 #[cfg(feature = "limiter")]
 pub mod limiter;
 pub mod milter;

@@ -54,6 +54,9 @@ pub struct SendmailOptions {
     /// own, `/dev/log` is a socket of this instance, whose messages are written to
     /// [`Sendmail::log`] as rsyslog's traditional format writes them.
     pub log: bool,
+    /// Log to this syslog socket instead (a [`crate::journald::Journald`]'s), bound on
+    /// `/dev/log` in sendmail's own mount namespace. Excludes `log`.
+    pub syslog: Option<PathBuf>,
 }
 
 pub struct Sendmail {
@@ -114,12 +117,19 @@ impl Sendmail {
             if opts.log && attempt == 0 {
                 syslog_socket(&d.join("log.sock"), d.join("maillog"), reopen.clone());
             }
-            if opts.log {
+            assert!(
+                !(opts.log && opts.syslog.is_some()),
+                "one log: ours or a socket"
+            );
+            let sock = if opts.log {
+                Some(d.join("log.sock"))
+            } else {
+                opts.syslog.clone()
+            };
+            if let Some(sock) = sock {
+                ensure_dev_log();
                 unshare.extend(["--mount", "--propagation", "private"]);
-                script.push_str(&format!(
-                    "mount --bind {} /dev/log && ",
-                    d.join("log.sock").display()
-                ));
+                script.push_str(&format!("mount --bind {} /dev/log && ", sock.display()));
             }
             script.push_str(&format!(
                 "hostname {name}.mx.test && exec {bin} -C {cf} -bD -O LogLevel=9",
@@ -212,12 +222,9 @@ impl Sendmail {
 /// A syslog socket at `sock` whose messages are appended to `file` as rsyslog's
 /// traditional file format writes them: `Mmm dd hh:mm:ss host tag[pid]: message`.
 /// glibc's syslog(3) sends `<PRI>Mmm dd hh:mm:ss tag[pid]: message`; the host goes
-/// after the time stamp. `/dev/log` must exist to be mounted over: where no syslog
-/// daemon made it, an empty file is left there (as root; nothing else reads it).
+/// after the time stamp.
 fn syslog_socket(sock: &Path, file: PathBuf, reopen: Arc<AtomicBool>) {
-    if std::fs::symlink_metadata("/dev/log").is_err() {
-        std::fs::File::create("/dev/log").expect("create /dev/log (tests run as root)");
-    }
+    ensure_dev_log();
     let socket = std::os::unix::net::UnixDatagram::bind(sock).expect("syslog socket");
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
@@ -250,6 +257,14 @@ fn syslog_socket(sock: &Path, file: PathBuf, reopen: Arc<AtomicBool>) {
             }
         }
     });
+}
+
+/// `/dev/log` must exist to be mounted over: where no syslog daemon made it, an empty
+/// file is left there (as root; nothing else reads it).
+fn ensure_dev_log() {
+    if std::fs::symlink_metadata("/dev/log").is_err() {
+        std::fs::File::create("/dev/log").expect("create /dev/log (tests run as root)");
+    }
 }
 
 /// `d/<name>.db` from `text`, by the `makemap` unpacked beside the sendmail binary.

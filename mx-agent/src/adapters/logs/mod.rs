@@ -13,6 +13,7 @@
 //! rotated away is still read for [`follow::ROTATED_DRAIN`] after it last grew.
 
 pub mod follow;
+pub mod journal;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,9 +51,11 @@ pub struct LogStats {
     pub reopened: AtomicU64,
 }
 
-/// Follows `files` and counts their events at the limiter until `until` resolves.
+/// Follows `files` (and the journal) and counts their events at the limiter until
+/// `until` resolves.
 pub fn serve(
     files: &[PathBuf],
+    journal: Option<journal::Journal>,
     poll: Duration,
     queue: usize,
     limiter: Arc<Limiter>,
@@ -78,10 +81,27 @@ pub fn serve(
             follow::follow(&path, poll, &stop, &mut sink);
         }));
     }
+    let child = Arc::new(journal::Child::default());
+    if let Some(j) = journal {
+        let (tx, stop, stats, child) = (tx.clone(), stop.clone(), stats.clone(), child.clone());
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let mut sink = Parse {
+                stats,
+                path: PathBuf::from("the journal"),
+                reader: Reader::new(),
+                events: Vec::new(),
+                tx,
+                dropped_unpaired: 0,
+            };
+            journal::follow(&j, &stop, &child, &mut sink);
+        }));
+    }
     drop(tx);
     tasks.push(tokio::spawn(async move {
         until.await;
         stop.store(true, Ordering::Relaxed);
+        // The journal's reader waits on journalctl's output: end it.
+        child.terminate();
     }));
     tasks.push(tokio::spawn(count(rx, limiter, stats)));
     tasks
