@@ -529,6 +529,83 @@ async fn the_journal_is_read_and_resumed_after_a_restart() {
         assert!(Instant::now() < deadline, "never banned: {r:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Resumed after the last entry read before the stop: the first two, which would
+    // have come before the ban's, were not read again.
+    assert_eq!(load(&stats.reported), 2, "{stats:?}");
+    a1.stop().await;
+    a2.stop().await;
+}
+
+/// sendmail's own early-talker check (`FEATURE(greet_pause)`): a client that sends
+/// EHLO before the greeting is refused by sendmail, which logs "pre-greeting traffic";
+/// the agent following sendmail's log reports the offence, and the client is refused
+/// at connect at a Postfix MX of the same cluster (pregreet's default: one bans the
+/// address). IPv4 and IPv6; a client that waits for the greeting is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_talker_at_sendmail_is_banned_on_every_mx() {
+    testkit::ipv6::route_on_lo("2001:db8:88::".parse().unwrap());
+    let limiter = limiter(POLICY, "").await;
+    let sm = Sendmail::start(
+        "greet1",
+        &SendmailOptions {
+            log: true,
+            ipv6: true,
+            greet_pause_ms: Some(1000),
+            ..Default::default()
+        },
+    );
+    let a1 = agent(&log_config(
+        "mx1",
+        &[limiter.addr],
+        &[sm.log_path().into()],
+        &[],
+    ))
+    .await;
+    let a2 = agent(&milter_config("mx2", &[limiter.addr])).await;
+    let pf = Postfix::start(
+        "greet2",
+        &PostfixOptions {
+            milter: Some(format!("inet:{}", tcp(&a2.milter[0]))),
+            ipv6: true,
+            ..Default::default()
+        },
+    );
+    for (talker, at_sm, at_pf) in [
+        ("127.0.88.1", sm.addr(), pf.addr()),
+        ("2001:db8:88::1", sm.addr6(), pf.addr6()),
+    ] {
+        let before = session(at_pf, talker, &[]).await;
+        assert!(before.iter().all(|r| r.code < 400), "{before:?}");
+        let (_s, greeting) =
+            Smtp::connect_talking_first(talker.parse().unwrap(), at_sm, "EHLO early.example")
+                .await
+                .unwrap();
+        assert_eq!(
+            greeting.code, 554,
+            "sendmail served an early talker: {greeting:?}"
+        );
+        drop(_s);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = session(at_pf, talker, &[]).await;
+            if r.first().is_some_and(|g| g.code == 421) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{talker} never banned at Postfix: {r:?}\nsendmail's log:\n{}",
+                sm.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(sm.log().contains("pre-greeting traffic"), "{}", sm.log());
+    let r = session(sm.addr(), "127.0.89.1", &["root@mx.test".to_string()]).await;
+    assert!(r.iter().all(|r| r.code < 300), "{r:?}");
+    assert_eq!(
+        a1.logs.offences.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
     a1.stop().await;
     a2.stop().await;
 }

@@ -174,8 +174,8 @@ pub enum Command {
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u8).range(16..=128))]
         ipv6_prefix: u8,
         /// Only events at or after this time: `YYYY-MM-DD`, `YYYY-MM-DD HH:MM[:SS]`, in
-        /// the log's own time zone. Syslog stamps without a year are taken to be in
-        /// this year (or --until's).
+        /// the log's own time zone. Syslog stamps without a year are put in the year
+        /// nearest to this (or --until).
         #[arg(long, value_parser = parse_time)]
         since: Option<mxlimit_maillog::Stamp>,
         /// Only events before this time (same forms as --since).

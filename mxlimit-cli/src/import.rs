@@ -29,30 +29,71 @@ pub struct Options {
 pub struct Range {
     since: Option<u64>,
     until: Option<u64>,
-    /// The year of stamps that have none (traditional syslog).
-    year: u16,
+    /// `--since` (or `--until`): stamps without a year (traditional syslog) are put
+    /// in the year that brings them closest to it, so that `Dec 31` and `Jan  1`
+    /// around a New Year fall on either side of it.
+    reference: Option<Stamp>,
 }
 
 impl Range {
     pub fn new(since: Option<Stamp>, until: Option<Stamp>) -> Range {
-        let year = since.or(until).and_then(|s| s.year).unwrap_or(0);
         Range {
-            since: since.map(|s| s.key(year)),
-            until: until.map(|s| s.key(year)),
-            year,
+            since: since.map(|s| s.key(0)),
+            until: until.map(|s| s.key(0)),
+            reference: since.or(until),
         }
     }
 
     /// Whether an event logged at `time` counts. Without a range, all do; with one, a
     /// time that cannot be read does not.
     fn holds(&self, time: &str) -> bool {
-        if self.since.is_none() && self.until.is_none() {
+        let Some(reference) = self.reference else {
             return true;
-        }
-        let Some(t) = mxlimit_maillog::stamp(time).map(|s| s.key(self.year)) else {
+        };
+        let Some(stamp) = mxlimit_maillog::stamp(time) else {
             return false;
         };
+        let t = match stamp.year {
+            Some(_) => stamp.key(0),
+            None => {
+                let ry = reference.year.unwrap_or(0);
+                let day = |y: u16, s: &Stamp| {
+                    i64::from(y) * 372 + i64::from(s.month) * 31 + i64::from(s.day)
+                };
+                let at = day(ry, &reference);
+                let year = [ry.saturating_sub(1), ry, ry.saturating_add(1)]
+                    .into_iter()
+                    .min_by_key(|y| (day(*y, &stamp) - at).abs())
+                    .unwrap_or(ry);
+                stamp.key(year)
+            }
+        };
         self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t < u)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(t: &str) -> Option<Stamp> {
+        mxlimit_maillog::stamp(t)
+    }
+
+    #[test]
+    fn yearless_stamps_fall_in_the_year_nearest_the_range() {
+        // Around New Year, with one bound alone.
+        let r = Range::new(None, at("2026-01-02 00:00:00"));
+        assert!(r.holds("Dec 31 23:00:00"));
+        assert!(r.holds("Jan  1 10:00:00"));
+        assert!(!r.holds("Jan  2 00:00:00"));
+        let r = Range::new(at("2025-12-31 00:00:00"), None);
+        assert!(r.holds("Jan  1 00:00:01"));
+        assert!(!r.holds("Dec 30 23:59:59"));
+        // Years written are taken as written.
+        assert!(!r.holds("2025-01-01 00:00:01"));
+        assert!(Range::default().holds("not a time"));
+        assert!(!r.holds("not a time"));
     }
 }
 

@@ -57,6 +57,9 @@ pub struct SendmailOptions {
     /// Log to this syslog socket instead (a [`crate::journald::Journald`]'s), bound on
     /// `/dev/log` in sendmail's own mount namespace. Excludes `log`.
     pub syslog: Option<PathBuf>,
+    /// sendmail's own `FEATURE(greet_pause)`, in milliseconds: a client that talks
+    /// before the greeting is refused and logged ("pre-greeting traffic").
+    pub greet_pause_ms: Option<u32>,
 }
 
 pub struct Sendmail {
@@ -371,6 +374,9 @@ fn mc(d: &Path, name: &str, port: u16, o: &SendmailOptions) -> String {
             "FEATURE(`access_db', `hash -T<TMPF> {}')dnl\n",
             d.join("access").display()
         ));
+    }
+    if let Some(ms) = o.greet_pause_ms {
+        mc.push_str(&format!("FEATURE(`greet_pause', `{ms}')dnl\n"));
     }
     if o.virtusertable.is_some() {
         mc.push_str("define(`confDONT_BLAME_SENDMAIL', `MapInUnsafeDirPath')dnl\n");

@@ -7,8 +7,8 @@
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -26,22 +26,30 @@ pub struct Journal {
     pub cursor: Option<PathBuf>,
 }
 
-/// How often the place reached is written down while entries come.
+/// How often, at most, the place reached is written down while entries come.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Entries older than this when read (a backlog after the agent was down) are not
+/// counted: the limiter's windows (an hour by default) have let them go.
+pub const MAX_AGE: Duration = Duration::from_secs(3600);
 /// How long to wait before journalctl is started again after it ended.
 const RESTART_AFTER: Duration = Duration::from_secs(1);
 
-/// journalctl's process, for the agent to end it when it stops.
+/// journalctl's process, for the agent to end it when it stops. The pid is only
+/// signalled under the lock, and cleared under it before the child is reaped: a pid
+/// the system has given to another process is never signalled.
 #[derive(Debug, Default)]
-pub struct Child(AtomicU32);
+pub struct Child(Mutex<Option<u32>>);
 
 impl Child {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<u32>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Asks journalctl to end (its stdout then ends, and the reader with it).
     pub fn terminate(&self) {
-        let pid = self.0.load(Ordering::SeqCst);
-        if pid != 0 {
-            // SAFETY: kill(2) takes plain integers; the pid is our own child's, reaped
-            // only by the reader after its output has ended.
+        if let Some(pid) = *self.lock() {
+            // SAFETY: kill(2) takes plain integers; the pid is our own child's, not yet
+            // reaped (the reader clears it under this lock before it waits).
             unsafe {
                 libc::kill(pid as libc::pid_t, libc::SIGTERM);
             }
@@ -86,6 +94,16 @@ impl Field {
 }
 
 impl Entry {
+    /// Whether the entry was logged within `age` of `now` (both since the epoch).
+    fn recent(&self, now: Duration, age: Duration) -> bool {
+        let usec: u64 = self
+            .realtime
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        Duration::from_micros(usec) + age >= now
+    }
+
     /// `2026-12-03T17:51:22.123456+00:00 host program[pid]: message`, as rsyslog's
     /// high-precision format writes it. `None` for an entry without a message.
     fn line(&self) -> Option<String> {
@@ -150,13 +168,19 @@ fn save_cursor(path: &Path, cursor: &str) -> std::io::Result<()> {
 }
 
 /// Reads the journal until `stop`, starting journalctl again whenever it ends.
+// Long on purpose: one journalctl run after another, read top to bottom (start it,
+// read its entries keeping the place, end it, start again).
 pub fn follow(j: &Journal, stop: &Arc<AtomicBool>, child: &Child, sink: &mut impl Sink) {
     let mut cursor = j.cursor.as_deref().and_then(saved_cursor);
     let mut first = true;
-    while !stop.load(Ordering::Relaxed) && !sink.closed() {
+    while !stop.load(Ordering::SeqCst) && !sink.closed() {
         let mut cmd = Command::new("journalctl");
-        cmd.args(["--follow", "--no-pager", "--quiet", "--output=json"])
+        // --all: -o json would make fields over 4 KiB null; no --quiet, so that
+        // journalctl's own hints (a user that may not read the journal) reach the
+        // agent's log.
+        cmd.args(["--follow", "--no-pager", "--all", "--output=json"])
             .arg("--output-fields=MESSAGE,SYSLOG_IDENTIFIER,SYSLOG_PID,_PID,_HOSTNAME");
+        let resumed = cursor.is_some();
         match &cursor {
             Some(c) => cmd.arg(format!("--after-cursor={c}")),
             None => cmd.arg("--lines=0"),
@@ -184,15 +208,16 @@ pub fn follow(j: &Journal, stop: &Arc<AtomicBool>, child: &Child, sink: &mut imp
                 continue;
             }
         };
-        child.0.store(proc.id(), Ordering::SeqCst);
+        *child.lock() = Some(proc.id());
         // A stop that came while journalctl started must not be missed.
-        if stop.load(Ordering::Relaxed) {
+        if stop.load(Ordering::SeqCst) {
             child.terminate();
         }
         sink.reopened(if first { "started" } else { "restarted" });
         first = false;
         let mut saved = Instant::now();
         let mut unsaved = false;
+        let mut entries = 0u64;
         if let Some(out) = proc.stdout.take() {
             let mut r = BufReader::with_capacity(1 << 16, out);
             let mut buf = Vec::new();
@@ -203,7 +228,16 @@ pub fn follow(j: &Journal, stop: &Arc<AtomicBool>, child: &Child, sink: &mut imp
                     Ok(_) if buf.len() >= MAX_LINE => sink.too_long(),
                     Ok(_) => {
                         if let Ok(e) = serde_json::from_slice::<Entry>(&buf) {
-                            if let Some(line) = e.line() {
+                            entries += 1;
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap_or_default();
+                            // The sink hands the line's events on before it returns
+                            // (the journal waits for room in the queue rather than
+                            // drop): the cursor never runs ahead of them.
+                            if let Some(line) = e.line()
+                                && e.recent(now, MAX_AGE)
+                            {
                                 sink.line(&line);
                             }
                             cursor = Some(e.cursor);
@@ -217,13 +251,27 @@ pub fn follow(j: &Journal, stop: &Arc<AtomicBool>, child: &Child, sink: &mut imp
                 }
             }
         }
+        // Its output ended (or broke): make sure it is gone, then forget its pid
+        // before it is reaped.
+        {
+            let mut pid = child.lock();
+            let _ = proc.kill();
+            *pid = None;
+        }
         let status = proc.wait();
-        child.0.store(0, Ordering::SeqCst);
         if unsaved {
             keep(j, &cursor, sink);
         }
-        if stop.load(Ordering::Relaxed) || sink.closed() {
+        if stop.load(Ordering::SeqCst) || sink.closed() {
             return;
+        }
+        if resumed && entries == 0 && !status.as_ref().is_ok_and(|s| s.success()) {
+            // journalctl refuses a cursor it cannot find (a journal vacuumed, a file
+            // edited by hand): from the end, rather than never again.
+            sink.unreadable(&std::io::Error::other(
+                "journalctl would not resume at the kept cursor; reading from the end",
+            ));
+            cursor = None;
         }
         sink.unreadable(&std::io::Error::other(format!(
             "journalctl ended ({}); started again",
@@ -247,7 +295,7 @@ fn keep(j: &Journal, cursor: &Option<String>, sink: &mut impl Sink) {
 /// Sleeps `d`, or less if told to stop.
 fn pause(stop: &AtomicBool, d: Duration) {
     let until = Instant::now() + d;
-    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+    while Instant::now() < until && !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -302,5 +350,9 @@ mod tests {
         );
         let no_message: Entry = serde_json::from_str(r#"{"__CURSOR":"c"}"#).unwrap();
         assert_eq!(no_message.line(), None);
+        // Logged at 1796320296 s: recent within an hour of then, not two hours later.
+        let at = Duration::from_secs(1_796_320_296);
+        assert!(e.recent(at, MAX_AGE));
+        assert!(!e.recent(at + Duration::from_secs(7200), MAX_AGE));
     }
 }

@@ -77,6 +77,7 @@ pub fn serve(
                 events: Vec::new(),
                 tx,
                 dropped_unpaired: 0,
+                wait_for_room: false,
             };
             follow::follow(&path, poll, &stop, &mut sink);
         }));
@@ -92,6 +93,7 @@ pub fn serve(
                 events: Vec::new(),
                 tx,
                 dropped_unpaired: 0,
+                wait_for_room: true,
             };
             journal::follow(&j, &stop, &child, &mut sink);
         }));
@@ -99,7 +101,7 @@ pub fn serve(
     drop(tx);
     tasks.push(tokio::spawn(async move {
         until.await;
-        stop.store(true, Ordering::Relaxed);
+        stop.store(true, Ordering::SeqCst);
         // The journal's reader waits on journalctl's output: end it.
         child.terminate();
     }));
@@ -115,6 +117,10 @@ struct Parse {
     events: Vec<Event>,
     tx: mpsc::Sender<(Instant, Event)>,
     dropped_unpaired: u64,
+    /// Wait for room in the queue rather than drop: the journal keeps what is not read
+    /// yet (a file's follower drops, so that a flood costs events, not the agent's
+    /// memory or a stale backlog).
+    wait_for_room: bool,
 }
 
 impl follow::Sink for Parse {
@@ -136,7 +142,10 @@ impl follow::Sink for Parse {
         }
         for e in self.events.drain(..) {
             counter!(LOG_EVENTS, "kind" => e.kind.as_str()).increment(1);
-            if self.tx.try_send((Instant::now(), e)).is_err() {
+            if self.wait_for_room {
+                // Only when the agent is stopping is there no reader.
+                let _ = self.tx.blocking_send((Instant::now(), e));
+            } else if self.tx.try_send((Instant::now(), e)).is_err() {
                 counter!(LOG_DROPPED, "reason" => "queue_full").increment(1);
                 warn_every(
                     "logs_queue_full",
