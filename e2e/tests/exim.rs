@@ -41,19 +41,6 @@ async fn deliver(server: SocketAddr, from: &str, to: &str) -> Vec<Reply> {
     replies
 }
 
-/// The ban's reply at connect, as each MTA words it: Exim gives the agent's own text;
-/// Postfix (`smtpd.c:6084`) and sendmail give their own 421 for a milter's refusal.
-fn refused_at_connect(r: &[Reply]) -> bool {
-    r.first().is_some_and(|g| {
-        g.code == 421
-            && (g
-                .text
-                .contains("Too many invalid recipients or protocol errors")
-                || g.text.contains("Service unavailable - try again later")
-                || g.text.contains("closing connection"))
-    })
-}
-
 struct Fleet {
     _dir: tempfile::TempDir,
     exim: Exim,
@@ -136,23 +123,6 @@ impl Fleet {
         for a in self.agents {
             a.stop().await;
         }
-    }
-}
-
-/// Polls until `who` is refused at connect at `server`.
-async fn until_refused(server: SocketAddr, who: &str, what: &str, log: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = session(server, who, &[]).await;
-        if refused_at_connect(&r) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{who} never refused at {what}: {r:?}\n{}",
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

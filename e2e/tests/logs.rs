@@ -3,13 +3,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
 use testkit::postfix::{Postfix, PostfixOptions};
 use testkit::sendmail::{Sendmail, SendmailOptions};
-use testkit::smtp::{Reply, Smtp};
+use testkit::smtp::Smtp;
 
 const POLICY: &str = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n\
 [bad_rcpt]\ntarpit_after = 0\nnetwork_tarpit_after = 0\nblock_after = 2\nnetwork_block_after = 0\nblock_for = \"1h\"\n\
@@ -70,19 +69,7 @@ async fn sendmail_virtusertable_refusals_from_the_log_ban_on_every_mx() {
         assert!(r[3..].iter().all(|r| r.code == 553), "{attacker}: {r:?}");
         // Counted from the log once sendmail wrote the session's from= line; then
         // banned at Postfix's connect.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let r = session(at_postfix, attacker, &[]).await;
-            if r.iter().any(|r| r.code == 421) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{attacker} never banned at Postfix: {r:?}\nsendmail's log:\n{}",
-                sm.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_refused(at_postfix, attacker, "Postfix", || sm.log()).await;
     }
     // A legitimate sender of the same networks delivers at both.
     for (client, server) in [
@@ -218,35 +205,6 @@ async fn an_early_talker_at_postscreen_is_refused_at_connect_on_every_mx() {
             ..Default::default()
         },
     );
-    // A milter's 421 at connect, as each MTA words it (neither passes the milter's
-    // text on): Postfix `421 <host> Service unavailable - try again later`
-    // (smtpd.c:6084), sendmail `421 4.7.0 <host> closing connection`. Not any 421:
-    // a broken MTA says 421 too.
-    let refused = |r: &[Reply]| {
-        r.first().is_some_and(|g| {
-            g.code == 421
-                && (g.text.contains("Service unavailable - try again later")
-                    || g.text.contains("closing connection"))
-        })
-    };
-    let until_refused = |who: &'static str, server: SocketAddr, what: &'static str| {
-        let pf_log = pf.log();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let r = session(server, who, &[]).await;
-                if refused(&r) {
-                    return;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{who} never refused at {what}: {r:?}\nmx1's log:\n{pf_log}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-
     for (talker, second, unseen, legit) in [
         ("127.0.74.1", "127.0.74.2", "127.0.74.3", "127.0.75.5"),
         (
@@ -275,9 +233,9 @@ async fn an_early_talker_at_postscreen_is_refused_at_connect_on_every_mx() {
         // postscreen's multi-line banner, which it sends in parts to catch early talkers.
         assert!(greeting.text.starts_with("220-"), "{greeting:?}");
         drop(_s);
-        until_refused(talker, at_sm, "sendmail").await;
+        until_refused(at_sm, talker, "sendmail", || pf.log()).await;
         // At the postscreen MX too, once it waits for the banner like an MTA.
-        until_refused(talker, at_pf, "Postfix behind postscreen").await;
+        until_refused(at_pf, talker, "Postfix behind postscreen", || pf.log()).await;
         // One early talker does not ban its network.
         let r = session(at_sm, unseen, &[]).await;
         assert!(
@@ -291,8 +249,8 @@ async fn an_early_talker_at_postscreen_is_refused_at_connect_on_every_mx() {
                 .await
                 .unwrap();
         drop(_s);
-        until_refused(unseen, at_sm, "sendmail").await;
-        until_refused(unseen, at_pf, "Postfix behind postscreen").await;
+        until_refused(at_sm, unseen, "sendmail", || pf.log()).await;
+        until_refused(at_pf, unseen, "Postfix behind postscreen", || pf.log()).await;
 
         // A legitimate sender of another network delivers at both.
         for (server, rcpt) in [(at_sm, "root@mx.test"), (at_pf, "alice@mx.test")] {
@@ -420,15 +378,7 @@ async fn log_rotation_during_an_attack_loses_no_event() {
         )
         .await;
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = session(pf.addr(), attacker, &[]).await;
-        if r.first().is_some_and(|g| g.code == 421) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never banned: {r:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_refused(pf.addr(), attacker, "Postfix", || sm.log()).await;
     assert_eq!(load(&stats.duplicates), 0, "{stats:?}");
     a1.stop().await;
     a2.stop().await;
@@ -520,15 +470,7 @@ async fn the_journal_is_read_and_resumed_after_a_restart() {
         || format!("{stats:?}\n{}", journal()),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = session(pf.addr(), attacker, &[]).await;
-        if r.first().is_some_and(|g| g.code == 421) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never banned: {r:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_refused(pf.addr(), attacker, "Postfix", || sm.log()).await;
     // Resumed after the last entry read before the stop: the first two, which would
     // have come before the ban's, were not read again.
     assert_eq!(load(&stats.reported), 2, "{stats:?}");
@@ -585,19 +527,7 @@ async fn an_early_talker_at_sendmail_is_banned_on_every_mx() {
             "sendmail served an early talker: {greeting:?}"
         );
         drop(_s);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let r = session(at_pf, talker, &[]).await;
-            if r.first().is_some_and(|g| g.code == 421) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{talker} never banned at Postfix: {r:?}\nsendmail's log:\n{}",
-                sm.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_refused(at_pf, talker, "Postfix", || sm.log()).await;
     }
     assert!(sm.log().contains("pre-greeting traffic"), "{}", sm.log());
     let r = session(sm.addr(), "127.0.89.1", &["root@mx.test".to_string()]).await;

@@ -10,6 +10,7 @@
 //! the module that parses it: [`sendmail`], [`postfix`], [`exim`]. A line that matches
 //! none is counted in [`Stats::skipped`] and otherwise ignored; no input panics.
 
+pub mod bounded;
 pub mod exim;
 mod ip;
 pub mod postfix;

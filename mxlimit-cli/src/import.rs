@@ -3,7 +3,7 @@
 //! unknown recipients, early talking, protocol errors and AUTH failures, worst first.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -143,7 +143,7 @@ pub fn read(files: &[PathBuf], o: &Options) -> Result<(Vec<(String, Tally)>, Sta
         let mut lines = BufReader::with_capacity(1 << 16, input);
         loop {
             buf.clear();
-            let n = read_line(&mut lines, &mut buf)
+            let n = mxlimit_maillog::bounded::read_line(&mut lines, &mut buf)
                 .with_context(|| format!("cannot read {}", path.display()))?;
             if n == 0 {
                 break;
@@ -189,30 +189,6 @@ fn open(path: &Path) -> Result<Box<dyn Read>> {
         );
     }
     Ok(Box::new(std::io::Cursor::new(magic[..n].to_vec()).chain(f)))
-}
-
-/// Lines are kept to 64 KiB (the rest of a longer one is skipped): a file without
-/// newlines must not be read into memory whole. Returns the bytes consumed.
-fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    const MAX: usize = 64 * 1024;
-    let mut consumed = 0;
-    loop {
-        let chunk = r.fill_buf()?;
-        if chunk.is_empty() {
-            return Ok(consumed);
-        }
-        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (chunk.len(), false),
-        };
-        let room = MAX.saturating_sub(buf.len());
-        buf.extend_from_slice(&chunk[..take.min(room)]);
-        r.consume(take);
-        consumed += take;
-        if done {
-            return Ok(consumed);
-        }
-    }
 }
 
 /// The source an event counts for: its address, or its network.

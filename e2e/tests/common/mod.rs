@@ -170,3 +170,35 @@ pub async fn smtp_session(
     let _ = s.cmd("QUIT").await;
     replies
 }
+
+/// Whether a session was refused at connect by a ban or a limit, as each MTA words a
+/// 421 it was told to give (not any 421: a broken MTA says 421 too). Exim gives the
+/// agent's text; Postfix (`smtpd.c:6084`) and sendmail their own for a milter's.
+pub fn refused_at_connect(r: &[testkit::smtp::Reply]) -> bool {
+    r.first().is_some_and(|g| {
+        g.code == 421
+            && (g
+                .text
+                .contains("Too many invalid recipients or protocol errors")
+                || g.text.contains("Service unavailable - try again later")
+                || g.text.contains("closing connection"))
+    })
+}
+
+/// Opens sessions from `who` at `server` until one is refused at connect, for at most
+/// 20 s; a failure says `what` and shows `log()`.
+pub async fn until_refused(server: SocketAddr, who: &str, what: &str, log: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = smtp_session(server, who, &[]).await;
+        if refused_at_connect(&r) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{who} never refused at {what}: {r:?}\n{}",
+            log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

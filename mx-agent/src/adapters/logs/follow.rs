@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// Lines longer than this are dropped (counted), not buffered: a binary file or a
 /// runaway line must not grow memory.
-pub const MAX_LINE: usize = 64 * 1024;
+pub const MAX_LINE: usize = mxlimit_maillog::bounded::MAX_LINE;
 
 /// How long a rotated file is still read after it last grew. logrotate makes the new
 /// file (`create`) before its `postrotate` tells the logger to reopen (rsyslog's HUP):

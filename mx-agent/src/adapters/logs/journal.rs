@@ -4,7 +4,7 @@
 //! the reader resumes after the last entry it read, across restarts of the agent (or
 //! of journalctl): what the MTA logged meanwhile is counted too.
 
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{BufReader, ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -223,7 +223,7 @@ pub fn follow(j: &Journal, stop: &Arc<AtomicBool>, child: &Child, sink: &mut imp
             let mut buf = Vec::new();
             loop {
                 buf.clear();
-                match read_line(&mut r, &mut buf) {
+                match mxlimit_maillog::bounded::read_line(&mut r, &mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(_) if buf.len() >= MAX_LINE => sink.too_long(),
                     Ok(_) => {
@@ -297,32 +297,6 @@ fn pause(stop: &AtomicBool, d: Duration) {
     let until = Instant::now() + d;
     while Instant::now() < until && !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One line of at most [`MAX_LINE`] bytes (the rest of a longer one is skipped);
-/// the bytes consumed.
-fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    let mut consumed = 0;
-    loop {
-        let chunk = r.fill_buf()?;
-        if chunk.is_empty() {
-            return Ok(consumed);
-        }
-        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (chunk.len(), false),
-        };
-        let room = MAX_LINE.saturating_sub(buf.len());
-        buf.extend_from_slice(&chunk[..take.min(room)]);
-        r.consume(take);
-        consumed += take;
-        if done {
-            if buf.last() == Some(&b'\n') {
-                buf.pop();
-            }
-            return Ok(consumed);
-        }
     }
 }
 
