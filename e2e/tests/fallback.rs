@@ -205,11 +205,16 @@ mod ledger_passthrough {
     use ipnet::IpNet;
     use mxlimit_core::source::{Level, Source};
     use mxlimit_core::store::StoreError;
-    use mxlimit_core::store::ledger::{Batch, Inspection, Ledger, Standing, TopQuery, TopRow};
+    use mxlimit_core::store::ledger::{
+        Batch, Inspection, Ledger, Seed, SeedOutcome, Standing, TopQuery, TopRow,
+    };
 
     impl<S: Ledger> Ledger for super::AnswersLate<S> {
         async fn record(&self, b: &Batch, keep: u32) -> Result<(), StoreError> {
             self.inner.record(b, keep).await
+        }
+        async fn seed(&self, s: &Seed, keep: u32) -> Result<SeedOutcome, StoreError> {
+            self.inner.seed(s, keep).await
         }
         async fn top(&self, q: &TopQuery) -> Result<Vec<TopRow>, StoreError> {
             self.inner.top(q).await

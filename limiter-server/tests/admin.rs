@@ -15,7 +15,7 @@ use mxlimit_core::store::memory::{MemoryConfig, MemoryStore};
 use mxlimit_proto::v1::admin_client::AdminClient;
 use mxlimit_proto::v1::{
     Action, BlockRequest, ExplainReply, ExplainRequest, GroupBy, ListBlocksRequest, LookupRequest,
-    RankBy, TopSourcesRequest, UnblockRequest,
+    RankBy, SeedEntry, SeedTopSourcesRequest, TopSourcesRequest, UnblockRequest,
 };
 use support::*;
 use tonic::Request;
@@ -757,4 +757,176 @@ async fn unblocking_an_address_forgets_its_offences_on_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unblocking_an_address_forgets_its_offences_on_redis_cluster() {
     unblocking_an_address_forgets_its_offences(Backend::Cluster).await;
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+async fn seed(l: &Limiter, entries: &[(&str, u64, u64)]) -> (u64, u64, u64, u64) {
+    let r = admin(l)
+        .await
+        .seed_top_sources(authed(SeedTopSourcesRequest {
+            entries: entries
+                .iter()
+                .map(|(ip, at, n)| SeedEntry {
+                    client_ip: ip.to_string(),
+                    at_unix_ms: *at,
+                    bad_recipients: *n,
+                })
+                .collect(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    (r.counted, r.seen, r.out_of_range, r.exempt)
+}
+
+async fn top_in(l: &Limiter, window_ms: u64, by: GroupBy) -> Vec<(String, u64)> {
+    admin(l)
+        .await
+        .top_sources(authed(TopSourcesRequest {
+            window_ms,
+            group_by: by as i32,
+            rank_by: RankBy::BadRecipients as i32,
+            limit: 10,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .sources
+        .into_iter()
+        .map(|s| (s.source, s.bad_recipients))
+        .collect()
+}
+
+fn rows(r: &[(&str, u64)]) -> Vec<(String, u64)> {
+    r.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+}
+
+/// `import-log --seed`'s call: old bad recipients land in the top lists at the time
+/// they happened (hours ago: in the last day, not in the last hour), beside
+/// what the limiter counted live, at the address and at the limiter's own network;
+/// what the lists no longer keep, what lies ahead, and exempt sources are not added;
+/// seeding again adds only what goes beyond what was seeded before. Seeded on one
+/// instance, listed by the other.
+async fn seeding_old_logs_fills_the_top_lists(backend: Backend) {
+    const H: u64 = 3_600_000;
+    let p = two(
+        backend,
+        "[bad_rcpt]\nblock_after = 0\nnetwork_block_after = 0\n",
+        "Connect:198.51.100.9\tOK\n",
+    )
+    .await;
+    let ls = &p.limiters;
+    let mut c = ls[0].client().await;
+    bad_rcpt(&mut c, "mx1", "live-1", "203.0.113.5", "u1@x").await;
+    bad_rcpt(&mut c, "mx1", "live-2", "203.0.113.5", "u2@x").await;
+    let now = unix_ms();
+    let old = [
+        ("203.0.113.5", now - 3 * H, 4),
+        ("203.0.113.6", now - 3 * H, 2),
+        ("203.0.113.5", now - 10 * 60_000, 3),
+        ("2001:db8:5:0:1::1", now - 20 * H, 5),
+        ("203.0.113.7", now - 8 * 24 * H, 9),
+        ("203.0.113.8", now + 2 * H, 1),
+        ("198.51.100.9", now - H, 6),
+    ];
+    assert_eq!(seed(&ls[0], &old).await, (14, 0, 10, 6));
+
+    let day = rows(&[
+        ("203.0.113.5", 9),
+        ("2001:db8:5:0:1::1", 5),
+        ("203.0.113.6", 2),
+    ]);
+    // The live counts reach the ledger with the keeper's next round.
+    let got = eventually("the live and seeded counts together", || async {
+        let t = top_in(&ls[1], 24 * H, GroupBy::Address).await;
+        (t == day).then_some(t)
+    })
+    .await;
+    assert_eq!(got, day);
+    assert_eq!(
+        top_in(&ls[1], 24 * H, GroupBy::Network).await,
+        rows(&[("203.0.113.0/24", 11), ("2001:db8:5::/64", 5)])
+    );
+    assert_eq!(
+        top_in(&ls[1], H, GroupBy::Address).await,
+        rows(&[("203.0.113.5", 5)])
+    );
+
+    // The same log again adds nothing; a longer one adds only what is new.
+    assert_eq!(seed(&ls[1], &old).await, (0, 14, 10, 6));
+    assert_eq!(
+        seed(&ls[0], &[("203.0.113.5", now - 10 * 60_000, 7)]).await,
+        (4, 3, 0, 0)
+    );
+    assert_eq!(
+        top_in(&ls[0], H, GroupBy::Address).await,
+        rows(&[("203.0.113.5", 9)])
+    );
+    assert_eq!(
+        top_in(&ls[0], 24 * H, GroupBy::Network).await,
+        rows(&[("203.0.113.0/24", 15), ("2001:db8:5::/64", 5)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeding_old_logs_fills_the_top_lists_in_memory() {
+    seeding_old_logs_fills_the_top_lists(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeding_old_logs_fills_the_top_lists_on_redis() {
+    seeding_old_logs_fills_the_top_lists(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeding_old_logs_fills_the_top_lists_on_redis_cluster() {
+    seeding_old_logs_fills_the_top_lists(Backend::Cluster).await;
+}
+
+/// A seed too big, a bad address or an absurd count is refused whole, saying which
+/// entry; without credentials nothing is seeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_seeds_are_refused_whole() {
+    let p = two(Backend::Memory, "", "").await;
+    let l = &p.limiters[0];
+    let entry = |ip: &str, n: u64| SeedEntry {
+        client_ip: ip.into(),
+        at_unix_ms: unix_ms(),
+        bad_recipients: n,
+    };
+    let cases = [
+        (vec![entry("192.0.2.1", 1); 1001], "at most 1000"),
+        (
+            vec![entry("192.0.2.1", 1), entry("nope", 1)],
+            "entries[1].client_ip",
+        ),
+        (
+            vec![entry("192.0.2.1", 2_000_000_000)],
+            "entries[0].bad_recipients",
+        ),
+    ];
+    for (entries, says) in cases {
+        let e = admin(l)
+            .await
+            .seed_top_sources(authed(SeedTopSourcesRequest { entries }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(says), "{e:?}");
+    }
+    let e = admin(l)
+        .await
+        .seed_top_sources(SeedTopSourcesRequest {
+            entries: vec![entry("192.0.2.1", 1)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(top_in(l, 3_600_000, GroupBy::Address).await.is_empty());
 }

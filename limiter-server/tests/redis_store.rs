@@ -316,3 +316,82 @@ async fn ban_lists_keep_the_longest_bans_in_memory() {
     use mxlimit_core::store::memory::{MemoryConfig, MemoryStore};
     ban_lists_keep_the_longest_bans(MemoryStore::new(MemoryConfig::default())).await;
 }
+
+/// Seeded buckets are kept to their largest entries, as recorded ones are, in Lua on
+/// Redis and on a Cluster as in memory; and what they leave on Redis expires.
+async fn seeded_buckets_keep_their_heavy_hitters<S: Ledger>(store: &S) {
+    use mxlimit_core::store::ledger::{Buckets, Metric, Seed, SeedEntry, TopQuery};
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 3 * 3_600_000;
+    let entry = |ip: &str, count| SeedEntry {
+        address: ip.into(),
+        network: format!("{ip}/32"),
+        at_ms: at,
+        count,
+    };
+    let seed = Seed {
+        metric: Metric::BadRecipients,
+        entries: vec![
+            entry("192.0.2.1", 1),
+            entry("192.0.2.2", 5),
+            entry("192.0.2.3", 3),
+        ],
+    };
+    let out = store.seed(&seed, 2).await.unwrap();
+    assert_eq!((out.counted, out.seen, out.out_of_range), (9, 0, 0));
+    let day = Buckets::for_window(24 * 3_600_000);
+    let q = TopQuery {
+        rank: Metric::BadRecipients,
+        level: Level::Address,
+        buckets: day,
+        limit: 10,
+        per_bucket: Buckets::per_bucket(10, 2),
+    };
+    let listed: Vec<(String, u64)> = store
+        .top(&q)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.source, r.bad_recipients))
+        .collect();
+    assert_eq!(
+        listed,
+        [("192.0.2.2".to_string(), 5), ("192.0.2.3".to_string(), 3)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_buckets_keep_their_heavy_hitters_and_expire_on_redis() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&RedisConfig::new(vec![redis.url()]))
+        .await
+        .unwrap();
+    seeded_buckets_keep_their_heavy_hitters(&store).await;
+    let keys = keys_with_ttl(&redis);
+    // An hour bucket per level, and the hour's counts seeded per address and minute.
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    let most = mxlimit_core::store::ledger::HOUR_BUCKETS_KEEP_MS as i64;
+    for (k, ttl) in keys {
+        assert!(ttl > most - 4 * 3_600_000 && ttl <= most, "{k}: {ttl}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_buckets_keep_their_heavy_hitters_on_redis_cluster() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .unwrap();
+    let store = RedisStore::connect(&RedisConfig::new(cluster.urls()))
+        .await
+        .unwrap();
+    seeded_buckets_keep_their_heavy_hitters(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_buckets_keep_their_heavy_hitters_in_memory() {
+    use mxlimit_core::store::memory::{MemoryConfig, MemoryStore};
+    seeded_buckets_keep_their_heavy_hitters(&MemoryStore::new(MemoryConfig::default())).await;
+}

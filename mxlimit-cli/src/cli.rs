@@ -157,7 +157,8 @@ pub enum Command {
     Reload,
     /// Read mail logs (sendmail, Postfix, Exim; syslog or the MTA's own files) and
     /// list the sources with the most unknown recipients, early talking, protocol
-    /// errors and AUTH failures. Reads the files only: no limiter is asked.
+    /// errors and AUTH failures. Reads the files only, unless --seed asks the limiter
+    /// to add the unknown recipients to its top lists.
     ImportLog {
         /// Log files, read in turn (`-` for standard input).
         #[arg(required = true)]
@@ -181,6 +182,13 @@ pub enum Command {
         /// Only events before this time (same forms as --since).
         #[arg(long, value_parser = parse_time)]
         until: Option<mxlimit_maillog::Stamp>,
+        /// Also add the unknown recipients read to the limiter's top lists, each at the
+        /// minute it was logged (the last 7 days; `top` and `export` then list the
+        /// attack from before mxlimit ran). Counts toward no ban. Seeding a log again,
+        /// or a log that overlaps one seeded, adds only what is new. Times without a
+        /// zone are read in the local zone (TZ).
+        #[arg(long)]
+        seed: bool,
     },
 }
 

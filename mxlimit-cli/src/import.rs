@@ -44,30 +44,32 @@ impl Range {
         }
     }
 
+    /// The year a stamp without one is put in: the one that brings it nearest the
+    /// range's bound. None without a range.
+    pub fn year_for(&self, stamp: &Stamp) -> Option<u16> {
+        let reference = self.reference?;
+        let ry = reference.year.unwrap_or(0);
+        let day =
+            |y: u16, s: &Stamp| i64::from(y) * 372 + i64::from(s.month) * 31 + i64::from(s.day);
+        let at = day(ry, &reference);
+        Some(
+            [ry.saturating_sub(1), ry, ry.saturating_add(1)]
+                .into_iter()
+                .min_by_key(|y| (day(*y, stamp) - at).abs())
+                .unwrap_or(ry),
+        )
+    }
+
     /// Whether an event logged at `time` counts. Without a range, all do; with one, a
     /// time that cannot be read does not.
     fn holds(&self, time: &str) -> bool {
-        let Some(reference) = self.reference else {
+        if self.reference.is_none() {
             return true;
-        };
+        }
         let Some(stamp) = mxlimit_maillog::stamp(time) else {
             return false;
         };
-        let t = match stamp.year {
-            Some(_) => stamp.key(0),
-            None => {
-                let ry = reference.year.unwrap_or(0);
-                let day = |y: u16, s: &Stamp| {
-                    i64::from(y) * 372 + i64::from(s.month) * 31 + i64::from(s.day)
-                };
-                let at = day(ry, &reference);
-                let year = [ry.saturating_sub(1), ry, ry.saturating_add(1)]
-                    .into_iter()
-                    .min_by_key(|y| (day(*y, &stamp) - at).abs())
-                    .unwrap_or(ry);
-                stamp.key(year)
-            }
-        };
+        let t = stamp.key(self.year_for(&stamp).unwrap_or(0));
         self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t < u)
     }
 }
@@ -127,8 +129,13 @@ fn kind_index(k: Kind) -> usize {
     Kind::ALL.iter().position(|x| *x == k).unwrap_or(0)
 }
 
-/// Reads `files` (`-`: standard input) and counts their events by source.
-pub fn read(files: &[PathBuf], o: &Options) -> Result<(Vec<(String, Tally)>, Stats)> {
+/// Reads `files` (`-`: standard input) and counts their events by source; each event
+/// of the range is also shown to `seen`.
+pub fn read(
+    files: &[PathBuf],
+    o: &Options,
+    mut seen: impl FnMut(&Event),
+) -> Result<(Vec<(String, Tally)>, Stats)> {
     let mut reader = Reader::new();
     let mut by_source: HashMap<String, Tally> = HashMap::new();
     let mut events = Vec::new();
@@ -153,6 +160,7 @@ pub fn read(files: &[PathBuf], o: &Options) -> Result<(Vec<(String, Tally)>, Sta
             reader.line(&text, &mut events);
             for e in events.drain(..) {
                 if o.range.holds(&e.time) {
+                    seen(&e);
                     by_source.entry(source(e.ip, o)).or_default().add(&e);
                 }
             }
@@ -207,9 +215,20 @@ fn source(ip: IpAddr, o: &Options) -> String {
     }
 }
 
-/// `mxlimit import-log`
-pub fn run(files: &[PathBuf], o: &Options, json_out: bool) -> Result<()> {
-    let (rows, stats) = read(files, o)?;
+/// `mxlimit import-log`, and with `--seed` the limiter's top lists seeded through
+/// `admin`.
+pub async fn run(
+    files: &[PathBuf],
+    o: &Options,
+    json_out: bool,
+    admin: Option<crate::client::Admin>,
+) -> Result<()> {
+    let mut minutes = admin.is_some().then(|| crate::seed::Minutes::new(o.range));
+    let (rows, stats) = read(files, o, |e| {
+        if let Some(m) = &mut minutes {
+            m.add(e);
+        }
+    })?;
     // On stderr, so that --json stays one document for scripts.
     eprintln!(
         "mxlimit: {} lines read, {} of use, {} of no interest{}",
@@ -237,8 +256,17 @@ pub fn run(files: &[PathBuf], o: &Options, json_out: bool) -> Result<()> {
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(());
+    } else {
+        print_table(&rows);
     }
+    if let (Some(mut admin), Some(minutes)) = (admin, minutes) {
+        let totals = crate::seed::send(&mut admin, minutes).await?;
+        eprintln!("mxlimit: {totals}");
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[(String, Tally)]) {
     let body: Vec<Vec<String>> = rows
         .iter()
         .enumerate()
@@ -265,5 +293,4 @@ pub fn run(files: &[PathBuf], o: &Options, json_out: bool) -> Result<()> {
             &body
         )
     );
-    Ok(())
 }

@@ -2,10 +2,12 @@
 
 mod cli;
 mod client;
+mod clock;
 mod commands;
 mod duration;
 mod export;
 mod import;
+mod seed;
 mod table;
 
 use clap::Parser;
@@ -21,9 +23,10 @@ async fn main() -> std::process::ExitCode {
         ipv6_prefix,
         since,
         until,
+        seed,
     } = &cli.command
     {
-        // Old logs are read here: no limiter is asked.
+        // Old logs are read here; the limiter is asked only to be seeded.
         let o = import::Options {
             by: *by,
             limit: *limit,
@@ -31,7 +34,15 @@ async fn main() -> std::process::ExitCode {
             ipv6_prefix: *ipv6_prefix,
             range: import::Range::new(*since, *until),
         };
-        import::run(files, &o, cli.json)
+        async {
+            // Connected first: a limiter out of reach is said before the reading.
+            let admin = match seed {
+                true => Some(client::connect(&cli).await?),
+                false => None,
+            };
+            import::run(files, &o, cli.json, admin).await
+        }
+        .await
     } else {
         async {
             let mut admin = client::connect(&cli).await?;

@@ -502,7 +502,9 @@ async fn unknown_users(
 
 /// `mxlimit import-log` over a real Postfix's log: the unknown recipients it refused,
 /// from IPv4 and IPv6 clients, counted per address and per network; a file of binary
-/// garbage beside it is read and skipped. No limiter is asked (none runs here).
+/// garbage beside it is read and skipped. No limiter is asked (none listens where
+/// the command is pointed), until `--seed` puts the same counts into a limiter's top
+/// list of the last hour.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_log_counts_what_a_real_postfix_refused_by_address_and_network() {
     use testkit::postfix::{Postfix, PostfixOptions};
@@ -588,6 +590,27 @@ async fn import_log_counts_what_a_real_postfix_refused_by_address_and_network() 
             ("2001:db8:71::/64".to_string(), 4)
         ]
     );
+
+    // Seeded, the limiter's list of the last hour is the same: Postfix's own time
+    // stamps read right, the networks the limiter's.
+    let l = counting_limiter().await;
+    let o = mxlimit(&l, true, &["import-log", "--seed", log.to_str().unwrap()]).await;
+    out(&o);
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(said.contains("9 unknown recipients added"), "{said}");
+    let v = until_listed(&l, &["top", "--window", "1h", "--by", "addr"], "sources", 3).await;
+    let listed: Vec<(String, u64)> = v["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["source"].as_str().unwrap().to_string(),
+                s["bad_recipients"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, run("addr"));
 }
 
 /// The seed operator's own setup: sendmail refuses a domain's unknown users with a
@@ -756,4 +779,166 @@ fn import_log_keeps_the_time_range_asked_for() {
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("\"yesterday\" is not a time"), "{e}");
+}
+
+/// `mxlimit ARGS` against `l` with the token, in time zone `tz`.
+async fn mxlimit_tz(l: &Limiter, tz: &str, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mxlimit"));
+    cmd.env("MXLIMIT_ADMIN_TOKEN", TOKEN)
+        .env("MXLIMIT_SERVER", format!("http://{}", l.addr))
+        .env("TZ", tz)
+        .args(args);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// A Unix time as (year, month, day, hh, mm, ss) in UTC.
+fn civil(unix: i64) -> (i64, u32, u32, i64, i64, i64) {
+    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// `import-log --seed`: the unknown recipients of an old log land in the limiter's top
+/// lists at their times, whatever the logger's stamp (syslog's without a year or zone,
+/// read in TZ; RFC 3339 with its zone; Exim's), and so do its networks; what the
+/// lists no longer keep is said, not added; seeding again adds nothing; early talkers
+/// are listed but not seeded (no top list counts offences).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_log_seeds_the_top_lists_at_the_times_logged() {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    // Syslog's stamp, in the zone TZ=UTC+3 (three hours behind UTC) names.
+    let syslog = |unix: i64| {
+        let (_, m, d, h, mi, s) = civil(unix - 3 * 3600);
+        format!("{} {d:2} {h:02}:{mi:02}:{s:02}", MONTHS[m as usize - 1])
+    };
+    let rfc3339_minus5 = |unix: i64| {
+        let (y, m, d, h, mi, s) = civil(unix - 5 * 3600);
+        format!("{y}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.123456-05:00")
+    };
+    let exim = |unix: i64| {
+        let (y, m, d, h, mi, s) = civil(unix - 3 * 3600);
+        format!("{y}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}")
+    };
+    let rcpt = |time: String, ip: &str, i: usize| {
+        format!(
+            "{time} mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[{ip}]: 550 5.1.1 <u{i}@mx.test>: Recipient address rejected: User unknown in local recipient table; from=<> to=<u{i}@mx.test> proto=ESMTP\n"
+        )
+    };
+    let now = unix_now();
+    let mut log = String::new();
+    for i in 0..3 {
+        log += &rcpt(syslog(now - 2 * 3600), "192.0.2.10", i);
+    }
+    for i in 0..2 {
+        log += &rcpt(rfc3339_minus5(now - 600), "2001:db8:73::5", i);
+    }
+    log += &rcpt(syslog(now - 300), "192.0.2.11", 9);
+    log += &format!(
+        "{} H=[192.0.2.30] F=<> rejected RCPT <v@mx.test>: Unknown user\n",
+        exim(now - 9 * 86_400)
+    );
+    log += &format!(
+        "{} mx postfix/postscreen[2]: PREGREET 11 after 0.1 from [192.0.2.40]:4321: EHLO x\\r\\n\n",
+        syslog(now - 60)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mail.log");
+    std::fs::write(&path, log).unwrap();
+    let path = path.to_str().unwrap();
+
+    let l = counting_limiter().await;
+    let o = mxlimit_tz(&l, "UTC+3", &["--json", "import-log", "--seed", path]).await;
+    let listed: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    assert_eq!(listed[0]["unknown_recipient"], 5, "{listed}");
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        said.contains("6 unknown recipients added, 0 seeded before, 1 older than the lists keep"),
+        "{said}"
+    );
+
+    let top = |window: &'static str, by: &'static str| {
+        let l = &l;
+        async move {
+            let o = mxlimit(l, true, &["--json", "top", "--window", window, "--by", by]).await;
+            let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+            v["sources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    (
+                        s["source"].as_str().unwrap().to_string(),
+                        s["bad_recipients"].as_u64().unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let rows = |r: &[(&str, u64)]| {
+        r.iter()
+            .map(|(s, n)| (s.to_string(), *n))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        top("1h", "addr").await,
+        rows(&[("2001:db8:73::5", 2), ("192.0.2.11", 1)])
+    );
+    assert_eq!(
+        top("24h", "addr").await,
+        rows(&[("192.0.2.10", 3), ("2001:db8:73::5", 2), ("192.0.2.11", 1)])
+    );
+    assert_eq!(
+        top("24h", "net").await,
+        rows(&[("192.0.2.0/24", 4), ("2001:db8:73::/64", 2)])
+    );
+
+    let again = mxlimit_tz(&l, "UTC+3", &["import-log", "--seed", path]).await;
+    out(&again);
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        said.contains("0 unknown recipients added, 6 seeded before"),
+        "{said}"
+    );
+    assert_eq!(top("24h", "net").await[0], ("192.0.2.0/24".to_string(), 4));
+}
+
+/// With --seed, a limiter out of reach or a missing token is said before a line is
+/// read, and nothing is printed as if it had worked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_log_seed_errors_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mail.log");
+    std::fs::write(&path, "Jun  3 10:00:01 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[192.0.2.7]: 550 5.1.1 <u@mx.test>: Recipient address rejected: User unknown in local recipient table; from=<> to=<u@mx.test> proto=ESMTP\n").unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mxlimit"))
+        .args(["--server", "http://127.0.0.1:1", "import-log", "--seed"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let e = err(&o);
+    assert!(e.contains("cannot reach the limiter"), "{e}");
+    assert!(!e.contains("lines read") && o.stdout.is_empty(), "{e}");
+
+    let l = counting_limiter().await;
+    let o = mxlimit(&l, false, &["import-log", "--seed", path.to_str().unwrap()]).await;
+    let e = err(&o);
+    assert!(e.contains("not authorized"), "{e}");
 }

@@ -2,6 +2,7 @@
 //! (see `auth`); here requests are validated, answered from the ledger and the policy,
 //! and every change is logged with who made it.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,8 @@ use mxlimit_proto::v1::admin_server::Admin;
 use mxlimit_proto::v1::{
     BlockEntry, BlockReply, BlockRequest, ExplainReply, ExplainRequest, GroupBy, LevelState,
     ListBlocksReply, ListBlocksRequest, RankBy, ReloadRulesReply, ReloadRulesRequest, RuleMatch,
-    TopSource, TopSourcesReply, TopSourcesRequest, UnblockReply, UnblockRequest,
+    SeedTopSourcesReply, SeedTopSourcesRequest, TopSource, TopSourcesReply, TopSourcesRequest,
+    UnblockReply, UnblockRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -24,7 +26,8 @@ use mxlimit_core::policy::ClientRules;
 use mxlimit_core::policy::access::{ConnectAction, Value};
 use mxlimit_core::source::{Level, Source, canonical};
 use mxlimit_core::store::ledger::{
-    Buckets, HOUR_MS, Inspection, Ledger, MAX_WINDOW_MS, Metric, TopQuery,
+    Buckets, HOUR_MS, Inspection, Ledger, MAX_WINDOW_MS, MINUTE_MS, Metric, Seed, SeedEntry,
+    TopQuery,
 };
 use mxlimit_core::store::{Store, StoreError};
 
@@ -38,6 +41,10 @@ const DEFAULT_BLOCK_MS: u64 = HOUR_MS;
 const MAX_BLOCK_MS: u64 = 365 * 24 * HOUR_MS;
 /// Reasons go into SMTP replies: one short printable line.
 const MAX_REASON: usize = 200;
+/// Entries of one seed at most: its one store script holds Redis for a few ms only.
+pub const MAX_SEED_ENTRIES: usize = 1000;
+/// More bad recipients from one address in one minute than any MTA refuses.
+const MAX_SEED_COUNT: u64 = 1_000_000_000;
 
 pub struct AdminService<S> {
     engine: Arc<Engine<S>>,
@@ -425,6 +432,82 @@ impl<S: Store + Ledger> AdminService<S> {
         })
     }
 
+    async fn seed(
+        &self,
+        r: SeedTopSourcesRequest,
+        by: &str,
+    ) -> Result<SeedTopSourcesReply, Status> {
+        if r.entries.len() > MAX_SEED_ENTRIES {
+            return Err(Status::invalid_argument(format!(
+                "{} entries in one seed, at most {MAX_SEED_ENTRIES}: send more seeds",
+                r.entries.len()
+            )));
+        }
+        let policy = self.engine.policy().get();
+        // Entries of one address and minute add up: the ledger compares each pair
+        // with what it was given before.
+        let mut per_minute: HashMap<(IpAddr, u64), u64> = HashMap::with_capacity(r.entries.len());
+        let mut exempt = 0;
+        for (i, e) in r.entries.iter().enumerate() {
+            let ip = validate::client_ip(&format!("entries[{i}].client_ip"), &e.client_ip)?;
+            if e.bad_recipients > MAX_SEED_COUNT {
+                return Err(Status::invalid_argument(format!(
+                    "entries[{i}].bad_recipients is over {MAX_SEED_COUNT}"
+                )));
+            }
+            if e.bad_recipients == 0 {
+                continue;
+            }
+            // As live, exempt sources are not counted. Logs name clients, but not
+            // verified names, so only address rules apply here.
+            if policy.client_rules(&policy.source(ip), None).exempt() {
+                exempt += e.bad_recipients;
+                continue;
+            }
+            *per_minute
+                .entry((canonical(ip), e.at_unix_ms / MINUTE_MS * MINUTE_MS))
+                .or_default() += e.bad_recipients;
+        }
+        let mut entries: Vec<SeedEntry> = per_minute
+            .into_iter()
+            .map(|((ip, at_ms), count)| {
+                let source = policy.source(ip);
+                SeedEntry {
+                    network: source.at(Level::Network),
+                    address: source.ip_text,
+                    at_ms,
+                    count,
+                }
+            })
+            .collect();
+        // One order whatever the request's: a script's work is then reproducible.
+        entries.sort_by(|a, b| (a.at_ms, &a.address).cmp(&(b.at_ms, &b.address)));
+        let seed = Seed {
+            metric: Metric::BadRecipients,
+            entries,
+        };
+        let out = self
+            .engine
+            .store()
+            .seed(&seed, self.keep)
+            .await
+            .map_err(store_error)?;
+        tracing::info!(
+            counted = out.counted,
+            seen = out.seen,
+            out_of_range = out.out_of_range,
+            exempt,
+            by,
+            "top lists seeded from old logs"
+        );
+        Ok(SeedTopSourcesReply {
+            counted: out.counted,
+            seen: out.seen,
+            out_of_range: out.out_of_range,
+            exempt,
+        })
+    }
+
     fn reload(&self, by: &str) -> Result<ReloadRulesReply, Status> {
         tracing::info!(by, "rules reload asked by an operator");
         match self.engine.policy().reload() {
@@ -490,6 +573,17 @@ impl<S: Store + Ledger> Admin for AdminService<S> {
     ) -> Result<Response<ReloadRulesReply>, Status> {
         let by = who(&request);
         done("reload_rules", self.reload(&by))
+    }
+
+    async fn seed_top_sources(
+        &self,
+        request: Request<SeedTopSourcesRequest>,
+    ) -> Result<Response<SeedTopSourcesReply>, Status> {
+        let by = who(&request);
+        done(
+            "seed_top_sources",
+            AdminService::seed(self, request.into_inner(), &by).await,
+        )
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use metrics::{counter, histogram};
 
-use super::ledger::{Batch, Inspection, Ledger, Standing, TopQuery, TopRow};
+use super::ledger::{Batch, Inspection, Ledger, Seed, SeedOutcome, Standing, TopQuery, TopRow};
 use super::{
     Ban, ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, OffenceOp,
     OffenceOutcome, RecipientOp, RecipientOutcome, Store, StoreError,
@@ -94,6 +94,13 @@ impl<S: Ledger> Ledger for Instrumented<S> {
         let t = Instant::now();
         let r = self.0.record(batch, keep).await;
         observe("ledger_record", t, &r);
+        r
+    }
+
+    async fn seed(&self, seed: &Seed, keep: u32) -> Result<SeedOutcome, StoreError> {
+        let t = Instant::now();
+        let r = self.0.seed(seed, keep).await;
+        observe("ledger_seed", t, &r);
         r
     }
 

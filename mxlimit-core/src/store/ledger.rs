@@ -63,6 +63,59 @@ impl Batch {
     }
 }
 
+/// Counts of past events for the top lists (`mxlimit import-log --seed`), each put in
+/// the buckets of the minute it happened.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    pub metric: Metric,
+    pub entries: Vec<SeedEntry>,
+}
+
+/// What one address did in one minute: counted at the address and at its network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedEntry {
+    pub address: String,
+    pub network: String,
+    /// Unix ms; the minute counts.
+    pub at_ms: u64,
+    pub count: u64,
+}
+
+/// What a seed added. The ledger remembers how many it was given for each address and
+/// minute (as long as the hour's bucket lives) and adds only what goes beyond: the same
+/// log seeded twice, or two logs that overlap, count each minute once.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SeedOutcome {
+    /// Added to the top lists.
+    pub counted: u64,
+    /// Seeded before: not added again.
+    pub seen: u64,
+    /// Of times no bucket keeps any more, or too far ahead: not added.
+    pub out_of_range: u64,
+}
+
+/// How far ahead of the store's clock a seeded time may be (the log host's clock
+/// running ahead): it counts now. Beyond, it is out of range.
+pub const SEED_AHEAD_MS: u64 = HOUR_MS;
+
+/// The buckets that keep an event of `at_ms` at store time `now_ms`, as (width,
+/// number, ms since the epoch when the bucket expires): those `record` would still
+/// have, so that a seeded bucket lives exactly as long as a recorded one.
+pub fn seed_buckets(at_ms: u64, now_ms: u64) -> impl Iterator<Item = (u64, u64, u64)> {
+    let ahead = at_ms > now_ms.saturating_add(SEED_AHEAD_MS);
+    let at = at_ms.min(now_ms);
+    [
+        (MINUTE_MS, MINUTE_BUCKETS_KEEP_MS),
+        (HOUR_MS, HOUR_BUCKETS_KEEP_MS),
+    ]
+    .into_iter()
+    .filter_map(move |(width, keep)| {
+        let n = at / width;
+        let expires = (n + 1) * width + keep;
+        (!ahead && expires > now_ms).then_some((width, n, expires))
+    })
+}
+
 /// Time buckets of the top lists: minutes for windows up to an hour, hours beyond.
 /// A window of `count` buckets reads `count` whole buckets and the current one, so
 /// that it covers at least the time asked for (and less than one bucket more).
@@ -200,6 +253,15 @@ pub trait Ledger: Send + Sync + 'static {
         keep: u32,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Adds a seed's counts beyond those seeded before to the buckets of their times
+    /// (each bucket then kept to its `keep` largest entries). Entries name distinct
+    /// (address, minute) pairs.
+    fn seed(
+        &self,
+        seed: &Seed,
+        keep: u32,
+    ) -> impl Future<Output = Result<SeedOutcome, StoreError>> + Send;
+
     fn top(&self, q: &TopQuery) -> impl Future<Output = Result<Vec<TopRow>, StoreError>> + Send;
 
     fn inspect(
@@ -245,6 +307,13 @@ impl<T: Ledger> Ledger for std::sync::Arc<T> {
         keep: u32,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).record(batch, keep)
+    }
+    fn seed(
+        &self,
+        seed: &Seed,
+        keep: u32,
+    ) -> impl Future<Output = Result<SeedOutcome, StoreError>> + Send {
+        (**self).seed(seed, keep)
     }
     fn top(&self, q: &TopQuery) -> impl Future<Output = Result<Vec<TopRow>, StoreError>> + Send {
         (**self).top(q)

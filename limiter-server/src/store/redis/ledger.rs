@@ -10,12 +10,14 @@ use super::{Conn, RedisStore, unavailable};
 use mxlimit_core::source::{Level, Source};
 use mxlimit_core::store::ledger::{
     AdminBlock, AutoBan, Batch, HOUR_BUCKETS_KEEP_MS, HOUR_MS, Inspection, Ledger,
-    MINUTE_BUCKETS_KEEP_MS, MINUTE_MS, Merge, Metric, NODE_KEEP_MS, Standing, TopQuery, TopRow,
+    MINUTE_BUCKETS_KEEP_MS, MINUTE_MS, Merge, Metric, NODE_KEEP_MS, Seed, SeedOutcome, Standing,
+    TopQuery, TopRow, seed_buckets,
 };
 use mxlimit_core::store::{PerLevel, SEP, StoreError};
 
 pub(super) struct Scripts {
     record: Script,
+    seed: Script,
     inspect: Script,
     block: Script,
     unban: Script,
@@ -23,9 +25,10 @@ pub(super) struct Scripts {
 }
 
 impl Scripts {
-    pub(super) fn all(&self) -> [&Script; 5] {
+    pub(super) fn all(&self) -> [&Script; 6] {
         [
             &self.record,
+            &self.seed,
             &self.inspect,
             &self.block,
             &self.unban,
@@ -36,6 +39,7 @@ impl Scripts {
     pub(super) fn new() -> Scripts {
         Scripts {
             record: Script::new(include_str!("scripts/record.lua")),
+            seed: Script::new(include_str!("scripts/seed.lua")),
             inspect: Script::new(include_str!("scripts/inspect.lua")),
             block: Script::new(include_str!("scripts/block.lua")),
             unban: Script::new(include_str!("scripts/unban.lua")),
@@ -47,6 +51,24 @@ impl Scripts {
 /// Entries of one `record` call at most: a flush of a large attack is cut into calls
 /// that each hold Redis for a short time only.
 const CHUNK: usize = 1000;
+
+/// Keys of one script call, numbered from 1 as in KEYS, each with its expiry.
+#[derive(Default)]
+struct Keys {
+    keys: Vec<(String, u64)>,
+    index: std::collections::HashMap<String, usize>,
+}
+
+impl Keys {
+    fn add(&mut self, key: String, expires: u64) -> usize {
+        if let Some(k) = self.index.get(&key) {
+            return *k;
+        }
+        self.keys.push((key.clone(), expires));
+        self.index.insert(key, self.keys.len());
+        self.keys.len()
+    }
+}
 
 /// A member of the ban index: `a␟1.2.3.4` or `n␟206.81.85.0/24`.
 pub(crate) fn ban_member(level: Level, source: &str) -> String {
@@ -139,6 +161,67 @@ impl Ledger for RedisStore {
             let _: i64 = self.invoke(&inv).await?;
         }
         Ok(())
+    }
+
+    async fn seed(&self, seed: &Seed, keep: u32) -> Result<SeedOutcome, StoreError> {
+        // Which buckets still keep a time is the ledger shard's clock's call, as in
+        // `record`; then one script adds what was not seeded before.
+        let now = self.store_time_ms().await?;
+        let mut hashes = Keys::default();
+        let mut buckets = Keys::default();
+        // (hash, field, count, address, network, bucket numbers in KEYS order)
+        let mut entries = Vec::with_capacity(seed.entries.len());
+        let mut out = SeedOutcome::default();
+        for e in &seed.entries {
+            let mut b = [0usize; 4];
+            let mut hash = None;
+            for (width, n, expires) in seed_buckets(e.at_ms, now) {
+                let g = if width == HOUR_MS { "h" } else { "m" };
+                let slot = usize::from(width == HOUR_MS);
+                for (j, level) in [Level::Address, Level::Network].into_iter().enumerate() {
+                    let code = seed.metric.code(level);
+                    b[2 * j + slot] =
+                        buckets.add(self.ledger_key(&format!("t:{code}:{g}:{n}")), expires);
+                }
+                if width == HOUR_MS {
+                    let code = seed.metric.code(Level::Address);
+                    hash = Some(hashes.add(self.ledger_key(&format!("s:{code}:{n}")), expires));
+                }
+            }
+            let Some(hash) = hash else {
+                out.out_of_range += e.count;
+                continue;
+            };
+            let minute = e.at_ms / MINUTE_MS;
+            entries.push((hash, format!("{}{SEP}{minute}", e.address), e, b));
+        }
+        if entries.is_empty() {
+            return Ok(out);
+        }
+        let h = hashes.keys.len();
+        let mut inv = self.ledger_scripts.seed.prepare_invoke();
+        for (k, _) in hashes.keys.iter().chain(&buckets.keys) {
+            inv.key(k);
+        }
+        inv.arg(keep.max(1)).arg(h);
+        for (_, expires) in hashes.keys.iter().chain(&buckets.keys) {
+            inv.arg(*expires);
+        }
+        inv.arg(entries.len());
+        for (hash, field, e, b) in &entries {
+            inv.arg(*hash)
+                .arg(field)
+                .arg(e.count)
+                .arg(&e.address)
+                .arg(&e.network);
+            for k in b {
+                inv.arg(if *k == 0 { 0 } else { k + h });
+            }
+        }
+        let (added, seen): (u64, u64) = self.invoke(&inv).await?;
+        out.counted = added;
+        out.seen = seen;
+        Ok(out)
     }
 
     async fn top(&self, q: &TopQuery) -> Result<Vec<TopRow>, StoreError> {

@@ -9,7 +9,8 @@ use super::{MemoryStore, lock};
 use crate::source::{Level, Source};
 use crate::store::ledger::{
     AdminBlock, AutoBan, Batch, HOUR_BUCKETS_KEEP_MS, HOUR_MS, Inspection, Ledger,
-    MINUTE_BUCKETS_KEEP_MS, MINUTE_MS, Merge, Metric, Standing, TopQuery, TopRow,
+    MINUTE_BUCKETS_KEEP_MS, MINUTE_MS, Merge, Metric, Seed, SeedOutcome, Standing, TopQuery,
+    TopRow, seed_buckets,
 };
 use crate::store::{PerLevel, StoreError};
 
@@ -23,6 +24,8 @@ pub(super) struct LedgerState {
     bans: HashMap<(Level, String), u64>,
     /// node -> (leases, when)
     leases: HashMap<String, (u64, u64)>,
+    /// (address, minute) seeded -> (count, until when it is remembered).
+    seeded: HashMap<(String, u64), (u64, u64)>,
 }
 
 fn keep_ms(width: u64) -> u64 {
@@ -89,6 +92,60 @@ impl Ledger for MemoryStore {
             l.leases.insert(node.clone(), (*n, now));
         }
         Ok(())
+    }
+
+    async fn seed(&self, seed: &Seed, keep: u32) -> Result<SeedOutcome, StoreError> {
+        let now = self.clock.now_ms();
+        // This store's clock counts from its start; seeded times are Unix times.
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let on_clock = |at: u64| {
+            if at >= wall {
+                now + (at - wall)
+            } else {
+                now.saturating_sub(wall - at)
+            }
+        };
+        let mut l = lock(&self.ledger);
+        l.seeded.retain(|_, (_, until)| *until > now);
+        let mut out = SeedOutcome::default();
+        let mut touched = std::collections::HashSet::new();
+        for e in &seed.entries {
+            let buckets: Vec<_> = seed_buckets(on_clock(e.at_ms), now).collect();
+            let Some(&(_, _, expires)) = buckets.iter().find(|b| b.0 == HOUR_MS) else {
+                out.out_of_range += e.count;
+                continue;
+            };
+            let minute = e.at_ms / MINUTE_MS;
+            let seen = l
+                .seeded
+                .entry((e.address.clone(), minute))
+                .or_insert((0, expires));
+            let before = seen.0;
+            seen.0 = before.max(e.count);
+            let add = e.count.saturating_sub(before);
+            out.seen += e.count - add;
+            out.counted += add;
+            for (level, source) in [(Level::Address, &e.address), (Level::Network, &e.network)] {
+                for &(width, n, _) in &buckets {
+                    let id = (seed.metric.code(level), width, n);
+                    *l.buckets
+                        .entry(id)
+                        .or_default()
+                        .entry(source.clone())
+                        .or_default() += add;
+                    touched.insert(id);
+                }
+            }
+        }
+        let keep = keep.max(1) as usize;
+        for id in touched {
+            if let Some(b) = l.buckets.get_mut(&id) {
+                trim(b, keep);
+            }
+        }
+        Ok(out)
     }
 
     async fn top(&self, q: &TopQuery) -> Result<Vec<TopRow>, StoreError> {
