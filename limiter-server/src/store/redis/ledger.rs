@@ -52,6 +52,10 @@ impl Scripts {
 /// that each hold Redis for a short time only.
 const CHUNK: usize = 1000;
 
+/// Entries of one `seed` script at most: ~1 ms of Redis each (measured in
+/// docs/BENCHMARKS.md), so that decisions beside a seeding wait little.
+const SEED_CHUNK: usize = 250;
+
 /// Keys of one script call, numbered from 1 as in KEYS, each with its expiry.
 #[derive(Default)]
 struct Keys {
@@ -60,12 +64,12 @@ struct Keys {
 }
 
 impl Keys {
-    fn add(&mut self, key: String, expires: u64) -> usize {
-        if let Some(k) = self.index.get(&key) {
+    fn add(&mut self, key: &str, expires: u64) -> usize {
+        if let Some(k) = self.index.get(key) {
             return *k;
         }
-        self.keys.push((key.clone(), expires));
-        self.index.insert(key, self.keys.len());
+        self.keys.push((key.to_string(), expires));
+        self.index.insert(key.to_string(), self.keys.len());
         self.keys.len()
     }
 }
@@ -165,62 +169,68 @@ impl Ledger for RedisStore {
 
     async fn seed(&self, seed: &Seed, keep: u32) -> Result<SeedOutcome, StoreError> {
         // Which buckets still keep a time is the ledger shard's clock's call, as in
-        // `record`; then one script adds what was not seeded before.
+        // `record`. Each entry is compared with what was seeded before on its own, so
+        // the entries can go in several short scripts, each holding Redis briefly.
         let now = self.store_time_ms().await?;
-        let mut hashes = Keys::default();
-        let mut buckets = Keys::default();
-        // (hash, field, count, address, network, bucket numbers in KEYS order)
-        let mut entries = Vec::with_capacity(seed.entries.len());
         let mut out = SeedOutcome::default();
+        let mut planned = Vec::with_capacity(seed.entries.len());
         for e in &seed.entries {
-            let mut b = [0usize; 4];
+            // [address minute, address hour, network minute, network hour]
+            let mut buckets: [Option<(String, u64)>; 4] = Default::default();
             let mut hash = None;
             for (width, n, expires) in seed_buckets(e.at_ms, now) {
-                let g = if width == HOUR_MS { "h" } else { "m" };
-                let slot = usize::from(width == HOUR_MS);
+                let (g, slot) = if width == HOUR_MS { ("h", 1) } else { ("m", 0) };
                 for (j, level) in [Level::Address, Level::Network].into_iter().enumerate() {
                     let code = seed.metric.code(level);
-                    b[2 * j + slot] =
-                        buckets.add(self.ledger_key(&format!("t:{code}:{g}:{n}")), expires);
+                    let key = self.ledger_key(&format!("t:{code}:{g}:{n}"));
+                    buckets[2 * j + slot] = Some((key, expires));
                 }
                 if width == HOUR_MS {
                     let code = seed.metric.code(Level::Address);
-                    hash = Some(hashes.add(self.ledger_key(&format!("s:{code}:{n}")), expires));
+                    hash = Some((self.ledger_key(&format!("s:{code}:{n}")), expires));
                 }
             }
-            let Some(hash) = hash else {
-                out.out_of_range += e.count;
-                continue;
-            };
-            let minute = e.at_ms / MINUTE_MS;
-            entries.push((hash, format!("{}{SEP}{minute}", e.address), e, b));
-        }
-        if entries.is_empty() {
-            return Ok(out);
-        }
-        let h = hashes.keys.len();
-        let mut inv = self.ledger_scripts.seed.prepare_invoke();
-        for (k, _) in hashes.keys.iter().chain(&buckets.keys) {
-            inv.key(k);
-        }
-        inv.arg(keep.max(1)).arg(h);
-        for (_, expires) in hashes.keys.iter().chain(&buckets.keys) {
-            inv.arg(*expires);
-        }
-        inv.arg(entries.len());
-        for (hash, field, e, b) in &entries {
-            inv.arg(*hash)
-                .arg(field)
-                .arg(e.count)
-                .arg(&e.address)
-                .arg(&e.network);
-            for k in b {
-                inv.arg(if *k == 0 { 0 } else { k + h });
+            match hash {
+                Some(hash) => planned.push((e, hash, buckets)),
+                None => out.out_of_range += e.count,
             }
         }
-        let (added, seen): (u64, u64) = self.invoke(&inv).await?;
-        out.counted = added;
-        out.seen = seen;
+        for chunk in planned.chunks(SEED_CHUNK) {
+            let (mut hashes, mut zsets) = (Keys::default(), Keys::default());
+            let numbered: Vec<_> = chunk
+                .iter()
+                .map(|(e, (hash, expires), buckets)| {
+                    let h = hashes.add(hash, *expires);
+                    let b = buckets
+                        .each_ref()
+                        .map(|b| b.as_ref().map_or(0, |(k, x)| zsets.add(k, *x)));
+                    (e, h, b)
+                })
+                .collect();
+            let h = hashes.keys.len();
+            let mut inv = self.ledger_scripts.seed.prepare_invoke();
+            for (k, _) in hashes.keys.iter().chain(&zsets.keys) {
+                inv.key(k);
+            }
+            inv.arg(keep.max(1)).arg(h);
+            for (_, expires) in hashes.keys.iter().chain(&zsets.keys) {
+                inv.arg(*expires);
+            }
+            inv.arg(numbered.len());
+            for (e, hash, b) in &numbered {
+                inv.arg(*hash)
+                    .arg(format!("{}{SEP}{}", e.address, e.at_ms / MINUTE_MS))
+                    .arg(e.count)
+                    .arg(&e.address)
+                    .arg(&e.network);
+                for k in b {
+                    inv.arg(if *k == 0 { 0 } else { k + h });
+                }
+            }
+            let (added, seen): (u64, u64) = self.invoke(&inv).await?;
+            out.counted += added;
+            out.seen += seen;
+        }
         Ok(out)
     }
 
