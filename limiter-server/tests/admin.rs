@@ -766,10 +766,11 @@ fn unix_ms() -> u64 {
         .as_millis() as u64
 }
 
-async fn seed(l: &Limiter, entries: &[(&str, u64, u64)]) -> (u64, u64, u64, u64) {
+async fn seed(l: &Limiter, origin: &str, entries: &[(&str, u64, u64)]) -> (u64, u64, u64, u64) {
     let r = admin(l)
         .await
         .seed_top_sources(authed(SeedTopSourcesRequest {
+            origin: origin.into(),
             entries: entries
                 .iter()
                 .map(|(ip, at, n)| SeedEntry {
@@ -832,10 +833,12 @@ async fn seeding_old_logs_fills_the_top_lists(backend: Backend) {
         ("203.0.113.5", now - 10 * 60_000, 3),
         ("2001:db8:5:0:1::1", now - 20 * H, 5),
         ("203.0.113.7", now - 8 * 24 * H, 9),
+        // Its hour bucket still lives, but beyond the 7 days any list reads.
+        ("203.0.113.11", now - 169 * H - 30 * 60_000, 8),
         ("203.0.113.8", now + 2 * H, 1),
         ("198.51.100.9", now - H, 6),
     ];
-    assert_eq!(seed(&ls[0], &old).await, (14, 0, 10, 6));
+    assert_eq!(seed(&ls[0], "mx1", &old).await, (14, 0, 18, 6));
 
     let day = rows(&[
         ("203.0.113.5", 9),
@@ -858,20 +861,29 @@ async fn seeding_old_logs_fills_the_top_lists(backend: Backend) {
         rows(&[("203.0.113.5", 5)])
     );
 
-    // The same log again adds nothing; a longer one adds only what is new.
-    assert_eq!(seed(&ls[1], &old).await, (0, 14, 10, 6));
+    // The same log again adds nothing; a longer one adds only what is new; another
+    // MX host's log of the same minute adds up.
+    assert_eq!(seed(&ls[1], "mx1", &old).await, (0, 14, 18, 6));
     assert_eq!(
-        seed(&ls[0], &[("203.0.113.5", now - 10 * 60_000, 7)]).await,
+        seed(&ls[0], "mx1", &[("203.0.113.5", now - 10 * 60_000, 7)]).await,
         (4, 3, 0, 0)
     );
     assert_eq!(
+        seed(&ls[0], "mx2", &[("203.0.113.5", now - 10 * 60_000, 2)]).await,
+        (2, 0, 0, 0)
+    );
+    assert_eq!(
         top_in(&ls[0], H, GroupBy::Address).await,
-        rows(&[("203.0.113.5", 9)])
+        rows(&[("203.0.113.5", 11)])
     );
     assert_eq!(
         top_in(&ls[0], 24 * H, GroupBy::Network).await,
-        rows(&[("203.0.113.0/24", 15), ("2001:db8:5::/64", 5)])
+        rows(&[("203.0.113.0/24", 17), ("2001:db8:5::/64", 5)])
     );
+    // Just ahead of the clock counts now, once, however late it is seeded again.
+    let ahead = [("203.0.113.9", now + 30 * 60_000, 1)];
+    assert_eq!(seed(&ls[1], "mx1", &ahead).await, (1, 0, 0, 0));
+    assert_eq!(seed(&ls[1], "mx1", &ahead).await, (0, 1, 0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -914,7 +926,10 @@ async fn bad_seeds_are_refused_whole() {
     for (entries, says) in cases {
         let e = admin(l)
             .await
-            .seed_top_sources(authed(SeedTopSourcesRequest { entries }))
+            .seed_top_sources(authed(SeedTopSourcesRequest {
+                entries,
+                origin: String::new(),
+            }))
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
@@ -924,6 +939,7 @@ async fn bad_seeds_are_refused_whole() {
         .await
         .seed_top_sources(SeedTopSourcesRequest {
             entries: vec![entry("192.0.2.1", 1)],
+            origin: String::new(),
         })
         .await
         .unwrap_err();

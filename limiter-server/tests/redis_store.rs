@@ -334,6 +334,7 @@ async fn seeded_buckets_keep_their_heavy_hitters<S: Ledger>(store: &S) {
     };
     let seed = Seed {
         metric: Metric::BadRecipients,
+        origin: "mx1".into(),
         entries: vec![
             entry("192.0.2.1", 1),
             entry("192.0.2.2", 5),
@@ -361,6 +362,22 @@ async fn seeded_buckets_keep_their_heavy_hitters<S: Ledger>(store: &S) {
         listed,
         [("192.0.2.2".to_string(), 5), ("192.0.2.3".to_string(), 3)]
     );
+    // More entries than one Redis script takes: every one is compared on its own.
+    let many = Seed {
+        entries: (0..600)
+            .map(|i| SeedEntry {
+                address: format!("198.51.{}.{}", i / 250, i % 250),
+                network: "198.51.0.0/16".into(),
+                at_ms: at - 3_600_000,
+                count: 1,
+            })
+            .collect(),
+        ..seed.clone()
+    };
+    let out = store.seed(&many, 2).await.unwrap();
+    assert_eq!((out.counted, out.seen), (600, 0));
+    let out = store.seed(&many, 2).await.unwrap();
+    assert_eq!((out.counted, out.seen), (0, 600));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,8 +388,8 @@ async fn seeded_buckets_keep_their_heavy_hitters_and_expire_on_redis() {
         .unwrap();
     seeded_buckets_keep_their_heavy_hitters(&store).await;
     let keys = keys_with_ttl(&redis);
-    // An hour bucket per level, and the hour's counts seeded per address and minute.
-    assert_eq!(keys.len(), 3, "{keys:?}");
+    // Per hour seeded, a bucket per level and the counts seeded per address and minute.
+    assert_eq!(keys.len(), 6, "{keys:?}");
     let most = mxlimit_core::store::ledger::HOUR_BUCKETS_KEEP_MS as i64;
     for (k, ttl) in keys {
         assert!(ttl > most - 4 * 3_600_000 && ttl <= most, "{k}: {ttl}");

@@ -189,6 +189,11 @@ pub enum Command {
         /// zone are read in the local zone (TZ).
         #[arg(long)]
         seed: bool,
+        /// With --seed: the host that wrote the logs (default: this host's name). What
+        /// was seeded is remembered per origin, so that the logs of two MX hosts add
+        /// up while one host's logs seeded twice count once.
+        #[arg(long, requires = "seed")]
+        origin: Option<String>,
     },
 }
 

@@ -221,9 +221,9 @@ pub async fn run(
     files: &[PathBuf],
     o: &Options,
     json_out: bool,
-    admin: Option<crate::client::Admin>,
+    seeder: Option<crate::seed::Seeder>,
 ) -> Result<()> {
-    let mut minutes = admin.is_some().then(|| crate::seed::Minutes::new(o.range));
+    let mut minutes = seeder.is_some().then(|| crate::seed::Minutes::new(o.range));
     let (rows, stats) = read(files, o, |e| {
         if let Some(m) = &mut minutes {
             m.add(e);
@@ -259,8 +259,8 @@ pub async fn run(
     } else {
         print_table(&rows);
     }
-    if let (Some(mut admin), Some(minutes)) = (admin, minutes) {
-        let totals = crate::seed::send(&mut admin, minutes).await?;
+    if let (Some(seeder), Some(minutes)) = (seeder, minutes) {
+        let totals = seeder.send(minutes).await?;
         eprintln!("mxlimit: {totals}");
     }
     Ok(())

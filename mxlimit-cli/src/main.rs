@@ -24,6 +24,7 @@ async fn main() -> std::process::ExitCode {
         since,
         until,
         seed,
+        origin,
     } = &cli.command
     {
         // Old logs are read here; the limiter is asked only to be seeded.
@@ -35,12 +36,13 @@ async fn main() -> std::process::ExitCode {
             range: import::Range::new(*since, *until),
         };
         async {
-            // Connected first: a limiter out of reach is said before the reading.
-            let admin = match seed {
-                true => Some(client::connect(&cli).await?),
+            // Asked first: a limiter out of reach, or credentials it refuses, are said
+            // before the reading.
+            let seeder = match seed {
+                true => Some(seed::Seeder::ready(&cli, origin.clone()).await?),
                 false => None,
             };
-            import::run(files, &o, cli.json, admin).await
+            import::run(files, &o, cli.json, seeder).await
         }
         .await
     } else {

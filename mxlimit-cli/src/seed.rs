@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use mxlimit_maillog::{Event, Kind, Stamp};
 use mxlimit_proto::v1::{SeedEntry, SeedTopSourcesRequest};
 
+use crate::cli::Cli;
 use crate::client::{Admin, explain_status};
 use crate::clock;
 use crate::import::Range;
@@ -27,8 +28,9 @@ pub struct Minutes {
     untimed: u64,
     range: Range,
     now_ms: i64,
-    /// The Unix time of the last local hour read: mktime once per hour of log.
-    hour: Option<(Hour, Option<i64>)>,
+    /// The Unix times of local hours read: mktime once per hour of log (a yearless
+    /// stamp is read in two or three years, hence a map and not the last one).
+    hours: HashMap<Hour, Option<i64>>,
 }
 
 impl Minutes {
@@ -41,7 +43,7 @@ impl Minutes {
             untimed: 0,
             range,
             now_ms,
-            hour: None,
+            hours: HashMap::new(),
         }
     }
 
@@ -50,21 +52,20 @@ impl Minutes {
             return;
         }
         let year = mxlimit_maillog::stamp(&e.time).and_then(|s| self.range.year_for(&s));
-        let hour = &mut self.hour;
+        let hours = &mut self.hours;
         let local = |y: i64, s: &Stamp| {
-            let key = (y, s.month, s.day, s.secs / 3600);
-            let start = match hour {
-                Some((k, t)) if *k == key => *t,
-                _ => {
+            if hours.len() > 100_000 {
+                hours.clear();
+            }
+            let start = *hours
+                .entry((y, s.month, s.day, s.secs / 3600))
+                .or_insert_with(|| {
                     let whole = Stamp {
                         secs: s.secs / 3600 * 3600,
                         ..*s
                     };
-                    let t = clock::local_ms(y, &whole);
-                    *hour = Some((key, t));
-                    t
-                }
-            };
+                    clock::local_ms(y, &whole)
+                });
             start.map(|t| t + i64::from(s.secs % 3600) * 1000)
         };
         match clock::unix_ms(&e.time, year, self.now_ms, local) {
@@ -84,8 +85,52 @@ pub struct Totals {
     pub untimed: u64,
 }
 
-/// Sends the counts, a thousand (address, minute) pairs per request.
-pub async fn send(admin: &mut Admin, minutes: Minutes) -> Result<Totals> {
+/// The limiter's Admin API, known to take seeds from us.
+pub struct Seeder {
+    admin: Admin,
+    origin: String,
+}
+
+impl Seeder {
+    /// Connects, and sends an empty seed: a limiter out of reach, credentials it
+    /// refuses or a limiter too old for seeds are said before any log is read.
+    pub async fn ready(cli: &Cli, origin: Option<String>) -> Result<Seeder> {
+        let mut admin = crate::client::connect(cli).await?;
+        let origin = origin.unwrap_or_else(host_name);
+        admin
+            .seed_top_sources(SeedTopSourcesRequest {
+                entries: Vec::new(),
+                origin: origin.clone(),
+            })
+            .await
+            .map_err(explain_status)?;
+        Ok(Seeder { admin, origin })
+    }
+
+    /// Sends the counts, a thousand (address, minute) pairs per request.
+    pub async fn send(mut self, minutes: Minutes) -> Result<Totals> {
+        send(&mut self.admin, &self.origin, minutes).await
+    }
+}
+
+/// This host's name, as far as the limiter takes origins (host-name characters).
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(0);
+    let name = if ok {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    name.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._-:".contains(*c))
+        .take(64)
+        .collect()
+}
+
+async fn send(admin: &mut Admin, origin: &str, minutes: Minutes) -> Result<Totals> {
     let mut entries: Vec<((i64, IpAddr), u64)> = minutes.counts.into_iter().collect();
     entries.sort_unstable();
     let mut t = Totals {
@@ -95,6 +140,7 @@ pub async fn send(admin: &mut Admin, minutes: Minutes) -> Result<Totals> {
     let requests = entries.len().div_ceil(PER_REQUEST);
     for (i, chunk) in entries.chunks(PER_REQUEST).enumerate() {
         let req = SeedTopSourcesRequest {
+            origin: origin.to_string(),
             entries: chunk
                 .iter()
                 .map(|((minute, ip), n)| SeedEntry {

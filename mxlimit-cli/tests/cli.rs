@@ -921,8 +921,8 @@ async fn import_log_seeds_the_top_lists_at_the_times_logged() {
     assert_eq!(top("24h", "net").await[0], ("192.0.2.0/24".to_string(), 4));
 }
 
-/// With --seed, a limiter out of reach or a missing token is said before a line is
-/// read, and nothing is printed as if it had worked.
+/// With --seed, a limiter out of reach, a missing token or a bad origin is said before
+/// a line is read, and nothing is printed as if it had worked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_log_seed_errors_say_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
@@ -941,4 +941,14 @@ async fn import_log_seed_errors_say_what_to_do() {
     let o = mxlimit(&l, false, &["import-log", "--seed", path.to_str().unwrap()]).await;
     let e = err(&o);
     assert!(e.contains("not authorized"), "{e}");
+    assert!(!e.contains("lines read") && o.stdout.is_empty(), "{e}");
+    // An origin the limiter cannot take is refused before the reading too.
+    let o = mxlimit(
+        &l,
+        true,
+        &["import-log", "--seed", "--origin", "mx 1", path.to_str().unwrap()],
+    )
+    .await;
+    let e = err(&o);
+    assert!(e.contains("origin must be") && o.stdout.is_empty(), "{e}");
 }

@@ -43,6 +43,7 @@ const MAX_BLOCK_MS: u64 = 365 * 24 * HOUR_MS;
 const MAX_REASON: usize = 200;
 /// Entries of one seed at most: its one store script holds Redis for a few ms only.
 pub const MAX_SEED_ENTRIES: usize = 1000;
+const MAX_ORIGIN: usize = 64;
 /// More bad recipients from one address in one minute than any MTA refuses.
 const MAX_SEED_COUNT: u64 = 1_000_000_000;
 
@@ -443,6 +444,16 @@ impl<S: Store + Ledger> AdminService<S> {
                 r.entries.len()
             )));
         }
+        let origin = r.origin.as_str();
+        if origin.len() > MAX_ORIGIN
+            || !origin
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
+        {
+            return Err(Status::invalid_argument(format!(
+                "origin must be at most {MAX_ORIGIN} of A-Z a-z 0-9 . _ - : (a host name)"
+            )));
+        }
         let policy = self.engine.policy().get();
         // Entries of one address and minute add up: the ledger compares each pair
         // with what it was given before.
@@ -484,6 +495,7 @@ impl<S: Store + Ledger> AdminService<S> {
         entries.sort_by(|a, b| (a.at_ms, &a.address).cmp(&(b.at_ms, &b.address)));
         let seed = Seed {
             metric: Metric::BadRecipients,
+            origin: origin.to_string(),
             entries,
         };
         let out = self
@@ -493,6 +505,7 @@ impl<S: Store + Ledger> AdminService<S> {
             .await
             .map_err(store_error)?;
         tracing::info!(
+            origin,
             counted = out.counted,
             seen = out.seen,
             out_of_range = out.out_of_range,

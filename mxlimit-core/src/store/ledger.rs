@@ -68,6 +68,9 @@ impl Batch {
 #[derive(Debug, Clone)]
 pub struct Seed {
     pub metric: Metric,
+    /// Where the log was written (a host name, or empty): what is remembered is per
+    /// origin, so that the logs of two MX hosts add up.
+    pub origin: String,
     pub entries: Vec<SeedEntry>,
 }
 
@@ -81,9 +84,10 @@ pub struct SeedEntry {
     pub count: u64,
 }
 
-/// What a seed added. The ledger remembers how many it was given for each address and
-/// minute (as long as the hour's bucket lives) and adds only what goes beyond: the same
-/// log seeded twice, or two logs that overlap, count each minute once.
+/// What a seed added. The ledger remembers how many it was given for each origin,
+/// address and minute (as long as the hour's bucket lives) and adds only what goes
+/// beyond: the same log seeded twice, or two logs of one host that overlap, count each
+/// minute once.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SeedOutcome {
     /// Added to the top lists.
@@ -112,8 +116,22 @@ pub fn seed_buckets(at_ms: u64, now_ms: u64) -> impl Iterator<Item = (u64, u64, 
     .filter_map(move |(width, keep)| {
         let n = at / width;
         let expires = (n + 1) * width + keep;
-        (!ahead && expires > now_ms).then_some((width, n, expires))
+        // Only buckets a top list still reads: a count no query shows is not added.
+        let read = Buckets::for_window(if width == HOUR_MS {
+            MAX_WINDOW_MS
+        } else {
+            HOUR_MS
+        });
+        let readable = n + read.count >= now_ms / width;
+        (!ahead && readable && expires > now_ms).then_some((width, n, expires))
     })
+}
+
+/// The expiry of what is remembered of one address and minute seeded at `at_ms`: as
+/// long as the latest bucket it can have been put in (an entry ahead of the clock
+/// goes in the current one), so that seeding it again later finds it.
+pub fn seeded_until(at_ms: u64) -> u64 {
+    (at_ms / HOUR_MS + 1).saturating_mul(HOUR_MS) + HOUR_BUCKETS_KEEP_MS
 }
 
 /// Time buckets of the top lists: minutes for windows up to an hour, hours beyond.

@@ -11,7 +11,7 @@ use mxlimit_core::source::{Level, Source};
 use mxlimit_core::store::ledger::{
     AdminBlock, AutoBan, Batch, HOUR_BUCKETS_KEEP_MS, HOUR_MS, Inspection, Ledger,
     MINUTE_BUCKETS_KEEP_MS, MINUTE_MS, Merge, Metric, NODE_KEEP_MS, Seed, SeedOutcome, Standing,
-    TopQuery, TopRow, seed_buckets,
+    TopQuery, TopRow, seed_buckets, seeded_until,
 };
 use mxlimit_core::store::{PerLevel, SEP, StoreError};
 
@@ -177,7 +177,7 @@ impl Ledger for RedisStore {
         for e in &seed.entries {
             // [address minute, address hour, network minute, network hour]
             let mut buckets: [Option<(String, u64)>; 4] = Default::default();
-            let mut hash = None;
+            let mut kept = false;
             for (width, n, expires) in seed_buckets(e.at_ms, now) {
                 let (g, slot) = if width == HOUR_MS { ("h", 1) } else { ("m", 0) };
                 for (j, level) in [Level::Address, Level::Network].into_iter().enumerate() {
@@ -185,15 +185,21 @@ impl Ledger for RedisStore {
                     let key = self.ledger_key(&format!("t:{code}:{g}:{n}"));
                     buckets[2 * j + slot] = Some((key, expires));
                 }
-                if width == HOUR_MS {
-                    let code = seed.metric.code(Level::Address);
-                    hash = Some((self.ledger_key(&format!("s:{code}:{n}")), expires));
-                }
+                kept |= width == HOUR_MS;
             }
-            match hash {
-                Some(hash) => planned.push((e, hash, buckets)),
-                None => out.out_of_range += e.count,
+            if !kept {
+                out.out_of_range += e.count;
+                continue;
             }
+            // What was seeded is kept per hour of the entry's own time, not the bucket's
+            // (an entry ahead of the clock goes in the current bucket).
+            let code = seed.metric.code(Level::Address);
+            let hour = e.at_ms / HOUR_MS;
+            let hash = (
+                self.ledger_key(&format!("s:{code}:{hour}")),
+                seeded_until(e.at_ms),
+            );
+            planned.push((e, hash, buckets));
         }
         for chunk in planned.chunks(SEED_CHUNK) {
             let (mut hashes, mut zsets) = (Keys::default(), Keys::default());
@@ -219,7 +225,12 @@ impl Ledger for RedisStore {
             inv.arg(numbered.len());
             for (e, hash, b) in &numbered {
                 inv.arg(*hash)
-                    .arg(format!("{}{SEP}{}", e.address, e.at_ms / MINUTE_MS))
+                    .arg(format!(
+                        "{}{SEP}{}{SEP}{}",
+                        e.address,
+                        seed.origin,
+                        e.at_ms / MINUTE_MS
+                    ))
                     .arg(e.count)
                     .arg(&e.address)
                     .arg(&e.network);

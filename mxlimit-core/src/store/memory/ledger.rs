@@ -10,9 +10,9 @@ use crate::source::{Level, Source};
 use crate::store::ledger::{
     AdminBlock, AutoBan, Batch, HOUR_BUCKETS_KEEP_MS, HOUR_MS, Inspection, Ledger,
     MINUTE_BUCKETS_KEEP_MS, MINUTE_MS, Merge, Metric, Seed, SeedOutcome, Standing, TopQuery,
-    TopRow, seed_buckets,
+    TopRow, seed_buckets, seeded_until,
 };
-use crate::store::{PerLevel, StoreError};
+use crate::store::{PerLevel, SEP, StoreError};
 
 /// (metric and level code, bucket width, bucket number)
 type BucketId = (&'static str, u64, u64);
@@ -102,7 +102,7 @@ impl Ledger for MemoryStore {
             .map_or(0, |d| d.as_millis() as u64);
         let on_clock = |at: u64| {
             if at >= wall {
-                now + (at - wall)
+                now.saturating_add(at - wall)
             } else {
                 now.saturating_sub(wall - at)
             }
@@ -113,15 +113,16 @@ impl Ledger for MemoryStore {
         let mut touched = std::collections::HashSet::new();
         for e in &seed.entries {
             let buckets: Vec<_> = seed_buckets(on_clock(e.at_ms), now).collect();
-            let Some(&(_, _, expires)) = buckets.iter().find(|b| b.0 == HOUR_MS) else {
+            if !buckets.iter().any(|b| b.0 == HOUR_MS) {
                 out.out_of_range += e.count;
                 continue;
-            };
+            }
             let minute = e.at_ms / MINUTE_MS;
+            let until = on_clock(seeded_until(e.at_ms));
             let seen = l
                 .seeded
-                .entry((e.address.clone(), minute))
-                .or_insert((0, expires));
+                .entry((format!("{}{SEP}{}", e.address, seed.origin), minute))
+                .or_insert((0, until));
             let before = seen.0;
             seen.0 = before.max(e.count);
             let add = e.count.saturating_sub(before);
