@@ -946,7 +946,13 @@ async fn import_log_seed_errors_say_what_to_do() {
     let o = mxlimit(
         &l,
         true,
-        &["import-log", "--seed", "--origin", "mx 1", path.to_str().unwrap()],
+        &[
+            "import-log",
+            "--seed",
+            "--origin",
+            "mx 1",
+            path.to_str().unwrap(),
+        ],
     )
     .await;
     let e = err(&o);
