@@ -416,3 +416,46 @@ async fn a_tarpitted_source_waits_from_the_first_rcpt_of_its_next_session() {
         t.elapsed()
     );
 }
+
+/// A refusal the limiter says holds (ClientRate over the network here) is answered by
+/// the agent itself, for every address of that network, without a limiter call, and
+/// for no longer than the agent's bound: then it asks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_refusal_costs_no_limiter_call_until_the_agents_bound() {
+    const BOUND: Duration = Duration::from_millis(1500);
+    let toml = "[client_rate]\nwindow = \"1h\"\naddress = 0\nnetwork = 2\n[client_conn]\naddress = 0\nnetwork = 0\n";
+    let lim = limiter(toml, "").await;
+    let mut cfg = milter_config("mx1", &[lim.addr]);
+    cfg.limiter.hold_max = mxlimit_core::policy::duration::Span(BOUND);
+    let a = agent(&cfg).await;
+    let addr = tcp(&a.milter[0]);
+    let rate = Reply::Code("421 4.3.2 Connection rate limit exceeded.".into());
+    // Two sessions fill the network's window; they stay open (no Disconnect calls).
+    let mut open = Vec::new();
+    for ip in ["10.0.9.1", "10.0.9.2"] {
+        let (c, r) = session(addr, ip).await;
+        assert_eq!(r, Reply::Continue);
+        open.push(c);
+    }
+    let sent = Instant::now();
+    let (_c, r) = session(addr, "10.0.9.3").await;
+    assert_eq!(r, rate);
+    let calls = || a.limiter.stats.calls.load(std::sync::atomic::Ordering::Relaxed);
+    let before = calls();
+    for i in 4..20 {
+        let (_c, r) = session(addr, &format!("10.0.9.{i}")).await;
+        assert_eq!(r, rate, "10.0.9.{i}");
+    }
+    assert!(sent.elapsed() < BOUND, "the machine stalled; inconclusive");
+    assert_eq!(calls(), before, "held refusals call nobody");
+    assert_eq!(a.limiter.holds.len(), 1, "one hold: the network");
+    // Another network is asked as ever.
+    let (_c, r) = session(addr, "10.0.10.1").await;
+    assert_eq!(r, Reply::Continue);
+    assert_eq!(calls(), before + 1);
+    // Past the bound the agent asks again, though the limiter still holds it.
+    tokio::time::sleep_until((sent + BOUND).into()).await;
+    let (_c, r) = session(addr, "10.0.9.30").await;
+    assert_eq!(r, rate);
+    assert_eq!(calls(), before + 2, "asked again after the bound");
+}

@@ -413,6 +413,62 @@ async fn a_block_on_one_instance_is_enforced_by_the_other_on_redis_cluster() {
     a_block_on_one_instance_is_enforced_by_the_other(Backend::Cluster).await;
 }
 
+/// A ban's refusal is held by every instance that gave it (no store round trip),
+/// and an operator's unblock ends the holds: at once on the instance that unblocked,
+/// within a ledger round on the others.
+async fn an_unblock_ends_held_refusals_on_every_instance(backend: Backend) {
+    let toml = "[bad_rcpt]\nblock_after = 1\ntarpit_after = 0\nnetwork_tarpit_after = 0\nnetwork_block_after = 0\n";
+    let p = two(backend, toml, "").await;
+    let ls = &p.limiters;
+    let (mut a, mut b) = (ls[0].client().await, ls[1].client().await);
+    let ip = "192.0.2.77";
+    for i in 0..2 {
+        bad_rcpt(&mut a, "mx1", "s0", ip, &format!("u{i}@x")).await;
+    }
+    for (c, node) in [(&mut a, "mx1"), (&mut b, "mx2")] {
+        for i in 0..2 {
+            let v = connect(c, node, &format!("h{i}"), ip).await;
+            assert_eq!(v.reason, "banned", "{v:?}");
+            assert!(v.hold_ms > 1_000_000 && v.hold_source == ip, "{v:?}");
+        }
+    }
+    let u = admin(&ls[0])
+        .await
+        .unblock(authed(UnblockRequest { target: ip.into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(u.ban_removed, "{u:?}");
+    assert_eq!(
+        action(&connect(&mut a, "mx1", "after", ip).await),
+        Action::Accept
+    );
+    let mut n = 0;
+    eventually("the other instance's hold ended", || {
+        n += 1;
+        let (mut c, session) = (b.clone(), format!("b{n}"));
+        async move {
+            (action(&connect(&mut c, "mx2", &session, ip).await) == Action::Accept).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unblock_ends_held_refusals_on_every_instance_in_memory() {
+    an_unblock_ends_held_refusals_on_every_instance(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unblock_ends_held_refusals_on_every_instance_on_redis() {
+    an_unblock_ends_held_refusals_on_every_instance(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unblock_ends_held_refusals_on_every_instance_on_redis_cluster() {
+    an_unblock_ends_held_refusals_on_every_instance(Backend::Cluster).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocks_with_bad_targets_or_reasons_are_refused() {
     let p = two(Backend::Memory, "", "").await;

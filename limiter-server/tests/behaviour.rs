@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use mxlimit_proto::v1::limiter_client::LimiterClient;
-use mxlimit_proto::v1::{Action, ConnectReply, HeartbeatRequest, Lease, OffenceKind};
+use mxlimit_proto::v1::{Action, ConnectReply, HeartbeatRequest, Lease, OffenceKind, Verdict};
 use support::*;
 use tonic::transport::Channel;
 
@@ -46,6 +46,8 @@ suite!(
     explain_predicts_the_next_connect_in_every_state,
     offences_ban_the_address_then_the_network_on_every_instance,
     offence_kinds_count_apart_and_can_be_exempt_off_or_shadowed,
+    held_refusals_end_when_the_store_would_admit,
+    held_refusals_keep_rules_exemptions_and_shadow_mode_exact,
 );
 
 /// Generous windows: only the sliding-window and lease tests depend on time.
@@ -1153,7 +1155,15 @@ async fn explain_predicts_the_next_connect_in_every_state(backend: Backend) {
                 .connect
                 .expect("a connect verdict");
             let got = connect(c, "mx1", &session(), ip).await;
-            assert_eq!(explained, got, "{state} ({ip}), shadow = {shadow}");
+            // How long a refusal holds is the store's to say, at the time it decides.
+            let unheld = Verdict {
+                hold_ms: 0,
+                hold_source: String::new(),
+                ..got.clone()
+            };
+            assert_eq!(explained, unheld, "{state} ({ip}), shadow = {shadow}");
+            let holds = !shadow && (reason == "banned" || reason == "client_rate");
+            assert_eq!(got.hold_ms > 0, holds, "{state} ({ip}), shadow = {shadow}");
             // The states are what they say: each is answered by the reason and the rule
             // (so the level) it was built for.
             assert_eq!(
@@ -1335,4 +1345,124 @@ async fn offence_kinds_count_apart_and_can_be_exempt_off_or_shadowed(backend: Ba
         (action(&v), v.shadow, v.reason.as_str()),
         (Action::Accept, true, "banned")
     );
+}
+
+/// A refusal by ClientRate holds, on the instance that got it, until the oldest
+/// admission leaves the window, and never longer: the hold ends no later than the
+/// store would admit, and the store admits again then.
+async fn held_refusals_end_when_the_store_would_admit(backend: Backend) {
+    const W: Duration = Duration::from_millis(1500);
+    let toml = "[client_rate]\nwindow = \"1500ms\"\naddress = 2\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n";
+    let mut p = Pair::start(backend, policy(toml, "")).await;
+    let ip = "10.8.8.8";
+    let sent_a = Instant::now();
+    assert_eq!(
+        action(&connect(&mut p.a, "mx1", "a", ip).await),
+        Action::Accept
+    );
+    // The store logged `a` between sent_a and now: it leaves the window by then + W.
+    let a_leaves_by = Instant::now() + W;
+    assert_eq!(
+        action(&connect(&mut p.b, "mx2", "b", ip).await),
+        Action::Accept
+    );
+    let sent_c = Instant::now();
+    let c = connect(&mut p.a, "mx1", "c", ip).await;
+    assert_eq!(
+        (action(&c), c.reason.as_str()),
+        (Action::Disconnect, "client_rate")
+    );
+    assert_eq!(c.hold_source, ip);
+    assert!(c.hold_ms > 0, "a rate refusal holds: {c:?}");
+    let held_until = sent_c + Duration::from_millis(c.hold_ms.into());
+    assert!(
+        held_until <= a_leaves_by,
+        "held past the time the store would admit: {c:?}"
+    );
+    // Meanwhile, answered from the hold: the same refusal, with less time left.
+    let d = connect(&mut p.a, "mx1", "d", ip).await;
+    assert_eq!(
+        (action(&d), d.rule.as_str()),
+        (Action::Disconnect, c.rule.as_str())
+    );
+    assert!(d.hold_ms <= c.hold_ms && d.hold_ms > 0);
+    // The other instance learns it from the store, and holds it too.
+    let e = connect(&mut p.b, "mx2", "e", ip).await;
+    assert!(action(&e) == Action::Disconnect && e.hold_ms > 0);
+    // Once the hold is over the store decides again: refused (and held) only while
+    // `a` may still be in the window, then admitted, never before `a` could leave it.
+    tokio::time::sleep_until(held_until.into()).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut n = 0;
+    let admitted_at = loop {
+        n += 1;
+        let v = connect(&mut p.a, "mx1", &format!("f{n}"), ip).await;
+        if action(&v) == Action::Accept {
+            break Instant::now();
+        }
+        assert!(Instant::now() < deadline, "never admitted again: {v:?}");
+        let wait = Duration::from_millis(v.hold_ms.max(5).into());
+        tokio::time::sleep(wait).await;
+    };
+    assert!(
+        admitted_at >= sent_a + W,
+        "admitted before `a` left the window"
+    );
+}
+
+/// Holds never change who gets in: an exempt address of a held network, a host rule
+/// that lifts the limit, and shadow mode (which holds nothing) are all answered as
+/// without holds.
+async fn held_refusals_keep_rules_exemptions_and_shadow_mode_exact(backend: Backend) {
+    let toml = "[client_rate]\nwindow = \"1h\"\naddress = 1\nnetwork = 3\n[client_conn]\naddress = 0\nnetwork = 0\n";
+    let access = "Connect:10.7.7.9\tOK\nClientRate:friendly.example\t0\n";
+    let mut p = Pair::start(backend, policy(toml, access)).await;
+    let named = async |c: &mut LimiterClient<Channel>, session: &str, ip: &str, name: &str| {
+        let mut r = connect_req("mx1", session, ip);
+        r.client_name = name.into();
+        c.connect(r).await.unwrap().into_inner().verdict.unwrap()
+    };
+    // The address level: 10.7.7.1 refused and held ...
+    assert_eq!(
+        action(&connect(&mut p.a, "mx1", "s1", "10.7.7.1").await),
+        Action::Accept
+    );
+    let held = connect(&mut p.a, "mx1", "s2", "10.7.7.1").await;
+    assert!(
+        action(&held) == Action::Disconnect && held.hold_ms > 0,
+        "{held:?}"
+    );
+    // ... yet the same address under a host rule without a limit gets in.
+    let v = named(&mut p.a, "s3", "10.7.7.1", "mx.friendly.example").await;
+    assert_eq!(action(&v), Action::Accept, "{v:?}");
+    // The network level (3 per window): a third address fills it, a fourth is held.
+    assert_eq!(
+        action(&connect(&mut p.a, "mx1", "s4", "10.7.7.2").await),
+        Action::Accept
+    );
+    let net = connect(&mut p.a, "mx1", "s5", "10.7.7.3").await;
+    assert_eq!(
+        (action(&net), net.hold_source.as_str()),
+        (Action::Disconnect, "10.7.7.0/24")
+    );
+    assert!(net.hold_ms > 0);
+    // Held for every address of the network but the exempt one.
+    let v = connect(&mut p.a, "mx1", "s6", "10.7.7.4").await;
+    assert_eq!(
+        (action(&v), v.rule.as_str()),
+        (Action::Disconnect, net.rule.as_str())
+    );
+    assert_eq!(
+        action(&connect(&mut p.a, "mx1", "s7", "10.7.7.9").await),
+        Action::Accept
+    );
+
+    // Shadow mode counts every connection: nothing is held, nothing refused.
+    let toml = "shadow = true\n[client_rate]\nwindow = \"1h\"\naddress = 1\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n";
+    p.policy.set(policy(toml, ""));
+    for i in 0..3 {
+        let v = connect(&mut p.a, "mx1", &format!("sh{i}"), "10.6.6.6").await;
+        assert_eq!(action(&v), Action::Accept);
+        assert_eq!((v.hold_ms, v.shadow), (0, i > 0), "{v:?}");
+    }
 }

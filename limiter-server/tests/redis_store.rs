@@ -219,7 +219,8 @@ async fn lease_sets_hold_only_live_sessions_without_a_limit() {
 }
 
 /// One decision, one store round trip: a single EVALSHA per Connect, Recipient and
-/// Disconnect, on one server and on a cluster (once the node's registry knows the network).
+/// Disconnect, on one server and on a cluster (once the node's registry knows the
+/// network); none for a refusal that still holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_evalsha_per_decision_on_a_server_and_on_a_cluster() {
     for backend in [Backend::Redis, Backend::Cluster] {
@@ -263,6 +264,15 @@ async fn one_evalsha_per_decision_on_a_server_and_on_a_cluster() {
         assert_eq!(seen(&monitors), ["EVALSHA"], "{backend:?}: Recipient");
         disconnect(&mut p.a, "mx1", "s1", "10.30.0.2").await;
         assert_eq!(seen(&monitors), ["EVALSHA"], "{backend:?}: Disconnect");
+        // A refusal that holds costs the store nothing until it ends.
+        p.policy.set(policy("", "ClientRate:10.30.0.3\t1\n"));
+        connect(&mut p.a, "mx1", "s2", "10.30.0.3").await;
+        let refused = connect(&mut p.a, "mx1", "s3", "10.30.0.3").await;
+        assert!(refused.hold_ms > 0, "{refused:?}");
+        assert_eq!(seen(&monitors), ["EVALSHA"; 2], "{backend:?}: refused");
+        let held = connect(&mut p.a, "mx1", "s4", "10.30.0.3").await;
+        assert_eq!(held.reason, "client_rate");
+        assert_eq!(seen(&monitors), Vec::<String>::new(), "{backend:?}: held");
     }
 }
 

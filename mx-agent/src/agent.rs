@@ -61,6 +61,7 @@ impl Agent {
                 deadline: l.deadline.0,
                 fail: cfg.fallback.mode,
                 retry_after: cfg.fallback.retry_after.0,
+                hold_max: l.hold_max.0,
             },
         ));
 

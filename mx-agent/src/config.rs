@@ -44,6 +44,10 @@ pub struct LimiterSettings {
     /// Every call's deadline: past it, the agent decides locally.
     pub deadline: Span,
     pub connect_timeout: Span,
+    /// A Connect refused by a ban or ClientRate is answered by the agent itself for as
+    /// long as the limiter says the refusal holds, but never longer than this (so that
+    /// an operator's unblock reaches this MX within it); 0 = always ask.
+    pub hold_max: Span,
     /// TLS to the limiters (`[limiter.tls]`); absent = plaintext.
     pub tls: Option<ClientTlsSettings>,
 }
@@ -86,6 +90,7 @@ impl Default for LimiterSettings {
             resolve_every: Span::secs(10),
             deadline: Span::millis(50),
             connect_timeout: Span::secs(1),
+            hold_max: Span::secs(15),
             tls: None,
         }
     }
@@ -278,6 +283,12 @@ impl AgentConfig {
             if t.reload_every.0.is_zero() {
                 return Err("limiter.tls.reload_every must be more than 0".into());
             }
+        }
+        if self.limiter.hold_max > Span::secs(300) {
+            return Err(format!(
+                "limiter.hold_max: {} is over 5m (an unblock would take that long to reach this MX)",
+                self.limiter.hold_max
+            ));
         }
         if self.limiter.deadline.0.is_zero() || self.limiter.deadline > Span::secs(5) {
             return Err(format!(

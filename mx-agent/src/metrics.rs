@@ -16,6 +16,8 @@ pub const CALL_SECONDS: &str = "mxagent_limiter_call_duration_seconds";
 pub const DECISIONS: &str = "mxagent_decisions_total";
 /// Decisions made without the limiter, by `rpc` and `mode` (`local`, `tempfail`).
 pub const FALLBACKS: &str = "mxagent_fallbacks_total";
+/// Connects refused by this agent from a refusal the limiter said holds, without a call.
+pub const HELD_REFUSALS: &str = "mxagent_held_refusals_total";
 /// Sessions of this host holding a lease, sampled at every heartbeat.
 pub const LEASES_LIVE: &str = "mxagent_leases_live";
 /// Sessions the limiter could not decide, by `adapter` (`milter`, `policy`,

@@ -25,6 +25,9 @@ pub const RULE_RELOADS: &str = "mxlimit_rule_reloads_total";
 /// `banned` (this one set a ban), `banned_before` (a ban was in force: not counted),
 /// `exempt` (an OK or RELAY rule), `off` (the kind's thresholds are 0), `blocked`.
 pub const OFFENCES: &str = "mxlimit_offences_total";
+/// Connects refused from a hold (a ban's or ClientRate's refusal that still holds),
+/// with no store round trip.
+pub const HELD_REFUSALS: &str = "mxlimit_held_refusals_total";
 /// Events not counted in the top lists because too many distinct sources came in one
 /// flush interval.
 pub const TALLY_DROPPED: &str = "mxlimit_tally_dropped_total";

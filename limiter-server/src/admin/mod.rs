@@ -58,6 +58,7 @@ pub async fn keep_once<S: Store + Ledger>(engine: &Engine<S>, keep: u32) {
     match engine.store().standing(node_ttl, 0).await {
         Ok(st) => {
             engine.blocks().replace(&st.blocks);
+            engine.holds().unblocks(st.unblocks);
             gauge!(BANS_IN_FORCE, "kind" => "block").set(st.blocks.len() as f64);
             gauge!(BANS_IN_FORCE, "kind" => "ban").set(st.ban_count as f64);
             gauge!(LEASES_LIVE).set(st.leases_live as f64);

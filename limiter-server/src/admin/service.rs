@@ -397,6 +397,8 @@ impl<S: Store + Ledger> AdminService<S> {
                 .map_err(store_error)?,
             None => false,
         };
+        // This limiter at once; the others at their next ledger refresh.
+        self.engine.holds().clear();
         tracing::warn!(%target, block_removed, ban_removed, by, "unblocked by an operator");
         Ok(UnblockReply {
             block_removed,

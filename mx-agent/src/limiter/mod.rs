@@ -6,6 +6,7 @@
 pub mod breaker;
 pub mod channel;
 pub mod counted;
+pub mod holds;
 pub mod sessions;
 pub mod tls;
 
@@ -97,6 +98,8 @@ pub struct LimiterOptions {
     pub deadline: Duration,
     pub fail: FailMode,
     pub retry_after: Duration,
+    /// The longest a refusal the limiter said holds is held here (0: never).
+    pub hold_max: Duration,
 }
 
 pub struct Limiter {
@@ -113,6 +116,8 @@ pub struct Limiter {
     pub stats: Stats,
     /// Rejected recipients counted lately, so that none counts twice.
     pub counted: counted::Counted,
+    /// Refusals the limiter said hold: answered here, without a call.
+    pub holds: holds::Holds,
 }
 
 /// Why the limiter gave no answer.
@@ -157,6 +162,7 @@ impl Limiter {
             next_id: AtomicU64::new(1),
             stats: Stats::default(),
             counted: counted::Counted::default(),
+            holds: holds::Holds::new(opts.hold_max),
         }
     }
 
@@ -294,6 +300,18 @@ impl Limiter {
         helo: &str,
         ends: Ends,
     ) -> Admission {
+        // A refusal the limiter said still holds: no call.
+        if let Some((verdict, policy)) = self.holds.check(ip) {
+            counter!(m::HELD_REFUSALS).increment(1);
+            let a = Admission {
+                verdict,
+                policy,
+                origin: Origin::Limiter,
+            };
+            decided("Connect", &a.verdict, a.origin);
+            return a;
+        }
+        let sent = Instant::now();
         let req = ConnectRequest {
             node: self.node.clone(),
             session_id: session.to_string(),
@@ -314,11 +332,15 @@ impl Limiter {
                 if r.lease_ttl_ms > 0 {
                     self.lease_ttl_ms.store(r.lease_ttl_ms, Ordering::Relaxed);
                 }
-                Admission {
+                let a = Admission {
                     verdict: r.verdict.unwrap_or_else(accept),
                     policy: r.policy.unwrap_or_default(),
                     origin: Origin::Limiter,
+                };
+                if !a.admitted() {
+                    self.holds.remember(&a.verdict, &a.policy, sent);
                 }
+                a
             }
             Err(why) => {
                 self.fell_back("Connect", &why);

@@ -2,6 +2,7 @@
 //! source, one store operation, and the verdict.
 
 pub mod blocks;
+pub mod holds;
 pub mod tally;
 pub mod verdict;
 
@@ -16,8 +17,9 @@ use mxlimit_proto::v1::{
 };
 
 use crate::decision::blocks::BlockTable;
+use crate::decision::holds::Holds;
 use crate::decision::tally::Tally;
-use crate::metrics::OFFENCES;
+use crate::metrics::{HELD_REFUSALS, OFFENCES};
 use crate::names::NameResolver;
 use crate::offence::OffenceKind;
 use crate::policy::access::{ConnectAction, Value};
@@ -82,6 +84,8 @@ pub struct Engine<S> {
     blocks: BlockTable,
     /// Refusals and bad recipients for the top lists, flushed by the ledger keeper.
     tally: Tally,
+    /// Refusals by bans and ClientRate that hold for a while: answered without the store.
+    holds: Holds,
 }
 
 impl<S: Store> Engine<S> {
@@ -93,6 +97,7 @@ impl<S: Store> Engine<S> {
             lookups: true,
             blocks: BlockTable::default(),
             tally: Tally::default(),
+            holds: Holds::default(),
         }
     }
 
@@ -118,6 +123,10 @@ impl<S: Store> Engine<S> {
 
     pub fn tally(&self) -> &Tally {
         &self.tally
+    }
+
+    pub fn holds(&self) -> &Holds {
+        &self.holds
     }
 
     /// An operator's block on `ip`, as its verdict. The check is one atomic load when
@@ -165,6 +174,8 @@ impl<S: Store> Engine<S> {
     }
 
     pub async fn connect(&self, req: &Connect<'_>) -> Result<ConnectReply, StoreError> {
+        // Before the policy: holds made under an older one are then cleared.
+        let generation = self.policy.generation();
         let policy = self.policy.get();
         let s = &policy.settings;
         let source = policy.source(req.ip);
@@ -188,22 +199,44 @@ impl<S: Store> Engine<S> {
             Uncounted::Count { access } => access,
         };
 
-        // 3. Bans, ClientRate and ClientConn at both levels: one store operation.
+        // 3. A refusal by a ban or by ClientRate that still holds: no store round trip.
+        //    (Shadow mode counts every connection, so it holds nothing.)
         let limits = connect_limits(&rules);
+        let window_ms = s.client_rate.window.as_millis();
+        if !s.shadow {
+            self.holds.policy_generation(generation);
+            if let Some(h) = self.holds.check(&source, &limits, window_ms) {
+                counter!(HELD_REFUSALS).increment(1);
+                let v = connect_verdict(&policy, &rules, &source, Some(h.refusal));
+                return Ok(reply(held(v, &source, h.level, h.ms_left), 0));
+            }
+        }
+
+        // 4. Bans, ClientRate and ClientConn at both levels: one store operation.
         let op = ConnectOp {
             source: &source,
             lease: req.lease,
             rate: limits.rate,
-            window_ms: s.client_rate.window.as_millis(),
+            window_ms,
             conn: limits.conn,
             lease_ttl_ms: s.client_conn.lease_ttl.as_millis(),
             shadow: s.shadow,
             bad_window_ms: s.bad_rcpt.window.as_millis(),
         };
+        let ticket = self.holds.ticket();
         let outcome = self.store.connect(&op).await?;
 
-        // 4. The verdict, and the tarpit the session starts with.
-        let v = counted_verdict(&policy, &rules, &source, access, outcome.refusal);
+        // 5. The verdict, the tarpit the session starts with, and how long a refusal
+        //    holds (remembered here; told to the caller, who may hold it too).
+        let mut v = counted_verdict(&policy, &rules, &source, access, outcome.refusal);
+        if let Some(r) = outcome.refusal
+            && !s.shadow
+            && let Some((level, ms_left)) =
+                self.holds
+                    .remember(&source, r, outcome.hold_ms, window_ms, ticket)
+        {
+            v = held(v, &source, level, ms_left);
+        }
         Ok(reply(v, tarpit_ms(&policy, outcome.bad)))
     }
 
@@ -530,6 +563,13 @@ fn connect_verdict(
             Level::Network => rules.net_conn.rule,
         }),
     }
+}
+
+/// A refusal that holds `ms_left` more for the source at `level`, as the verdict says.
+fn held(mut v: Verdict, source: &Source, level: Level, ms_left: u64) -> Verdict {
+    v.hold_ms = ms(ms_left);
+    v.hold_source = source.at(level);
+    v
 }
 
 /// What [`Engine::before_counting`] leaves to the store.

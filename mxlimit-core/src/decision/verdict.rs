@@ -57,6 +57,8 @@ fn verdict(
         rule: rule.to_string(),
         reason: reason.to_string(),
         shadow: false,
+        hold_ms: 0,
+        hold_source: String::new(),
     }
 }
 

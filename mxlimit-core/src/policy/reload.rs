@@ -31,6 +31,9 @@ pub struct PolicyHandle {
     source: PolicySource,
     pub reloads: AtomicU64,
     pub failed_reloads: AtomicU64,
+    /// Bumped after each policy put in force, so that what was derived from an older
+    /// one (held refusals) can tell.
+    generation: AtomicU64,
 }
 
 /// What tells cheaply that a watched file changed: its modification time and size;
@@ -64,6 +67,7 @@ impl PolicyHandle {
             source,
             reloads: AtomicU64::new(0),
             failed_reloads: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -76,6 +80,13 @@ impl PolicyHandle {
     /// Replaces the policy (tests and embedded use).
     pub fn set(&self, policy: Policy) {
         self.current.store(Arc::new(policy));
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many policies were put in force after the first. Read it before
+    /// [`PolicyHandle::get`]: the policy got is then at least that new.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Reads the files again; on success the new rules are in force, on failure the
@@ -86,6 +97,7 @@ impl PolicyHandle {
                 log_loaded(&p, "rules reloaded");
                 let p = Arc::new(p);
                 self.current.store(p.clone());
+                self.generation.fetch_add(1, Ordering::SeqCst);
                 self.reloads.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(crate::metrics::RULE_RELOADS, "result" => "ok").increment(1);
                 Ok(p)

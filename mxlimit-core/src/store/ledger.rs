@@ -258,6 +258,9 @@ pub struct Standing {
     pub ban_count: u64,
     /// Leases the nodes renewed on their last heartbeats.
     pub leases_live: u64,
+    /// Operators' unblocks so far, on any limiter: a change means a ban may have been
+    /// lifted, so refusals held in memory are dropped ([`crate::decision::holds`]).
+    pub unblocks: u64,
 }
 
 /// The operator's view of the store. Each method is one store round trip (two for

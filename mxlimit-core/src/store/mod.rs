@@ -130,6 +130,11 @@ pub struct ConnectOutcome {
     pub retry: bool,
     /// Bad recipients in the window at both levels, as read before this connection.
     pub bad: PerLevel<u32>,
+    /// For a refusal by a ban or by ClientRate: how long, from when the store decided,
+    /// it holds whatever else comes (the ban's time left; the time until the oldest
+    /// entry of the refusing rate log leaves the window, as refused connections are
+    /// not logged). 0: not known to hold.
+    pub hold_ms: u64,
 }
 
 /// Ban lengths and their escalation for repeat offenders.

@@ -333,11 +333,13 @@ impl Ledger for RedisStore {
     }
 
     async fn remove_block(&self, target: IpNet) -> Result<bool, StoreError> {
+        // Counted, so that every limiter drops the refusals it holds (a ban may go too).
         let mut pipe = redis::pipe();
         pipe.cmd("HDEL")
             .arg(self.ledger_key("blocks"))
             .arg(target.to_string());
-        let (n,): (i64,) = self.query(&pipe).await?;
+        pipe.cmd("INCR").arg(self.ledger_key("unblocks"));
+        let (n, _): (i64, i64) = self.query(&pipe).await?;
         Ok(n > 0)
     }
 
@@ -371,10 +373,11 @@ impl Ledger for RedisStore {
         let mut inv = self.ledger_scripts.standing.key(self.ledger_key("blocks"));
         inv.key(self.ledger_key("bans"))
             .key(self.ledger_key("leases"))
+            .key(self.ledger_key("unblocks"))
             .arg(node_ttl_ms.max(MINUTE_MS))
             .arg(list_bans);
-        let (blocks, bans, live, ban_count): (Vec<redis::Value>, Vec<redis::Value>, i64, i64) =
-            self.invoke(&inv).await?;
+        type Reply = (Vec<redis::Value>, Vec<redis::Value>, i64, i64, i64);
+        let (blocks, bans, live, ban_count, unblocks): Reply = self.invoke(&inv).await?;
         let text = |v: &redis::Value| {
             <String as redis::FromRedisValue>::from_redis_value_ref(v).unwrap_or_default()
         };
@@ -386,6 +389,7 @@ impl Ledger for RedisStore {
         let mut out = Standing {
             leases_live: live.max(0) as u64,
             ban_count: ban_count.max(0) as u64,
+            unblocks: unblocks.max(0) as u64,
             ..Default::default()
         };
         for b in blocks.chunks_exact(3) {

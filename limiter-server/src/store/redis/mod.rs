@@ -499,7 +499,7 @@ impl Store for RedisStore {
         } else {
             self.invoke(&inv).await?
         };
-        let [code, lvl, value, bad_a, bad_n] = r[..] else {
+        let [code, lvl, value, bad_a, bad_n, hold] = r[..] else {
             return Err(StoreError::Reply(format!("connect returned {r:?}")));
         };
         let bad = PerLevel {
@@ -527,6 +527,7 @@ impl Store for RedisStore {
             refusal,
             retry: code == 1,
             bad,
+            hold_ms: hold.max(0) as u64,
         })
     }
 

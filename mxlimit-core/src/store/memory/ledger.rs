@@ -26,6 +26,7 @@ pub(super) struct LedgerState {
     leases: HashMap<String, (u64, u64)>,
     /// (address, minute) seeded -> (count, until when it is remembered).
     seeded: HashMap<(String, u64), (u64, u64)>,
+    unblocks: u64,
 }
 
 fn keep_ms(width: u64) -> u64 {
@@ -217,8 +218,9 @@ impl Ledger for MemoryStore {
 
     async fn remove_block(&self, target: IpNet) -> Result<bool, StoreError> {
         let now = self.clock.now_ms();
-        Ok(lock(&self.ledger)
-            .blocks
+        let mut l = lock(&self.ledger);
+        l.unblocks += 1;
+        Ok(l.blocks
             .remove(&target)
             .is_some_and(|(until, _)| until > now))
     }
@@ -267,6 +269,7 @@ impl Ledger for MemoryStore {
             ban_count: l.bans.len() as u64,
             bans: longest_bans(&l.bans, list_bans as usize, now),
             leases_live: l.leases.values().map(|(n, _)| n).sum(),
+            unblocks: l.unblocks,
         })
     }
 }

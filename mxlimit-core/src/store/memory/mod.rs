@@ -181,6 +181,7 @@ fn sweep_shard(s: &mut Shard, now: u64) {
     let mut held = 0;
     s.nets.retain(|_, n| {
         n.leases.prune(now);
+        n.recent.prune(now);
         n.addrs.retain(|_, a| a.expires > now);
         let keep = n.alive(now);
         if keep {
@@ -281,6 +282,7 @@ impl Store for MemoryStore {
                             refusal: None,
                             retry: true,
                             bad: bad(net),
+                            hold_ms: 0,
                         });
                     }
                     net.leases.prune(now);
@@ -290,6 +292,7 @@ impl Store for MemoryStore {
                             refusal,
                             retry: false,
                             bad: PerLevel::default(),
+                            hold_ms: hold_ms(net, &src.ip, refusal, now, op.window_ms),
                         });
                     }
                     (refusal, bad(net))
@@ -297,15 +300,18 @@ impl Store for MemoryStore {
             };
             let (net, _) = entry(&mut shard, self.shard_cap, src, now);
             let m: Arc<str> = member.into();
+            let again = (op.rate.address > 0 || op.rate.network > 0)
+                && net.recent.note(&m, now, op.window_ms);
             let addr = net.addrs.get_mut(&src.ip).expect("entry() made it");
-            addr.log_admission(&m, now, op.rate.address, op.window_ms);
+            addr.log_admission(&m, now, op.rate.address, op.window_ms, again);
             net.level
-                .log_admission(&m, now, op.rate.network, op.window_ms);
+                .log_admission(&m, now, op.rate.network, op.window_ms, again);
             net.leases.insert(m, now + op.lease_ttl_ms, src.ip);
             ConnectOutcome {
                 refusal,
                 retry: false,
                 bad,
+                hold_ms: 0,
             }
         };
         let mut nodes = lock(&self.nodes);
@@ -552,6 +558,22 @@ fn connect_refusal(net: &mut NetState, op: &ConnectOp<'_>, now: u64) -> Option<R
         },
     };
     connect_order::refusal(&counts, &op.limits())
+}
+
+/// How long `refusal` holds (see [`ConnectOutcome::hold_ms`]).
+fn hold_ms(net: &NetState, ip: &IpAddr, refusal: Option<Refusal>, now: u64, window: u64) -> u64 {
+    match refusal {
+        Some(Refusal::Banned { remaining_ms, .. }) => remaining_ms,
+        Some(Refusal::Rate { level, .. }) => {
+            let log = match level {
+                Level::Address => net.addrs.get(ip),
+                Level::Network => Some(&net.level),
+            };
+            log.and_then(LevelState::oldest_admission)
+                .map_or(0, |t| (t + window).saturating_sub(now))
+        }
+        _ => 0,
+    }
 }
 
 /// The ban in force on a source: the address's, else the network's.

@@ -185,6 +185,11 @@ impl LevelState {
         self.rate.iter().filter(|(t, _)| *t > cut).count() as u32
     }
 
+    /// When the oldest connection in the rate log was admitted.
+    pub fn oldest_admission(&self) -> Option<u64> {
+        self.rate.front().map(|(t, _)| *t)
+    }
+
     /// Connections admitted in the window that ends now.
     pub fn rate_count(&mut self, now: u64, window: u64) -> u32 {
         let cut = now.saturating_sub(window);
@@ -196,18 +201,51 @@ impl LevelState {
 
     /// Records an admitted connection in the rate log (kept only while a limit applies,
     /// never more entries than the limit; a member logged again moves to now, as a
-    /// sorted-set ZADD does).
-    pub fn log_admission(&mut self, member: &Arc<str>, now: u64, limit: u32, window: u64) {
+    /// sorted-set ZADD does). `again`: the member may be in the log already (see
+    /// [`Recent`]); only then is the log searched, so an admission costs O(1) amortised.
+    pub fn log_admission(
+        &mut self,
+        member: &Arc<str>,
+        now: u64,
+        limit: u32,
+        window: u64,
+        again: bool,
+    ) {
         if limit == 0 {
             return;
         }
         self.rate_count(now, window);
-        self.rate.retain(|(_, m)| m != member);
+        if again {
+            self.rate.retain(|(_, m)| m != member);
+        }
         self.rate.push_back((now, member.clone()));
         while self.rate.len() > limit as usize {
             self.rate.pop_front();
         }
         self.extend(now + window);
+    }
+}
+
+/// The lease members admitted within the ClientRate window, with when they leave it:
+/// whether a member being admitted may be in a rate log already (a session id that
+/// comes again after its lease ended). Without it every admission would search the
+/// logs for its member, and a log holds up to the limit's number of entries.
+#[derive(Debug, Default)]
+pub struct Recent {
+    until: HashMap<Arc<str>, u64>,
+}
+
+impl Recent {
+    /// Notes `member` as admitted now; whether it was admitted within the window before.
+    pub fn note(&mut self, member: &Arc<str>, now: u64, window: u64) -> bool {
+        match self.until.insert(member.clone(), now + window) {
+            Some(until) => until > now,
+            None => false,
+        }
+    }
+
+    pub fn prune(&mut self, now: u64) {
+        self.until.retain(|_, until| *until > now);
     }
 }
 
@@ -329,6 +367,8 @@ pub struct NetState {
     pub level: LevelState,
     pub addrs: HashMap<IpAddr, LevelState>,
     pub leases: Leases,
+    /// Members admitted within the window, for the rate logs.
+    pub recent: Recent,
     /// Last use, for eviction under memory pressure.
     pub touched: u64,
 }

@@ -85,6 +85,26 @@ async fn client_rate_admits_at_most_n_in_any_window() {
 }
 
 #[tokio::test]
+async fn a_session_admitted_again_after_its_release_is_logged_once() {
+    // As ZADD on Redis: the member moves to now, the log does not grow.
+    let (st, clock) = store();
+    let s = &src("10.0.0.1");
+    assert!(admitted(&st, rate2(op(s, "a"))).await); // t=0
+    st.disconnect(s, lease("a")).await.unwrap();
+    clock.advance(500);
+    assert!(admitted(&st, rate2(op(s, "a"))).await); // t=500: "a" moves to 500
+    st.disconnect(s, lease("a")).await.unwrap();
+    assert!(
+        admitted(&st, rate2(op(s, "b"))).await,
+        "two members in the log, not three"
+    );
+    assert!(!admitted(&st, rate2(op(s, "c"))).await);
+    clock.advance(501);
+    // t=1001: "a" logged at 500 is still in the window; the log holds a and b.
+    assert!(!admitted(&st, rate2(op(s, "c"))).await);
+}
+
+#[tokio::test]
 async fn network_rate_counts_every_address_of_the_network() {
     let (st, _) = store();
     let srcs: Vec<Source> = (1..=4).map(|i| src(&format!("10.0.0.{i}"))).collect();

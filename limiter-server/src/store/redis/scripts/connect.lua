@@ -11,11 +11,13 @@
 -- ARGV: 1 lease member  2 rate limit address  3 rate limit network  4 window ms
 --       5 conn limit address  6 conn limit network  7 lease ttl ms  8 shadow (0/1)
 --       9 node  10 network tag  11 registry ttl ms  12 address  13 bad window ms
--- Returns {code, level, value, bad address, bad network}:
+-- Returns {code, level, value, bad address, bad network, hold}:
 --   code 0 admitted, 1 retry of an admitted session, 2 banned, 3 rate, 4 conn;
 --   level 1 address, 2 network; value: ban ms left, or the count that refused;
 --   the bad recipients of both levels in the bad window, read, not counted (a
---   tarpitted source's session is tarpitted from its first RCPT).
+--   tarpitted source's session is tarpitted from its first RCPT); for a ban or rate
+--   refusal, the ms it holds whatever comes (the ban's time left; until the oldest
+--   entry of the refusing log leaves the window: refusals are not logged), else 0.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local member = ARGV[1]
@@ -34,7 +36,7 @@ end
 local held = redis.call('ZSCORE', KEYS[5], member)
 if held and tonumber(held) > now then
   local bad_a, bad_n = bad()
-  return {1, 0, 0, bad_a, bad_n}
+  return {1, 0, 0, bad_a, bad_n, 0}
 end
 
 -- Expired leases go first, whatever the limits: the sets never outgrow live sessions.
@@ -46,13 +48,13 @@ if #gone > 0 then
   end
 end
 
-local code, level, value = 0, 0, 0
+local code, level, value, hold = 0, 0, 0, 0
 local left = redis.call('PTTL', KEYS[1])
 if left > 0 then
-  code, level, value = 2, 1, left
+  code, level, value, hold = 2, 1, left, left
 else
   left = redis.call('PTTL', KEYS[2])
-  if left > 0 then code, level, value = 2, 2, left end
+  if left > 0 then code, level, value, hold = 2, 2, left, left end
 end
 
 -- Sliding log of admitted connections: at most `limit` in ANY window.
@@ -60,13 +62,18 @@ local function admitted_in_window(key)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   return redis.call('ZCARD', key)
 end
+-- A refusal by rate holds until the oldest entry in the window leaves it.
+local function held(key)
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return tonumber(oldest[2]) + window - now
+end
 if code == 0 and rate_a > 0 then
   local c = admitted_in_window(KEYS[3])
-  if c >= rate_a then code, level, value = 3, 1, c end
+  if c >= rate_a then code, level, value, hold = 3, 1, c, held(KEYS[3]) end
 end
 if code == 0 and rate_n > 0 then
   local c = admitted_in_window(KEYS[4])
-  if c >= rate_n then code, level, value = 3, 2, c end
+  if c >= rate_n then code, level, value, hold = 3, 2, c, held(KEYS[4]) end
 end
 if code == 0 and conn_a > 0 then
   local c = redis.call('ZLEXCOUNT', KEYS[6], '[' .. ip .. '\031', '(' .. ip .. '\032')
@@ -77,7 +84,7 @@ if code == 0 and conn_n > 0 then
   if c >= conn_n then code, level, value = 4, 2, c end
 end
 if code ~= 0 and not shadow then
-  return {code, level, value, 0, 0}
+  return {code, level, value, 0, 0, hold}
 end
 
 -- Admit. Logs never hold more than their limit: the newest `limit` entries are all
@@ -112,4 +119,4 @@ if KEYS[10] then
   redis.call('PEXPIRE', KEYS[7], reg_ttl)
 end
 local bad_a, bad_n = bad()
-return {code, level, value, bad_a, bad_n}
+return {code, level, value, bad_a, bad_n, 0}

@@ -1,8 +1,9 @@
 -- standing: operator blocks, automatic bans and live leases in force; drops what
 -- has expired.
--- KEYS: 1 blocks hash  2 bans index  3 node leases hash
+-- KEYS: 1 blocks hash  2 bans index  3 node leases hash  4 unblocks counter
 -- ARGV: 1 node entries kept ms  2 bans to list, most time left first (0: only count)
--- Returns {{target, ms left, reason ...}, {member, ms left ...}, live leases, bans}
+-- Returns {{target, ms left, reason ...}, {member, ms left ...}, live leases, bans,
+--   unblocks so far}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local blocks = {}
@@ -38,4 +39,5 @@ for i = 1, #nodes, 2 do
     redis.call('HDEL', KEYS[3], nodes[i])
   end
 end
-return {blocks, bans, live, redis.call('ZCARD', KEYS[2])}
+return {blocks, bans, live, redis.call('ZCARD', KEYS[2]),
+  tonumber(redis.call('GET', KEYS[4]) or '0')}
