@@ -440,7 +440,12 @@ async fn a_held_refusal_costs_no_limiter_call_until_the_agents_bound() {
     let sent = Instant::now();
     let (_c, r) = session(addr, "10.0.9.3").await;
     assert_eq!(r, rate);
-    let calls = || a.limiter.stats.calls.load(std::sync::atomic::Ordering::Relaxed);
+    let calls = || {
+        a.limiter
+            .stats
+            .calls
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
     let before = calls();
     for i in 4..20 {
         let (_c, r) = session(addr, &format!("10.0.9.{i}")).await;

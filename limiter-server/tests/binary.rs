@@ -1252,3 +1252,46 @@ async fn every_refusal_is_one_json_log_line_with_source_rule_reason_and_node() {
     assert_eq!(r["rpc"], "connect");
     assert_eq!(r["code"], 550);
 }
+
+/// Under a flood, refusals are logged within a budget (50 lines a second); the rest
+/// are summed up in one line when the next second's first refusal comes, so that
+/// every refusal is accounted for and the log stays readable.
+#[tokio::test]
+async fn a_flood_of_refusals_is_logged_within_the_budget_and_summed_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access");
+    std::fs::write(&access, "Connect:198.51.100\tREJECT\n").unwrap();
+    let mut s = Server::start(
+        &["--access", access.to_str().unwrap(), "--log-format", "json"],
+        dir.path(),
+    );
+    s.wait_ready().await;
+    let mut c = s.client().await;
+    const FLOOD: usize = 300;
+    let start = std::time::Instant::now();
+    for i in 0..FLOOD {
+        c.connect(connect_req("mx7", &format!("s{i}"), "198.51.100.9"))
+            .await
+            .unwrap();
+    }
+    let seconds = start.elapsed().as_secs() + 1;
+    // The next second's first refusal reports what the last one left out.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    c.connect(connect_req("mx7", "last", "198.51.100.9"))
+        .await
+        .unwrap();
+    s.signal("-TERM");
+    s.wait_exit().await;
+    let log = s.stderr();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let written = lines.iter().filter(|v| v["message"] == "refused").count() as u64;
+    let suppressed: u64 = lines.iter().filter_map(|v| v["suppressed"].as_u64()).sum();
+    assert!(
+        written <= 50 * (seconds + 1),
+        "{written} lines in {seconds} s"
+    );
+    assert_eq!(written + suppressed, FLOOD as u64 + 1, "{log}");
+}

@@ -28,6 +28,8 @@ pub const OFFENCES: &str = "mxlimit_offences_total";
 /// Connects refused from a hold (a ban's or ClientRate's refusal that still holds),
 /// with no store round trip.
 pub const HELD_REFUSALS: &str = "mxlimit_held_refusals_total";
+/// Refusal log lines not written because the log budget was spent (50 a second).
+pub const REFUSAL_LOGS_SUPPRESSED: &str = "mxlimit_refusal_logs_suppressed_total";
 /// Events not counted in the top lists because too many distinct sources came in one
 /// flush interval.
 pub const TALLY_DROPPED: &str = "mxlimit_tally_dropped_total";

@@ -3,6 +3,7 @@
 
 pub mod blocks;
 pub mod holds;
+pub mod refusal_log;
 pub mod tally;
 pub mod verdict;
 
@@ -283,7 +284,7 @@ impl<S: Store> Engine<S> {
     fn refused(&self, r: ConnectReply, node: &str, source: &Source) -> ConnectReply {
         if r.verdict.as_ref().is_some_and(verdict::is_block) {
             self.tally.count(Metric::RefusedConnections, source);
-            log_refusal("connect", node, source, r.verdict.as_ref());
+            refusal_log::log("connect", node, source, r.verdict.as_ref());
         }
         r
     }
@@ -301,7 +302,7 @@ impl<S: Store> Engine<S> {
 
         // 1. An operator's block closes the session.
         if let Some(v) = self.blocked(source.ip, crate::policy::settings::BanReply::Tempfail) {
-            log_refusal("recipient", req.node, &source, Some(&v));
+            refusal_log::log("recipient", req.node, &source, Some(&v));
             return Ok(RecipientReply { verdict: Some(v) });
         }
 
@@ -374,7 +375,7 @@ impl<S: Store> Engine<S> {
             verdict::accept(verdict::rule::BAD_RCPT)
         };
         let v = finish(&policy, v);
-        log_refusal("recipient", req.node, &source, Some(&v));
+        refusal_log::log("recipient", req.node, &source, Some(&v));
         Ok(RecipientReply { verdict: Some(v) })
     }
 
@@ -390,7 +391,7 @@ impl<S: Store> Engine<S> {
         let rule = verdict::rule::offences(req.kind);
         let done = |v: Verdict, result: &'static str| {
             counter!(OFFENCES, "kind" => req.kind.as_str(), "result" => result).increment(1);
-            log_refusal("offence", req.node, &source, Some(&v));
+            refusal_log::log("offence", req.node, &source, Some(&v));
             Ok(OffenceReply { verdict: Some(v) })
         };
 
@@ -654,24 +655,4 @@ fn tarpit_ms(p: &Policy, bad: PerLevel<u32>) -> u32 {
 
 fn ms(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
-}
-
-/// One log line per refusal (or would-be refusal): source, rule, reason, node.
-fn log_refusal(rpc: &str, node: &str, source: &Source, v: Option<&Verdict>) {
-    if let Some(v) = v
-        && verdict::is_block(v)
-    {
-        tracing::info!(
-            rpc,
-            node,
-            source = %source,
-            network = %source.net,
-            rule = %v.rule,
-            reason = %v.reason,
-            code = v.smtp_code,
-            delay_ms = v.delay_ms,
-            shadow = v.shadow,
-            "refused"
-        );
-    }
 }
