@@ -218,6 +218,36 @@ async fn lease_sets_hold_only_live_sessions_without_a_limit() {
     assert_eq!(redis.cmd(&["ZCARD", "mxl:{n4:10.20.0.0/24}:l"]), ":1");
 }
 
+/// With a session limit, expired leases are swept only when a count reaches the limit
+/// (a cheaper Connect): the sets never hold more than the limit, and an expired lease
+/// never refuses anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_sets_never_outgrow_the_session_limit() {
+    let redis = RedisServer::start();
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 3\nnetwork = 5\nlease_ttl = \"1s\"\n";
+    let l = one_limiter(&redis, toml).await;
+    let mut c = l.client().await;
+    let mut admitted = 0;
+    for i in 0..20 {
+        let ip = format!("10.21.0.{}", 1 + i % 4);
+        admitted +=
+            (action(&connect(&mut c, "mx1", &format!("s{i}"), &ip).await) == Action::Accept) as u32;
+    }
+    assert_eq!(admitted, 5);
+    let key = "mxl:{n4:10.21.0.0/24}:c";
+    assert_eq!(redis.cmd(&["ZCARD", key]), ":5");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // All five expired: the counts reach the limits, the sweep empties the sets.
+    for i in 0..3 {
+        let v = connect(&mut c, "mx1", &format!("t{i}"), "10.21.0.1").await;
+        assert_eq!(action(&v), Action::Accept, "{v:?}");
+    }
+    let v = connect(&mut c, "mx1", "t3", "10.21.0.1").await;
+    assert_eq!(v.reason, "client_conn", "3 live sessions of the address");
+    assert_eq!(redis.cmd(&["ZCARD", key]), ":3");
+    assert_eq!(redis.cmd(&["ZCARD", "mxl:{n4:10.21.0.0/24}:l"]), ":3");
+}
+
 /// One decision, one store round trip: a single EVALSHA per Connect, Recipient and
 /// Disconnect, on one server and on a cluster (once the node's registry knows the
 /// network); none for a refusal that still holds.

@@ -39,14 +39,22 @@ if held and tonumber(held) > now then
   return {1, 0, 0, bad_a, bad_n, 0}
 end
 
--- Expired leases go first, whatever the limits: the sets never outgrow live sessions.
-local gone = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)
-if #gone > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
-  for i = 1, #gone, 500 do
-    redis.call('ZREM', KEYS[6], unpack(gone, i, math.min(i + 499, #gone)))
+-- Expired leases go where they could change the answer or pile up: a network with
+-- a session limit sweeps only when a count reaches a limit (so its sets never hold
+-- more than the limit); one without, or in shadow mode (which admits past limits),
+-- on every admission.
+local swept = false
+local function sweep()
+  swept = true
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)
+  if #gone > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+    for i = 1, #gone, 500 do
+      redis.call('ZREM', KEYS[6], unpack(gone, i, math.min(i + 499, #gone)))
+    end
   end
 end
+if conn_n == 0 or shadow then sweep() end
 
 local code, level, value, hold = 0, 0, 0, 0
 local left = redis.call('PTTL', KEYS[1])
@@ -57,30 +65,39 @@ else
   if left > 0 then code, level, value, hold = 2, 2, left, left end
 end
 
--- Sliding log of admitted connections: at most `limit` in ANY window.
-local function admitted_in_window(key)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  return redis.call('ZCARD', key)
-end
+-- Sliding log of admitted connections: at most `limit` in ANY window. Entries older
+-- than the window are not counted; the log is cut to its limit when it grows.
+local since = '(' .. (now - window)
 -- A refusal by rate holds until the oldest entry in the window leaves it.
 local function held(key)
-  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  local oldest = redis.call('ZRANGEBYSCORE', key, since, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   return tonumber(oldest[2]) + window - now
 end
 if code == 0 and rate_a > 0 then
-  local c = admitted_in_window(KEYS[3])
+  local c = redis.call('ZCOUNT', KEYS[3], since, '+inf')
   if c >= rate_a then code, level, value, hold = 3, 1, c, held(KEYS[3]) end
 end
 if code == 0 and rate_n > 0 then
-  local c = admitted_in_window(KEYS[4])
+  local c = redis.call('ZCOUNT', KEYS[4], since, '+inf')
   if c >= rate_n then code, level, value, hold = 3, 2, c, held(KEYS[4]) end
 end
+-- Live sessions: a count at the limit may hold expired leases; swept, it is exact.
+local function sessions(count, limit)
+  local c = count()
+  if c >= limit and not swept then
+    sweep()
+    c = count()
+  end
+  return c
+end
 if code == 0 and conn_a > 0 then
-  local c = redis.call('ZLEXCOUNT', KEYS[6], '[' .. ip .. '\031', '(' .. ip .. '\032')
+  local c = sessions(function()
+    return redis.call('ZLEXCOUNT', KEYS[6], '[' .. ip .. '\031', '(' .. ip .. '\032')
+  end, conn_a)
   if c >= conn_a then code, level, value = 4, 1, c end
 end
 if code == 0 and conn_n > 0 then
-  local c = redis.call('ZCARD', KEYS[5])
+  local c = sessions(function() return redis.call('ZCARD', KEYS[5]) end, conn_n)
   if c >= conn_n then code, level, value = 4, 2, c end
 end
 if code ~= 0 and not shadow then
@@ -91,32 +108,31 @@ end
 -- that "fewer than limit in the window" needs.
 local function log(key, limit)
   redis.call('ZADD', key, now, member)
-  local n = redis.call('ZCARD', key)
-  if n > limit then redis.call('ZREMRANGEBYRANK', key, 0, n - limit - 1) end
+  redis.call('ZREMRANGEBYRANK', key, 0, -limit - 1)
   redis.call('PEXPIRE', key, window)
 end
 if rate_a > 0 then log(KEYS[3], rate_a) end
 if rate_n > 0 then log(KEYS[4], rate_n) end
--- A lease set lives as long as its longest lease.
-local function extend(key, at)
-  if redis.call('PEXPIRETIME', key) < at then redis.call('PEXPIREAT', key, at) end
-end
+-- The lease sets live as long as their longest lease; they always hold the same
+-- members and are extended together, so one expiry tells both.
 redis.call('ZADD', KEYS[5], now + ttl, member)
 redis.call('ZADD', KEYS[6], 0, member)
-extend(KEYS[5], now + ttl)
-extend(KEYS[6], now + ttl)
+if redis.call('PEXPIRETIME', KEYS[5]) < now + ttl then
+  redis.call('PEXPIREAT', KEYS[5], now + ttl)
+  redis.call('PEXPIREAT', KEYS[6], now + ttl)
+end
 
 -- On one server the node's registry (which lets a heartbeat with a new epoch find this
 -- network again) is kept here, once per lease TTL per node and network.
 if KEYS[10] then
-  local reg_ttl = tonumber(ARGV[11])
   local last = redis.call('HGET', KEYS[7], ARGV[9])
   if not last or tonumber(last) <= now - ttl then
+    local reg_ttl = tonumber(ARGV[11])
     redis.call('HSET', KEYS[7], ARGV[9], now)
+    redis.call('PEXPIRE', KEYS[7], reg_ttl)
     redis.call('ZADD', KEYS[10], now, ARGV[10])
     redis.call('PEXPIRE', KEYS[10], reg_ttl)
   end
-  redis.call('PEXPIRE', KEYS[7], reg_ttl)
 end
 local bad_a, bad_n = bad()
 return {code, level, value, bad_a, bad_n, 0}
