@@ -185,6 +185,12 @@ impl<S: mxlimit_core::store::Store> mxlimit_core::store::Store for AnswersLate<S
     ) -> Result<mxlimit_core::store::HeartbeatOutcome, mxlimit_core::store::StoreError> {
         self.inner.heartbeat(op).await
     }
+    async fn release(
+        &self,
+        op: &mxlimit_core::store::ReleaseOp<'_>,
+    ) -> Result<u64, mxlimit_core::store::StoreError> {
+        self.inner.release(op).await
+    }
     async fn ban(
         &self,
         source: &mxlimit_core::source::Source,

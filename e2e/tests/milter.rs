@@ -464,3 +464,44 @@ async fn a_held_refusal_costs_no_limiter_call_until_the_agents_bound() {
     assert_eq!(r, rate);
     assert_eq!(calls(), before + 2, "asked again after the bound");
 }
+
+/// Ended sessions' leases go back in batches: sessions that end together cost one
+/// `Release` call, and each lease is freed within `release_every` plus that call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_sessions_are_released_together_in_one_call_within_the_bound() {
+    const EVERY: Duration = Duration::from_millis(300);
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 1\nnetwork = 0\n";
+    let lim = limiter(toml, "").await;
+    let mut cfg = milter_config("mx1", &[lim.addr]);
+    cfg.limiter.release_every = mxlimit_core::policy::duration::Span(EVERY);
+    let a = agent(&cfg).await;
+    let addr = tcp(&a.milter[0]);
+    let ips: Vec<String> = (1..=5).map(|i| format!("10.0.11.{i}")).collect();
+    let mut open = Vec::new();
+    for ip in &ips {
+        let (c, r) = session(addr, ip).await;
+        assert_eq!(r, Reply::Continue);
+        open.push(c);
+    }
+    let stats = &a.limiter.stats;
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    let ended = Instant::now();
+    for c in open {
+        c.quit().await.unwrap();
+    }
+    let bound = EVERY + Duration::from_secs(2);
+    while load(&stats.released) < 5 {
+        assert!(
+            ended.elapsed() < bound,
+            "leases not released within {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Five ends, one call (two if a batch was sent while they were ending).
+    assert!(load(&stats.release_calls) <= 2, "{stats:?}");
+    // Freed: each address gets in again at once (ClientConn 1).
+    for ip in &ips {
+        let (_c, r) = session(addr, ip).await;
+        assert_eq!(r, Reply::Continue, "{ip}");
+    }
+}

@@ -6,7 +6,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use mxlimit_proto::v1::limiter_client::LimiterClient;
-use mxlimit_proto::v1::{Action, ConnectReply, HeartbeatRequest, Lease, OffenceKind, Verdict};
+use mxlimit_proto::v1::{
+    Action, ConnectReply, HeartbeatRequest, Lease, OffenceKind, ReleaseRequest, Verdict,
+};
 use support::*;
 use tonic::transport::Channel;
 
@@ -48,6 +50,7 @@ suite!(
     offence_kinds_count_apart_and_can_be_exempt_off_or_shadowed,
     held_refusals_end_when_the_store_would_admit,
     held_refusals_keep_rules_exemptions_and_shadow_mode_exact,
+    release_frees_many_leases_across_networks_in_one_call,
 );
 
 /// Generous windows: only the sliding-window and lease tests depend on time.
@@ -1465,4 +1468,54 @@ async fn held_refusals_keep_rules_exemptions_and_shadow_mode_exact(backend: Back
         assert_eq!(action(&v), Action::Accept);
         assert_eq!((v.hold_ms, v.shadow), (0, i > 0), "{v:?}");
     }
+}
+
+/// `Release` frees the leases of many ended sessions of one node, in any networks and
+/// families, as their Disconnects would; again, it frees nothing; bad input is refused.
+async fn release_frees_many_leases_across_networks_in_one_call(backend: Backend) {
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 1\nnetwork = 0\n";
+    let mut p = Pair::start(backend, policy(toml, "")).await;
+    let ips = [
+        "10.4.1.1",
+        "10.4.1.2",
+        "10.4.2.1",
+        "10.4.2.2",
+        "10.4.3.1",
+        "2001:db8:4::1",
+    ];
+    for (i, ip) in ips.iter().enumerate() {
+        let v = connect(p.inst(i), "mx1", &format!("s{i}"), ip).await;
+        assert_eq!(action(&v), Action::Accept, "{ip}");
+        let again = connect(p.inst(i), "mx1", &format!("t{i}"), ip).await;
+        assert_eq!(again.reason, "client_conn", "{ip}");
+    }
+    let mut leases: Vec<Lease> = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| Lease {
+            session_id: format!("s{i}"),
+            client_ip: ip.to_string(),
+        })
+        .collect();
+    leases.push(Lease {
+        session_id: "never".into(),
+        client_ip: "10.4.1.1".into(),
+    });
+    let req = ReleaseRequest {
+        node: "mx1".into(),
+        epoch: "e1".into(),
+        leases,
+    };
+    let r = p.a.release(req.clone()).await.unwrap().into_inner();
+    assert_eq!(r.released, 6);
+    for (i, ip) in ips.iter().enumerate() {
+        let v = connect(p.inst(i + 1), "mx1", &format!("u{i}"), ip).await;
+        assert_eq!(action(&v), Action::Accept, "{ip}: freed");
+    }
+    let r = p.b.release(req.clone()).await.unwrap().into_inner();
+    assert_eq!(r.released, 0, "released twice");
+    let mut bad = req;
+    bad.leases[0].client_ip = "not-an-address".into();
+    let e = p.a.release(bad).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
 }

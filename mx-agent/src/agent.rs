@@ -62,6 +62,7 @@ impl Agent {
                 fail: cfg.fallback.mode,
                 retry_after: cfg.fallback.retry_after.0,
                 hold_max: l.hold_max.0,
+                release_every: l.release_every.0,
             },
         ));
 
@@ -79,6 +80,7 @@ impl Agent {
         // The first heartbeat announces this process's epoch at once.
         limiter.heartbeat_once().await;
         tasks.push(tokio::spawn(limiter.clone().heartbeats(until())));
+        tasks.push(tokio::spawn(limiter.clone().releases(until())));
 
         let mut agent = Agent {
             limiter: limiter.clone(),

@@ -48,6 +48,9 @@ pub struct LimiterSettings {
     /// long as the limiter says the refusal holds, but never longer than this (so that
     /// an operator's unblock reaches this MX within it); 0 = always ask.
     pub hold_max: Span,
+    /// Ended sessions' leases are released in batches, one call for many, this often
+    /// (a lease is freed within it plus one call); 0 = one call per session.
+    pub release_every: Span,
     /// TLS to the limiters (`[limiter.tls]`); absent = plaintext.
     pub tls: Option<ClientTlsSettings>,
 }
@@ -91,6 +94,7 @@ impl Default for LimiterSettings {
             deadline: Span::millis(50),
             connect_timeout: Span::secs(1),
             hold_max: Span::secs(15),
+            release_every: Span::millis(100),
             tls: None,
         }
     }
@@ -283,6 +287,12 @@ impl AgentConfig {
             if t.reload_every.0.is_zero() {
                 return Err("limiter.tls.reload_every must be more than 0".into());
             }
+        }
+        if self.limiter.release_every > Span::secs(5) {
+            return Err(format!(
+                "limiter.release_every: {} is over 5s (ended sessions would keep their leases that long)",
+                self.limiter.release_every
+            ));
         }
         if self.limiter.hold_max > Span::secs(300) {
             return Err(format!(

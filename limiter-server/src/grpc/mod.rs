@@ -12,7 +12,7 @@ use mxlimit_proto::v1::limiter_server::Limiter;
 use mxlimit_proto::v1::{
     ConnectReply, ConnectRequest, DisconnectReply, DisconnectRequest, HeartbeatReply,
     HeartbeatRequest, LookupReply, LookupRequest, OffenceReply, OffenceRequest, RecipientReply,
-    RecipientRequest, Verdict,
+    RecipientRequest, ReleaseReply, ReleaseRequest, Verdict,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -69,6 +69,12 @@ impl Decided for OffenceReply {
 }
 
 impl Decided for DisconnectReply {
+    fn verdict(&self) -> Option<&Verdict> {
+        None
+    }
+}
+
+impl Decided for ReleaseReply {
     fn verdict(&self) -> Option<&Verdict> {
         None
     }
@@ -212,6 +218,29 @@ impl<S: Store> LimiterService<S> {
             .map_err(unavailable)
     }
 
+    async fn release_inner(
+        &self,
+        req: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseReply>, Status> {
+        let r = req.get_ref();
+        validate::count("leases", r.leases.len())?;
+        let node = validate::node(&r.node)?;
+        let epoch = validate::id("epoch", &r.epoch, false)?;
+        let mut leases = Vec::with_capacity(r.leases.len());
+        for l in &r.leases {
+            leases.push((
+                validate::id("leases.session_id", &l.session_id, true)?,
+                validate::client_ip("leases.client_ip", &l.client_ip)?,
+            ));
+        }
+        let released = self
+            .engine
+            .release(node, epoch, &leases)
+            .await
+            .map_err(unavailable)?;
+        Ok(Response::new(ReleaseReply { released }))
+    }
+
     async fn offence_inner(
         &self,
         req: Request<OffenceRequest>,
@@ -300,6 +329,17 @@ impl<S: Store> Limiter for LimiterService<S> {
         let span = telemetry::server_span("mxlimit.v1.Limiter/Offence", req.metadata());
         let r = self.offence_inner(req).instrument(span).await;
         observe("offence", t, &r);
+        r
+    }
+
+    async fn release(
+        &self,
+        req: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseReply>, Status> {
+        let t = Instant::now();
+        let span = telemetry::server_span("mxlimit.v1.Limiter/Release", req.metadata());
+        let r = self.release_inner(req).instrument(span).await;
+        observe("release", t, &r);
         r
     }
 

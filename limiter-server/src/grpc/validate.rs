@@ -141,7 +141,7 @@ pub fn count(field: &str, n: usize) -> Result<(), Status> {
     if n > MAX_SESSIONS {
         return Err(bad(
             field,
-            format!("{n} entries, at most {MAX_SESSIONS} per heartbeat"),
+            format!("{n} entries, at most {MAX_SESSIONS} per call"),
         ));
     }
     Ok(())

@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod channel;
 pub mod counted;
 pub mod holds;
+pub mod releases;
 pub mod sessions;
 pub mod tls;
 
@@ -23,7 +24,7 @@ use mxlimit_core::telemetry;
 use mxlimit_proto::v1::limiter_client::LimiterClient;
 use mxlimit_proto::v1::{
     Action, ConnectRequest, DisconnectRequest, HeartbeatRequest, Lease, LookupRequest,
-    OffenceRequest, RecipientRequest, SessionPolicy, Verdict,
+    OffenceRequest, RecipientRequest, ReleaseRequest, SessionPolicy, Verdict,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -90,6 +91,9 @@ pub struct Stats {
     pub calls: AtomicU64,
     pub fallbacks: AtomicU64,
     pub skipped: AtomicU64,
+    /// `Release` calls answered, and the leases they freed at the limiter.
+    pub release_calls: AtomicU64,
+    pub released: AtomicU64,
 }
 
 /// How the limiter client is set up.
@@ -100,6 +104,9 @@ pub struct LimiterOptions {
     pub retry_after: Duration,
     /// The longest a refusal the limiter said holds is held here (0: never).
     pub hold_max: Duration,
+    /// How long an ended session's lease may wait to be released in a batch (0: each
+    /// session is released by its own call).
+    pub release_every: Duration,
 }
 
 pub struct Limiter {
@@ -118,6 +125,8 @@ pub struct Limiter {
     pub counted: counted::Counted,
     /// Refusals the limiter said hold: answered here, without a call.
     pub holds: holds::Holds,
+    /// Ended sessions' leases waiting for their batch.
+    pub releases: releases::Releases,
 }
 
 /// Why the limiter gave no answer.
@@ -163,6 +172,7 @@ impl Limiter {
             stats: Stats::default(),
             counted: counted::Counted::default(),
             holds: holds::Holds::new(opts.hold_max),
+            releases: releases::Releases::new(opts.release_every),
         }
     }
 
@@ -574,21 +584,87 @@ impl Limiter {
             let _ = self.local.disconnect(ip, lease).await;
         }
         if origin == Origin::Limiter || maybe_remote {
-            let req = DisconnectRequest {
+            if self.releases.batching() {
+                self.releases.push(session, ip);
+            } else {
+                self.disconnect_now(session, ip).await;
+            }
+        }
+    }
+
+    /// Releases one session's lease at the limiter with its own call.
+    async fn disconnect_now(&self, session: &str, ip: IpAddr) {
+        let req = DisconnectRequest {
+            node: self.node.clone(),
+            session_id: session.to_string(),
+            client_ip: ip.to_string(),
+            epoch: self.epoch.clone(),
+        };
+        if let Err(why) = self
+            .remote("Disconnect", |mut c, left| {
+                let r = timed(req.clone(), left);
+                async move { c.disconnect(r).await }
+            })
+            .await
+        {
+            // The lease expires by itself within its TTL.
+            tracing::debug!(session, reason = %why, "lease not released; it will expire");
+        }
+    }
+
+    /// Releases the waiting leases in batches every `release_every` (sooner when a
+    /// batch is full), and what waits at `shutdown`.
+    pub async fn releases(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        if self.releases.every().is_zero() {
+            return;
+        }
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(self.releases.every()) => {}
+                _ = self.releases.full() => {}
+            }
+            self.release_pending().await;
+        }
+        self.release_pending().await;
+    }
+
+    /// One `Release` call per batch of what waits now.
+    pub async fn release_pending(&self) {
+        let waiting = self.releases.take();
+        for batch in waiting.chunks(releases::MAX_BATCH) {
+            let req = ReleaseRequest {
                 node: self.node.clone(),
-                session_id: session.to_string(),
-                client_ip: ip.to_string(),
                 epoch: self.epoch.clone(),
+                leases: batch.to_vec(),
             };
-            if let Err(why) = self
-                .remote("Disconnect", |mut c, left| {
+            // Off every SMTP session's path: it may take longer than a decision.
+            match self
+                .remote_within("Release", Duration::from_secs(2), false, |mut c, left| {
                     let r = timed(req.clone(), left);
-                    async move { c.disconnect(r).await }
+                    async move { c.release(r).await }
                 })
                 .await
             {
-                // The lease expires by itself within its TTL.
-                tracing::debug!(session, reason = %why, "lease not released; it will expire");
+                Ok(r) => {
+                    self.stats.release_calls.fetch_add(1, Ordering::Relaxed);
+                    self.stats.released.fetch_add(r.released, Ordering::Relaxed);
+                }
+                Err(Failure::Status(s)) if s.code() == Code::Unimplemented => {
+                    tracing::warn!(
+                        "the limiter has no Release call (older version): releasing each session by its own call"
+                    );
+                    self.releases.unsupported();
+                    for l in batch {
+                        if let Ok(ip) = l.client_ip.parse() {
+                            self.disconnect_now(&l.session_id, ip).await;
+                        }
+                    }
+                }
+                Err(why) => {
+                    tracing::debug!(leases = batch.len(), reason = %why, "leases not released; they will expire");
+                }
             }
         }
     }
@@ -722,6 +798,7 @@ fn rpc_path(rpc: &'static str) -> &'static str {
         "Disconnect" => "mxlimit.v1.Limiter/Disconnect",
         "Heartbeat" => "mxlimit.v1.Limiter/Heartbeat",
         "Lookup" => "mxlimit.v1.Limiter/Lookup",
+        "Release" => "mxlimit.v1.Limiter/Release",
         other => other,
     }
 }

@@ -30,8 +30,8 @@ use crate::source::{Level, Source};
 use crate::store::connect_order;
 use crate::store::ledger::Metric;
 use crate::store::{
-    BanPolicy, ConnectCounts, ConnectLimits, ConnectOp, HeartbeatOp, LeaseId, NetSessions,
-    OffenceOp, PerLevel, RecipientOp, Refusal, Store, StoreError,
+    BanPolicy, ConnectCounts, ConnectLimits, ConnectOp, HeartbeatOp, LeaseId, NetLeases,
+    NetSessions, OffenceOp, PerLevel, RecipientOp, Refusal, ReleaseOp, Store, StoreError,
 };
 use verdict::reason;
 
@@ -488,25 +488,42 @@ impl<S: Store> Engine<S> {
         self.store.disconnect(&policy.source(ip), lease).await
     }
 
+    /// Frees the leases of many ended sessions of one node: one store operation.
+    pub async fn release(
+        &self,
+        node: &str,
+        epoch: &str,
+        leases: &[(&str, IpAddr)],
+    ) -> Result<u64, StoreError> {
+        let policy = self.policy.get();
+        let mut by_net: HashMap<IpNet, NetLeases<'_>> = HashMap::new();
+        for (session, ip) in leases {
+            let source = policy.source(*ip);
+            let ip_text = source.ip_text.clone();
+            by_net
+                .entry(source.net)
+                .or_insert_with(|| NetLeases {
+                    source,
+                    leases: Vec::new(),
+                })
+                .leases
+                .push((session, ip_text));
+        }
+        let op = ReleaseOp {
+            node,
+            epoch,
+            by_net: by_net.into_values().collect(),
+        };
+        self.store.release(&op).await
+    }
+
     pub async fn heartbeat(&self, req: &Heartbeat<'_>) -> Result<HeartbeatReply, StoreError> {
         let policy = self.policy.get();
         let lease_ttl_ms = policy.settings.client_conn.lease_ttl.as_millis();
-        let mut by_net: HashMap<IpNet, NetSessions<'_>> = HashMap::new();
-        for (session, ip) in &req.leases {
-            let source = policy.source(*ip);
-            by_net
-                .entry(source.net)
-                .or_insert_with(|| NetSessions {
-                    source,
-                    sessions: Vec::new(),
-                })
-                .sessions
-                .push(session);
-        }
         let op = HeartbeatOp {
             node: req.node,
             epoch: req.epoch,
-            by_net: by_net.into_values().collect(),
+            by_net: by_network(&policy, &req.leases),
             bare: req.bare.clone(),
             lease_ttl_ms,
         };
@@ -522,6 +539,23 @@ impl<S: Store> Engine<S> {
         }
         Ok(HeartbeatReply { lease_ttl_ms })
     }
+}
+
+/// Sessions grouped by their client's network, for the store.
+fn by_network<'a>(policy: &Policy, leases: &[(&'a str, IpAddr)]) -> Vec<NetSessions<'a>> {
+    let mut by_net: HashMap<IpNet, NetSessions<'a>> = HashMap::new();
+    for (session, ip) in leases {
+        let source = policy.source(*ip);
+        by_net
+            .entry(source.net)
+            .or_insert_with(|| NetSessions {
+                source,
+                sessions: Vec::new(),
+            })
+            .sessions
+            .push(session);
+    }
+    by_net.into_values().collect()
 }
 
 /// What the access file's `Connect:` entry says: exempt (`OK`, `RELAY`), a refusal,

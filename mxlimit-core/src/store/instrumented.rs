@@ -8,7 +8,7 @@ use metrics::{counter, histogram};
 use super::ledger::{Batch, Inspection, Ledger, Seed, SeedOutcome, Standing, TopQuery, TopRow};
 use super::{
     Ban, ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, OffenceOp,
-    OffenceOutcome, RecipientOp, RecipientOutcome, Store, StoreError,
+    OffenceOutcome, RecipientOp, RecipientOutcome, ReleaseOp, Store, StoreError,
 };
 use crate::metrics::{LEASES_FREED, LEASES_RELEASED, LEASES_TAKEN, STORE_ERRORS, STORE_SECONDS};
 use crate::source::{Level, Source};
@@ -58,6 +58,16 @@ impl<S: Store> Store for Instrumented<S> {
         observe("disconnect", t, &r);
         if r.is_ok() {
             counter!(LEASES_RELEASED).increment(1);
+        }
+        r
+    }
+
+    async fn release(&self, op: &ReleaseOp<'_>) -> Result<u64, StoreError> {
+        let t = Instant::now();
+        let r = self.0.release(op).await;
+        observe("release", t, &r);
+        if let Ok(n) = &r {
+            counter!(LEASES_RELEASED).increment(*n);
         }
         r
     }

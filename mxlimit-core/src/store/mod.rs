@@ -243,6 +243,24 @@ pub struct NetSessions<'a> {
     pub sessions: Vec<&'a str>,
 }
 
+/// A batch of ended sessions of one node, grouped by network: each lease freed as by
+/// `disconnect`.
+#[derive(Debug, Clone)]
+pub struct ReleaseOp<'a> {
+    pub node: &'a str,
+    pub epoch: &'a str,
+    pub by_net: Vec<NetLeases<'a>>,
+}
+
+/// Ended sessions of one network, for a release.
+#[derive(Debug, Clone)]
+pub struct NetLeases<'a> {
+    /// A source of the network (its keys).
+    pub source: Source,
+    /// Each session with its client address's canonical text (as in the lease member).
+    pub leases: Vec<(&'a str, String)>,
+}
+
 /// A `Heartbeat`: renew the node's live leases; a new epoch frees the old ones.
 #[derive(Debug, Clone)]
 pub struct HeartbeatOp<'a> {
@@ -294,6 +312,10 @@ pub trait Store: Send + Sync + 'static {
         op: &HeartbeatOp<'_>,
     ) -> impl Future<Output = Result<HeartbeatOutcome, StoreError>> + Send;
 
+    /// Frees many leases (one round trip on a single Redis; one per network, all at
+    /// once, on a cluster); returns how many were held. Unknown ones are no error.
+    fn release(&self, op: &ReleaseOp<'_>) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// The ban in force on a source (address first, then network), counting nothing.
     fn ban(
         &self,
@@ -341,6 +363,9 @@ impl<T: Store> Store for std::sync::Arc<T> {
         op: &HeartbeatOp<'_>,
     ) -> impl Future<Output = Result<HeartbeatOutcome, StoreError>> + Send {
         (**self).heartbeat(op)
+    }
+    fn release(&self, op: &ReleaseOp<'_>) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).release(op)
     }
     fn ban(
         &self,

@@ -17,8 +17,8 @@ use keys::{INDEX, LEASES, NODES, NetKeys, RATE, net_base, node_keys, penalties};
 
 use mxlimit_core::source::{Level, Source};
 use mxlimit_core::store::{
-    Ban, ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, OffenceOp,
-    OffenceOutcome, PerLevel, RecipientOp, RecipientOutcome, Refusal, Store, StoreError,
+    Ban, ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, NetLeases, OffenceOp,
+    OffenceOutcome, PerLevel, RecipientOp, RecipientOutcome, Refusal, ReleaseOp, Store, StoreError,
     registry_ttl_ms,
 };
 
@@ -155,6 +155,7 @@ struct Scripts {
     recipient: Script,
     offence: Script,
     release: Script,
+    release_many: Script,
     node: Script,
     register: Script,
     sweep: Script,
@@ -168,18 +169,20 @@ impl Scripts {
             recipient: Script::new(sources::RECIPIENT),
             offence: Script::new(sources::OFFENCE),
             release: Script::new(sources::RELEASE),
+            release_many: Script::new(include_str!("scripts/release_many.lua")),
             node: Script::new(include_str!("scripts/node.lua")),
             register: Script::new(include_str!("scripts/register.lua")),
             sweep: Script::new(include_str!("scripts/sweep.lua")),
         }
     }
 
-    fn all(&self) -> [&Script; 7] {
+    fn all(&self) -> [&Script; 8] {
         [
             &self.connect,
             &self.recipient,
             &self.offence,
             &self.release,
+            &self.release_many,
             &self.node,
             &self.register,
             &self.sweep,
@@ -613,6 +616,47 @@ impl Store for RedisStore {
         inv.key(k.net(INDEX)).arg(lease.member(&source.ip_text));
         let _: i64 = self.invoke(&inv).await?;
         Ok(())
+    }
+
+    async fn release(&self, op: &ReleaseOp<'_>) -> Result<u64, StoreError> {
+        // One script for all networks on one server; one per network on a cluster (a
+        // network's keys share a slot), sent together.
+        let invocation = |nets: &[NetLeases<'_>]| {
+            let mut inv = self.scripts.release_many.prepare_invoke();
+            for ns in nets {
+                let k = NetKeys::new(&self.prefix, &ns.source);
+                inv.key(k.net(LEASES)).key(k.net(INDEX));
+                inv.arg(ns.leases.len());
+                for (session, ip_text) in &ns.leases {
+                    let lease = LeaseId {
+                        node: op.node,
+                        epoch: op.epoch,
+                        session,
+                    };
+                    inv.arg(lease.member(ip_text));
+                }
+            }
+            inv
+        };
+        if op.by_net.is_empty() {
+            return Ok(0);
+        }
+        if !self.is_cluster() {
+            let n: i64 = self.invoke(&invocation(&op.by_net)).await?;
+            return Ok(n.max(0) as u64);
+        }
+        let invs: Vec<_> = op
+            .by_net
+            .iter()
+            .map(|ns| invocation(std::slice::from_ref(ns)))
+            .collect();
+        let results =
+            futures_util::future::join_all(invs.iter().map(|inv| self.invoke::<i64>(inv))).await;
+        let mut freed = 0;
+        for r in results {
+            freed += r?.max(0) as u64;
+        }
+        Ok(freed)
     }
 
     async fn heartbeat(&self, op: &HeartbeatOp<'_>) -> Result<HeartbeatOutcome, StoreError> {

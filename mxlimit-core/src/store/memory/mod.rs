@@ -23,7 +23,8 @@ use state::{LevelState, Member, NetState};
 use super::connect_order::{self, ConnectCounts};
 use super::{
     ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, OffenceOp, OffenceOutcome,
-    PerLevel, RecipientOp, RecipientOutcome, Refusal, SEP, Store, StoreError, registry_ttl_ms,
+    PerLevel, RecipientOp, RecipientOutcome, Refusal, ReleaseOp, SEP, Store, StoreError,
+    registry_ttl_ms,
 };
 use crate::source::{Level, Source};
 
@@ -447,6 +448,26 @@ impl Store for MemoryStore {
             net.leases.remove(&member);
         }
         Ok(())
+    }
+
+    async fn release(&self, op: &ReleaseOp<'_>) -> Result<u64, StoreError> {
+        let mut released = 0;
+        for ns in &op.by_net {
+            let src = &ns.source;
+            let mut shard = self.shard(&src.net);
+            let Some(net) = shard.nets.get_mut(&src.net) else {
+                continue;
+            };
+            for (session, ip_text) in &ns.leases {
+                let lease = LeaseId {
+                    node: op.node,
+                    epoch: op.epoch,
+                    session,
+                };
+                released += u64::from(net.leases.remove(&lease.member(ip_text)));
+            }
+        }
+        Ok(released)
     }
 
     async fn heartbeat(&self, op: &HeartbeatOp<'_>) -> Result<HeartbeatOutcome, StoreError> {

@@ -312,15 +312,18 @@ impl Leases {
         };
     }
 
-    pub fn remove(&mut self, member: &str) {
-        if let Some((_, ip)) = self.map.remove(member)
-            && let Some(c) = self.per_addr.get_mut(&ip)
-        {
+    /// Frees a lease; whether it was held.
+    pub fn remove(&mut self, member: &str) -> bool {
+        let Some((_, ip)) = self.map.remove(member) else {
+            return false;
+        };
+        if let Some(c) = self.per_addr.get_mut(&ip) {
             *c -= 1;
             if *c == 0 {
                 self.per_addr.remove(&ip);
             }
         }
+        true
     }
 
     pub fn is_empty(&self) -> bool {
