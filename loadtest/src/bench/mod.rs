@@ -8,6 +8,7 @@
 pub mod ceiling;
 pub mod compare;
 pub mod jitter;
+pub mod rls;
 pub mod sweep;
 pub mod target;
 
