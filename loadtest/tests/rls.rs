@@ -167,6 +167,12 @@ async fn the_cli_sends_one_descriptor_per_admission_and_counts_every_answer() {
         "{r}"
     );
     assert_eq!(latency["should_rate_limit"]["count"], ok + over, "{r}");
+    // One whole second, and what ended in it is no more than the total.
+    let timeline = r["timeline"].as_array().unwrap();
+    assert_eq!(timeline.len(), 1, "{r}");
+    let first = timeline[0]["decisions"].as_u64().unwrap();
+    assert!(first > 0 && first <= ok + over, "{r}");
+    assert_eq!(timeline[0]["sessions"], first, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

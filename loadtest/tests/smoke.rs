@@ -72,6 +72,14 @@ fn bench_closed_and_open_loop_report_rates_latency_and_errors() {
     assert!(
         r["latency"]["session"]["p50_us"].as_u64() >= r["latency"]["connect"]["p50_us"].as_u64()
     );
+    // The one whole second of the run, and what ended in it.
+    let timeline = r["timeline"].as_array().unwrap();
+    assert_eq!(timeline.len(), 1, "{r}");
+    let (s, d) = (
+        timeline[0]["sessions"].as_u64().unwrap(),
+        timeline[0]["decisions"].as_u64().unwrap(),
+    );
+    assert!(s > 0 && s <= sessions && d == 4 * s, "{r}");
     // Open loop, and 0 recipients: a session is Connect and Disconnect, one admission.
     let out = run(&[
         "bench",

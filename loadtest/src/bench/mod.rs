@@ -108,6 +108,19 @@ pub struct BenchReport {
     pub connect_verdicts: BTreeMap<String, u64>,
     /// Failed calls by gRPC status code.
     pub errors: BTreeMap<String, u64>,
+    /// Sessions and decisions that ended in each whole second of the run's duration, to
+    /// show throughput over time. A partial last second, and what ended after the
+    /// duration (open loop's stragglers), are in the totals only.
+    pub timeline: Vec<Second>,
+}
+
+/// One second of a run's [`BenchReport::timeline`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Second {
+    /// Seconds since the start: this covers `second` to `second + 1`.
+    pub second: u64,
+    pub sessions: u64,
+    pub decisions: u64,
 }
 
 /// The embedded limiter's policy: every limit on and none reached, so that each
@@ -144,6 +157,9 @@ struct Shared {
     verdicts: std::sync::Mutex<BTreeMap<String, u64>>,
     decisions: AtomicU64,
     sessions: AtomicU64,
+    start: Instant,
+    /// Per whole second of the duration: (sessions, decisions) that ended in it.
+    timeline: Box<[(AtomicU64, AtomicU64)]>,
 }
 
 impl Shared {
@@ -153,6 +169,10 @@ impl Shared {
         self.decisions.fetch_add(decided, Ordering::Relaxed);
         self.sessions
             .fetch_add(u64::from(complete), Ordering::Relaxed);
+        if let Some((s, d)) = self.timeline.get(self.start.elapsed().as_secs() as usize) {
+            s.fetch_add(u64::from(complete), Ordering::Relaxed);
+            d.fetch_add(decided, Ordering::Relaxed);
+        }
     }
 
     fn verdict(&self, name: String) {
@@ -176,15 +196,19 @@ fn hist() -> Histogram<u64> {
 /// (as each agent has its own), and a session goes over its node's connection.
 pub async fn run(nodes: &[Channel], o: &BenchOptions) -> BenchReport {
     assert!(!nodes.is_empty(), "at least one node connection");
+    let start = Instant::now();
     let shared = Arc::new(Shared {
         hists: Mutex::new(RPCS.iter().map(|_| hist()).collect()),
         errors: Mutex::default(),
         verdicts: std::sync::Mutex::default(),
         decisions: AtomicU64::new(0),
         sessions: AtomicU64::new(0),
+        start,
+        timeline: (0..o.duration.as_secs())
+            .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+            .collect(),
     });
     let bar = progress(o.progress, shared.clone());
-    let start = Instant::now();
     let deadline = start + o.duration;
     let clients = match &o.api {
         Api::Mxlimit => Clients::Limiter(nodes.iter().cloned().map(LimiterClient::new).collect()),
@@ -237,6 +261,16 @@ pub async fn run(nodes: &[Channel], o: &BenchOptions) -> BenchReport {
             .collect(),
         connect_verdicts,
         errors: shared.errors.lock().await.clone(),
+        timeline: shared
+            .timeline
+            .iter()
+            .enumerate()
+            .map(|(i, (s, d))| Second {
+                second: i as u64,
+                sessions: s.load(Ordering::Relaxed),
+                decisions: d.load(Ordering::Relaxed),
+            })
+            .collect(),
     }
 }
 
@@ -577,6 +611,14 @@ impl BenchReport {
             s.push_str("errors: none\n");
         } else {
             s.push_str(&format!("errors: {:?}\n", self.errors));
+        }
+        if !self.timeline.is_empty() {
+            let each: Vec<String> = self
+                .timeline
+                .iter()
+                .map(|t| t.decisions.to_string())
+                .collect();
+            s.push_str(&format!("decisions in each second: {}\n", each.join(" ")));
         }
         s
     }
