@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use loadtest::bench::target::Target;
-use loadtest::bench::{self, BenchOptions, ceiling, compare, sweep};
+use loadtest::bench::{self, Api, BenchOptions, ceiling, compare, sweep};
 use loadtest::report::Report;
 use loadtest::scenario;
 use mxlimit_core::policy::duration::parse as duration;
@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Drive the Limiter API as many MX nodes: decisions/s, latency, errors.
+    /// Drive the Limiter API as many MX nodes (or, with --rls, an Envoy rate limit
+    /// service): decisions/s, latency, errors.
     Bench(BenchArgs),
     /// The ceiling of a Redis for the limiter's work: redis-benchmark with EVALSHA of
     /// the Connect and the Release scripts.
@@ -76,6 +77,14 @@ struct BenchArgs {
     /// Redis for the embedded limiter; without it, the in-memory store.
     #[arg(long)]
     redis: Option<String>,
+    /// Drive the Envoy rate limit service at --target (ShouldRateLimit of
+    /// envoy.service.ratelimit.v3, as limitador serves it) instead of mxlimit: a session
+    /// is one call with one descriptor, client_ip (the address) and client_net (its /24).
+    #[arg(long, requires = "target", conflicts_with_all = ["redis", "capacity", "ceiling_redis"])]
+    rls: bool,
+    /// The domain of --rls requests.
+    #[arg(long, default_value = bench::rls::DOMAIN)]
+    rls_domain: String,
     /// Simulated MX nodes, each with its own connection to the limiter (as agents have).
     #[arg(long, default_value_t = 8, value_parser = at_least_one::<usize>)]
     nodes: usize,
@@ -88,7 +97,8 @@ struct BenchArgs {
     /// How long to drive load (each run, with --against-ceiling).
     #[arg(long, default_value = "10s", value_parser = nonzero_duration)]
     duration: Duration,
-    /// Recipient calls per session, between Connect and Disconnect.
+    /// Recipient calls per session, between Connect and Disconnect. With 0 a session is
+    /// Connect and Disconnect: one admission.
     #[arg(long, default_value_t = 0)]
     rcpts: u32,
     /// The share of those recipients that are unknown users (0.0 to 1.0).
@@ -304,6 +314,9 @@ async fn bench_cmd(a: BenchArgs) -> Result<()> {
             "--capacity compares Connect+Disconnect sessions with the Redis ceiling: leave out --rcpts"
         );
     }
+    if a.rls && a.rcpts > 0 {
+        bail!("--rls: an RLS server has no recipients; leave out --rcpts");
+    }
     let opts = BenchOptions {
         nodes: a.nodes,
         concurrency: a.concurrency,
@@ -313,6 +326,12 @@ async fn bench_cmd(a: BenchArgs) -> Result<()> {
         bad_share: a.bad_share,
         networks: a.networks,
         progress: !a.json,
+        api: match a.rls {
+            true => Api::Rls {
+                domain: a.rls_domain.clone(),
+            },
+            false => Api::Mxlimit,
+        },
     };
     let t = Target::open(a.target.as_deref(), a.redis.as_deref(), a.nodes).await?;
     if let Some(rates) = &a.sweep {

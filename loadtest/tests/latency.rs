@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use loadtest::bench::target::Target;
-use loadtest::bench::{BenchOptions, run};
+use loadtest::bench::{Api, BenchOptions, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_latency_shows_every_session_a_stall_delays() {
@@ -28,6 +28,7 @@ async fn open_loop_latency_shows_every_session_a_stall_delays() {
             bad_share: 0.0,
             networks: 16,
             progress: false,
+            api: Api::Mxlimit,
         },
     )
     .await;

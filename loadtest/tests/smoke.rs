@@ -72,13 +72,35 @@ fn bench_closed_and_open_loop_report_rates_latency_and_errors() {
     assert!(
         r["latency"]["session"]["p50_us"].as_u64() >= r["latency"]["connect"]["p50_us"].as_u64()
     );
-    let out = run(&["bench", "--duration", "1s", "--rate", "200", "--json"]);
+    // The one whole second of the run, and what ended in it.
+    let timeline = r["timeline"].as_array().unwrap();
+    assert_eq!(timeline.len(), 1, "{r}");
+    let (s, d) = (
+        timeline[0]["sessions"].as_u64().unwrap(),
+        timeline[0]["decisions"].as_u64().unwrap(),
+    );
+    assert!(s > 0 && s <= sessions && d == 4 * s, "{r}");
+    // Open loop, and 0 recipients: a session is Connect and Disconnect, one admission.
+    let out = run(&[
+        "bench",
+        "--duration",
+        "1s",
+        "--rate",
+        "200",
+        "--rcpts",
+        "0",
+        "--json",
+    ]);
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["api"], "mxlimit", "{r}");
     assert_eq!(r["sessions"], 200, "open loop at 200/s for 1 s: {r}");
+    assert_eq!(r["decisions"], 400, "{r}");
+    assert_eq!(r["connect_verdicts"], serde_json::json!({ "ok": 200 }));
     // Every session is in every histogram when the report is made.
     for h in ["connect", "disconnect", "session", "start lag"] {
         assert_eq!(r["latency"][h]["count"], 200, "{h}: {r}");
     }
+    assert!(r["latency"].get("recipient").is_none(), "{r}");
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! `loadtest bench`: drives the Limiter API as many MX nodes with many sessions
 //! (Connect, k × Recipient, Disconnect), closed loop at full speed or open loop at a set
-//! rate, and reports decisions per second, latency percentiles and errors.
+//! rate, and reports decisions per second, latency percentiles and errors. With `--rls`
+//! it drives an Envoy rate limit service the same way, one `ShouldRateLimit` a session
+//! ([`rls`]), so that a peer is measured with the same clients and addresses.
 //!
 //! Open-loop latency is measured from each session's intended start, so a stall that
 //! delays the sessions behind it shows in their latency (no coordinated omission).
@@ -8,6 +10,7 @@
 pub mod ceiling;
 pub mod compare;
 pub mod jitter;
+pub mod rls;
 pub mod sweep;
 pub mod target;
 
@@ -25,6 +28,8 @@ use serde::Serialize;
 use tokio::sync::{Mutex, Semaphore};
 use tonic::transport::Channel;
 
+use rls::proto::rate_limit_service_client::RateLimitServiceClient;
+
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     /// Simulated MX nodes (node names).
@@ -40,6 +45,19 @@ pub struct BenchOptions {
     /// Source addresses spread over this many /24 networks.
     pub networks: u32,
     pub progress: bool,
+    /// What is driven: mxlimit's Limiter, or an Envoy rate limit service.
+    pub api: Api,
+}
+
+/// The API a bench drives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Api {
+    /// mxlimit's Limiter: a session is Connect, `rcpts` × Recipient, Disconnect.
+    #[default]
+    Mxlimit,
+    /// Envoy's rate limit service: a session is one `ShouldRateLimit` in `domain`, one
+    /// decision and one admission ([`rls`]).
+    Rls { domain: String },
 }
 
 /// Latency percentiles in microseconds.
@@ -68,23 +86,41 @@ impl Latency {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
+    /// `mxlimit` or `rls`.
+    pub api: &'static str,
     pub mode: String,
     /// Open loop: the sessions per second asked for.
     pub offered_per_s: Option<f64>,
     pub seconds: f64,
-    /// Sessions whose every call was answered.
+    /// Sessions whose every call was answered. With 0 recipients (Connect, Disconnect)
+    /// and with `--rls` (one ShouldRateLimit), one session is one admission.
     pub sessions: u64,
-    /// Answered calls (Connect, Recipient, Disconnect).
+    /// Answered calls (Connect, Recipient, Disconnect; or ShouldRateLimit).
     pub decisions: u64,
     pub sessions_per_s: f64,
     pub decisions_per_s: f64,
-    /// Per RPC, and for a whole session (from its intended start in open loop).
+    /// Per RPC, and for a whole session (from its intended start in open loop). An RLS
+    /// session is its one call: `should_rate_limit`, and no `session`.
     pub latency: BTreeMap<String, Latency>,
-    /// Connect verdicts by reason ("accept", "client_rate", ...): a run that is mostly
-    /// refusals measures a cheaper path than one that is mostly admissions.
+    /// Connect verdicts by reason ("ok", "client_rate", ...): a run that is mostly
+    /// refusals measures a cheaper path than one that is mostly admissions. With
+    /// `--rls`, ShouldRateLimit's overall codes ("ok", "over_limit", "unknown").
     pub connect_verdicts: BTreeMap<String, u64>,
     /// Failed calls by gRPC status code.
     pub errors: BTreeMap<String, u64>,
+    /// Sessions and decisions that ended in each whole second of the run's duration, to
+    /// show throughput over time. A partial last second, and what ended after the
+    /// duration (open loop's stragglers), are in the totals only.
+    pub timeline: Vec<Second>,
+}
+
+/// One second of a run's [`BenchReport::timeline`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Second {
+    /// Seconds since the start: this covers `second` to `second + 1`.
+    pub second: u64,
+    pub sessions: u64,
+    pub decisions: u64,
 }
 
 /// The embedded limiter's policy: every limit on and none reached, so that each
@@ -99,12 +135,20 @@ const EARLY: Duration = Duration::from_micros(50);
 
 /// Histograms: per RPC, per session, and (open loop) how late the generator itself
 /// started sessions, so that its own stalls are not blamed on the limiter.
-const RPCS: [&str; 5] = ["connect", "recipient", "disconnect", "session", "start lag"];
+const RPCS: [&str; 6] = [
+    "connect",
+    "recipient",
+    "disconnect",
+    "session",
+    "start lag",
+    "should_rate_limit",
+];
 const CONNECT: usize = 0;
 const RECIPIENT: usize = 1;
 const DISCONNECT: usize = 2;
 const SESSION: usize = 3;
 const LAG: usize = 4;
+const SHOULD_RATE_LIMIT: usize = 5;
 
 struct Shared {
     hists: Mutex<Vec<Histogram<u64>>>,
@@ -113,6 +157,35 @@ struct Shared {
     verdicts: std::sync::Mutex<BTreeMap<String, u64>>,
     decisions: AtomicU64,
     sessions: AtomicU64,
+    start: Instant,
+    /// Per whole second of the duration: (sessions, decisions) that ended in it.
+    timeline: Box<[(AtomicU64, AtomicU64)]>,
+}
+
+impl Shared {
+    /// Counts a session that ended now, with its answered calls; `complete`: every one
+    /// of its calls was answered.
+    fn ended(&self, decided: u64, complete: bool) {
+        self.decisions.fetch_add(decided, Ordering::Relaxed);
+        self.sessions
+            .fetch_add(u64::from(complete), Ordering::Relaxed);
+        if let Some((s, d)) = self.timeline.get(self.start.elapsed().as_secs() as usize) {
+            s.fetch_add(u64::from(complete), Ordering::Relaxed);
+            d.fetch_add(decided, Ordering::Relaxed);
+        }
+    }
+
+    fn verdict(&self, name: String) {
+        let mut v = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+        *v.entry(name).or_default() += 1;
+    }
+}
+
+/// The clients of one run, one per simulated node (for RLS: per simulated Envoy).
+#[derive(Clone)]
+enum Clients {
+    Limiter(Arc<[LimiterClient<Channel>]>),
+    Rls(Arc<[RateLimitServiceClient<Channel>]>, Arc<str>),
 }
 
 fn hist() -> Histogram<u64> {
@@ -123,18 +196,31 @@ fn hist() -> Histogram<u64> {
 /// (as each agent has its own), and a session goes over its node's connection.
 pub async fn run(nodes: &[Channel], o: &BenchOptions) -> BenchReport {
     assert!(!nodes.is_empty(), "at least one node connection");
+    let start = Instant::now();
     let shared = Arc::new(Shared {
         hists: Mutex::new(RPCS.iter().map(|_| hist()).collect()),
         errors: Mutex::default(),
         verdicts: std::sync::Mutex::default(),
         decisions: AtomicU64::new(0),
         sessions: AtomicU64::new(0),
+        start,
+        timeline: (0..o.duration.as_secs())
+            .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+            .collect(),
     });
     let bar = progress(o.progress, shared.clone());
-    let start = Instant::now();
     let deadline = start + o.duration;
-    let clients: Arc<[LimiterClient<Channel>]> =
-        nodes.iter().cloned().map(LimiterClient::new).collect();
+    let clients = match &o.api {
+        Api::Mxlimit => Clients::Limiter(nodes.iter().cloned().map(LimiterClient::new).collect()),
+        Api::Rls { domain } => Clients::Rls(
+            nodes
+                .iter()
+                .cloned()
+                .map(RateLimitServiceClient::new)
+                .collect(),
+            domain.as_str().into(),
+        ),
+    };
     match o.rate {
         None => closed_loop(&clients, &shared, o, deadline).await,
         Some(rate) => open_loop(&clients, &shared, o, start, rate).await,
@@ -151,11 +237,16 @@ pub async fn run(nodes: &[Channel], o: &BenchOptions) -> BenchReport {
     let h = shared.hists.lock().await;
     let decisions = shared.decisions.load(Ordering::Relaxed);
     let sessions = shared.sessions.load(Ordering::Relaxed);
+    let (api, what) = match o.api {
+        Api::Mxlimit => ("mxlimit", ""),
+        Api::Rls { .. } => ("rls", "Envoy RLS, "),
+    };
     BenchReport {
+        api,
         offered_per_s: o.rate,
         mode: match o.rate {
-            Some(r) => format!("open loop, {r:.0} sessions/s"),
-            None => format!("closed loop, {} in flight", o.concurrency),
+            Some(r) => format!("{what}open loop, {r:.0} sessions/s"),
+            None => format!("{what}closed loop, {} in flight", o.concurrency),
         },
         seconds,
         sessions,
@@ -170,16 +261,21 @@ pub async fn run(nodes: &[Channel], o: &BenchOptions) -> BenchReport {
             .collect(),
         connect_verdicts,
         errors: shared.errors.lock().await.clone(),
+        timeline: shared
+            .timeline
+            .iter()
+            .enumerate()
+            .map(|(i, (s, d))| Second {
+                second: i as u64,
+                sessions: s.load(Ordering::Relaxed),
+                decisions: d.load(Ordering::Relaxed),
+            })
+            .collect(),
     }
 }
 
 /// `concurrency` workers, each starting its next session when the last one ends.
-async fn closed_loop(
-    clients: &Arc<[LimiterClient<Channel>]>,
-    shared: &Arc<Shared>,
-    o: &BenchOptions,
-    deadline: Instant,
-) {
+async fn closed_loop(clients: &Clients, shared: &Arc<Shared>, o: &BenchOptions, deadline: Instant) {
     let mut workers = Vec::new();
     for w in 0..o.concurrency {
         let (clients, shared, o) = (clients.clone(), shared.clone(), o.clone());
@@ -207,7 +303,7 @@ async fn closed_loop(
 
 /// Sessions started at `rate` per second whether or not earlier ones have ended.
 async fn open_loop(
-    clients: &Arc<[LimiterClient<Channel>]>,
+    clients: &Clients,
     shared: &Arc<Shared>,
     o: &BenchOptions,
     start: Instant,
@@ -281,9 +377,53 @@ impl Took {
     }
 }
 
+/// One session over the clients' API.
+async fn session(
+    clients: &Clients,
+    o: &BenchOptions,
+    id: u64,
+    intended: Instant,
+    h: &mut Took,
+    shared: &Shared,
+) {
+    match clients {
+        Clients::Limiter(c) => limiter_session(c, o, id, intended, h, shared).await,
+        Clients::Rls(c, domain) => rls_admission(c, domain, o, id, intended, h, shared).await,
+    }
+}
+
+/// One ShouldRateLimit for the `id`-th source, as an Envoy in front of a mail server
+/// would ask before it admits a connection.
+async fn rls_admission(
+    clients: &[RateLimitServiceClient<Channel>],
+    domain: &str,
+    o: &BenchOptions,
+    id: u64,
+    intended: Instant,
+    h: &mut Took,
+    shared: &Shared,
+) {
+    let mut c = clients[(id % clients.len() as u64) as usize].clone();
+    let request = rls::request(domain, source(id, o.networks));
+    let t = Instant::now();
+    let r = c.should_rate_limit(request).await;
+    match r {
+        Ok(reply) => {
+            // From its intended start in open loop, as mxlimit's Connect.
+            record(h, SHOULD_RATE_LIMIT, intended.min(t).elapsed());
+            shared.verdict(rls::code_name(reply.into_inner().overall_code));
+            shared.ended(1, true);
+        }
+        Err(e) => {
+            error(shared, &e).await;
+            shared.ended(0, false);
+        }
+    }
+}
+
 // Long on purpose: one session's calls in the order an agent makes them (Connect,
 // the RCPTs, Disconnect), each timed where it is made.
-async fn session(
+async fn limiter_session(
     clients: &[LimiterClient<Channel>],
     o: &BenchOptions,
     id: u64,
@@ -322,11 +462,11 @@ async fn session(
                 .map(|v| v.reason)
                 .filter(|r| !r.is_empty())
                 .unwrap_or_else(|| "accept".into());
-            let mut v = shared.verdicts.lock().unwrap_or_else(|p| p.into_inner());
-            *v.entry(reason).or_default() += 1;
+            shared.verdict(reason);
         }
         Err(e) => {
             error(shared, &e).await;
+            shared.ended(0, false);
             return;
         }
     }
@@ -375,11 +515,10 @@ async fn session(
             error(shared, &e).await;
         }
     }
-    shared.decisions.fetch_add(decided, Ordering::Relaxed);
     if !failed {
         record(h, SESSION, start.elapsed());
-        shared.sessions.fetch_add(1, Ordering::Relaxed);
     }
+    shared.ended(decided, !failed);
 }
 
 fn record(h: &mut Took, i: usize, d: Duration) {
@@ -420,14 +559,22 @@ fn progress(on: bool, shared: Arc<Shared>) -> Option<ProgressBar> {
 }
 
 impl BenchReport {
-    /// The p99 of the slower of Connect and Disconnect, in microseconds.
+    /// The p99 of the slower of Connect and Disconnect (or of ShouldRateLimit), in
+    /// microseconds.
     pub fn decision_p99_us(&self) -> u64 {
-        ["connect", "disconnect"]
+        ["connect", "disconnect", "should_rate_limit"]
             .iter()
             .filter_map(|k| self.latency.get(*k))
             .map(|l| l.p99_us)
             .max()
             .unwrap_or(0)
+    }
+
+    /// The latency of a session's first call (Connect, or ShouldRateLimit).
+    pub fn first_call(&self) -> Option<&Latency> {
+        self.latency
+            .get("connect")
+            .or_else(|| self.latency.get("should_rate_limit"))
     }
 
     pub fn text(&self) -> String {
@@ -440,21 +587,38 @@ impl BenchReport {
             self.sessions_per_s,
             self.decisions_per_s
         );
+        if self.api == "rls" {
+            s.push_str(
+                "(one ShouldRateLimit per session: a session is one decision and one admission)\n",
+            );
+        }
         s.push_str(&format!(
-            "{:<11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+            "{:<17} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
             "latency µs", "count", "p50", "p90", "p99", "p99.9", "max"
         ));
         for (k, l) in &self.latency {
             s.push_str(&format!(
-                "{:<11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+                "{:<17} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
                 k, l.count, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
             ));
         }
-        s.push_str(&format!("connect verdicts: {:?}\n", self.connect_verdicts));
+        let verdicts = match self.api {
+            "rls" => "ShouldRateLimit codes",
+            _ => "connect verdicts",
+        };
+        s.push_str(&format!("{verdicts}: {:?}\n", self.connect_verdicts));
         if self.errors.is_empty() {
             s.push_str("errors: none\n");
         } else {
             s.push_str(&format!("errors: {:?}\n", self.errors));
+        }
+        if !self.timeline.is_empty() {
+            let each: Vec<String> = self
+                .timeline
+                .iter()
+                .map(|t| t.decisions.to_string())
+                .collect();
+            s.push_str(&format!("decisions in each second: {}\n", each.join(" ")));
         }
         s
     }

@@ -37,8 +37,8 @@ impl Sweep {
             "errors"
         );
         for r in &self.runs {
-            let connect = r.latency.get("connect");
-            let q = |f: fn(&super::Latency) -> u64| connect.map_or(0, f);
+            let first = r.first_call();
+            let q = |f: fn(&super::Latency) -> u64| first.map_or(0, f);
             s.push_str(&format!(
                 "{:>9.0} {:>9.0} {:>12} {:>12} {:>12} {:>15} {:>14.0} {:>7}\n",
                 r.offered_per_s.unwrap_or(0.0),
@@ -51,7 +51,9 @@ impl Sweep {
                 r.errors.values().sum::<u64>()
             ));
         }
-        s.push_str("(p50 and p99.9 of Connect; p99 of the slower of Connect and Disconnect)\n");
+        s.push_str(
+            "(p50 and p99.9 of Connect, or ShouldRateLimit; p99 of the slower of Connect and Disconnect)\n",
+        );
         s
     }
 }
