@@ -85,6 +85,10 @@ struct BenchArgs {
     /// The domain of --rls requests.
     #[arg(long, default_value = bench::rls::DOMAIN)]
     rls_domain: String,
+    /// Release ended sessions' leases in batches this often (one Release call per
+    /// node, as mx-agent does) instead of a Disconnect per session.
+    #[arg(long, value_parser = nonzero_duration, conflicts_with = "rls")]
+    release_every: Option<std::time::Duration>,
     /// Simulated MX nodes, each with its own connection to the limiter (as agents have).
     #[arg(long, default_value_t = 8, value_parser = at_least_one::<usize>)]
     nodes: usize,
@@ -326,6 +330,7 @@ async fn bench_cmd(a: BenchArgs) -> Result<()> {
         bad_share: a.bad_share,
         networks: a.networks,
         progress: !a.json,
+        release_every: a.release_every,
         api: match a.rls {
             true => Api::Rls {
                 domain: a.rls_domain.clone(),

@@ -28,6 +28,7 @@ async fn open_loop_latency_shows_every_session_a_stall_delays() {
             bad_share: 0.0,
             networks: 16,
             progress: false,
+            release_every: None,
             api: Api::Mxlimit,
         },
     )

@@ -191,6 +191,7 @@ async fn open_loop_sends_each_admission_once_in_the_domain_asked() {
             bad_share: 0.0,
             networks: 4,
             progress: false,
+            release_every: None,
             api: Api::Rls {
                 domain: "elsewhere".into(),
             },

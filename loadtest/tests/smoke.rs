@@ -30,6 +30,39 @@ fn demo_prints_the_side_by_side_table_and_writes_the_report() {
     assert!(dir.path().join("report.json").is_file() && dir.path().join("report.svg").is_file());
 }
 
+/// As mx-agent does: leases of ended sessions go back in batched Release calls, no
+/// Disconnect per session.
+#[test]
+fn bench_with_batched_releases_makes_no_disconnect_calls() {
+    let out = run(&[
+        "bench",
+        "--duration",
+        "1s",
+        "--concurrency",
+        "8",
+        "--release-every",
+        "50ms",
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["errors"], serde_json::json!({}), "{r}");
+    let sessions = r["sessions"].as_u64().unwrap();
+    assert!(sessions > 100, "{r}");
+    assert_eq!(
+        r["decisions"].as_u64().unwrap(),
+        sessions,
+        "Connect only: {r}"
+    );
+    assert!(r["latency"].get("disconnect").is_none(), "{r}");
+    let calls = r["release_calls"].as_u64().unwrap();
+    assert!(calls >= 1 && calls < sessions, "{r}");
+    assert_eq!(
+        r["latency"]["release"]["count"].as_u64(),
+        Some(calls),
+        "{r}"
+    );
+}
+
 #[test]
 fn bench_closed_and_open_loop_report_rates_latency_and_errors() {
     let out = run(&[

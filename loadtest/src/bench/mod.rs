@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use mxlimit_proto::v1::limiter_client::LimiterClient;
-use mxlimit_proto::v1::{ConnectRequest, DisconnectRequest, RecipientRequest};
+use mxlimit_proto::v1::{
+    Action, ConnectRequest, DisconnectRequest, Lease, RecipientRequest, ReleaseRequest,
+};
 use serde::Serialize;
 use tokio::sync::{Mutex, Semaphore};
 use tonic::transport::Channel;
@@ -47,12 +49,17 @@ pub struct BenchOptions {
     pub progress: bool,
     /// What is driven: mxlimit's Limiter, or an Envoy rate limit service.
     pub api: Api,
+    /// mxlimit: release ended sessions' leases in batches this often, one `Release`
+    /// call per node, as mx-agent does; None: a `Disconnect` per session.
+    pub release_every: Option<Duration>,
 }
 
 /// The API a bench drives.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Api {
-    /// mxlimit's Limiter: a session is Connect, `rcpts` × Recipient, Disconnect.
+    /// mxlimit's Limiter: a session is Connect, `rcpts` × Recipient, Disconnect (or
+    /// its lease queued for a batched `Release`); a refused session ends at Connect,
+    /// as an MTA ends it.
     #[default]
     Mxlimit,
     /// Envoy's rate limit service: a session is one `ShouldRateLimit` in `domain`, one
@@ -107,6 +114,8 @@ pub struct BenchReport {
     /// `--rls`, ShouldRateLimit's overall codes ("ok", "over_limit", "unknown").
     pub connect_verdicts: BTreeMap<String, u64>,
     /// Failed calls by gRPC status code.
+    /// Batched `Release` calls answered (with --release-every): not decisions.
+    pub release_calls: u64,
     pub errors: BTreeMap<String, u64>,
     /// Sessions and decisions that ended in each whole second of the run's duration, to
     /// show throughput over time. A partial last second, and what ended after the
@@ -135,13 +144,14 @@ const EARLY: Duration = Duration::from_micros(50);
 
 /// Histograms: per RPC, per session, and (open loop) how late the generator itself
 /// started sessions, so that its own stalls are not blamed on the limiter.
-const RPCS: [&str; 6] = [
+const RPCS: [&str; 7] = [
     "connect",
     "recipient",
     "disconnect",
     "session",
     "start lag",
     "should_rate_limit",
+    "release",
 ];
 const CONNECT: usize = 0;
 const RECIPIENT: usize = 1;
@@ -149,6 +159,7 @@ const DISCONNECT: usize = 2;
 const SESSION: usize = 3;
 const LAG: usize = 4;
 const SHOULD_RATE_LIMIT: usize = 5;
+const RELEASE: usize = 6;
 
 struct Shared {
     hists: Mutex<Vec<Histogram<u64>>>,
@@ -160,6 +171,9 @@ struct Shared {
     start: Instant,
     /// Per whole second of the duration: (sessions, decisions) that ended in it.
     timeline: Box<[(AtomicU64, AtomicU64)]>,
+    /// Per node, the leases of ended sessions waiting for their batched `Release`.
+    pending: std::sync::Mutex<Vec<Vec<Lease>>>,
+    release_calls: AtomicU64,
 }
 
 impl Shared {
@@ -207,6 +221,8 @@ pub async fn run(nodes: &[Channel], o: &BenchOptions) -> BenchReport {
         timeline: (0..o.duration.as_secs())
             .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
             .collect(),
+        pending: std::sync::Mutex::new(vec![Vec::new(); nodes.len()]),
+        release_calls: AtomicU64::new(0),
     });
     let bar = progress(o.progress, shared.clone());
     let deadline = start + o.duration;
@@ -221,9 +237,23 @@ pub async fn run(nodes: &[Channel], o: &BenchOptions) -> BenchReport {
             domain.as_str().into(),
         ),
     };
+    let (stop_releases, stopped) = tokio::sync::watch::channel(false);
+    let releaser = match (&clients, o.release_every) {
+        (Clients::Limiter(c), Some(every)) => Some(tokio::spawn(releases(
+            c.clone(),
+            shared.clone(),
+            every,
+            stopped,
+        ))),
+        _ => None,
+    };
     match o.rate {
         None => closed_loop(&clients, &shared, o, deadline).await,
         Some(rate) => open_loop(&clients, &shared, o, start, rate).await,
+    }
+    let _ = stop_releases.send(true);
+    if let Some(r) = releaser {
+        let _ = r.await;
     }
     let seconds = start.elapsed().as_secs_f64();
     if let Some(b) = bar {
@@ -260,6 +290,7 @@ pub async fn run(nodes: &[Channel], o: &BenchOptions) -> BenchReport {
             .map(|(k, h)| (k.to_string(), Latency::of(h)))
             .collect(),
         connect_verdicts,
+        release_calls: shared.release_calls.load(Ordering::Relaxed),
         errors: shared.errors.lock().await.clone(),
         timeline: shared
             .timeline
@@ -456,13 +487,21 @@ async fn limiter_session(
         Ok(reply) => {
             record(h, CONNECT, start.elapsed());
             decided += 1;
-            let reason = reply
-                .into_inner()
-                .verdict
-                .map(|v| v.reason)
+            let v = reply.into_inner().verdict.unwrap_or_default();
+            let admitted = matches!(
+                v.action(),
+                Action::Accept | Action::Delay | Action::Unspecified
+            );
+            let reason = Some(v.reason)
                 .filter(|r| !r.is_empty())
                 .unwrap_or_else(|| "accept".into());
             shared.verdict(reason);
+            // Refused: the MTA ends the session; no lease is held, nothing to release.
+            if !admitted {
+                record(h, SESSION, start.elapsed());
+                shared.ended(decided, true);
+                return;
+            }
         }
         Err(e) => {
             error(shared, &e).await;
@@ -496,6 +535,18 @@ async fn limiter_session(
             }
         }
     }
+    if o.release_every.is_some() {
+        // As mx-agent: the lease waits for its node's next batch, off the session.
+        shared.pending.lock().unwrap_or_else(|p| p.into_inner())[n].push(Lease {
+            session_id,
+            client_ip: ip,
+        });
+        if !failed {
+            record(h, SESSION, start.elapsed());
+        }
+        shared.ended(decided, !failed);
+        return;
+    }
     let t = Instant::now();
     let r = c
         .disconnect(DisconnectRequest {
@@ -519,6 +570,58 @@ async fn limiter_session(
         record(h, SESSION, start.elapsed());
     }
     shared.ended(decided, !failed);
+}
+
+/// Sends each node's waiting leases in one `Release` every `every`, and what waits
+/// when the run ends.
+async fn releases(
+    clients: Arc<[LimiterClient<Channel>]>,
+    shared: Arc<Shared>,
+    every: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut local = hist();
+    loop {
+        let last = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            _ = stopped.wait_for(|s| *s) => true,
+        };
+        let batches = std::mem::replace(
+            &mut *shared.pending.lock().unwrap_or_else(|p| p.into_inner()),
+            vec![Vec::new(); clients.len()],
+        );
+        let calls = batches
+            .into_iter()
+            .enumerate()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(n, leases)| {
+                let mut c = clients[n].clone();
+                async move {
+                    let t = Instant::now();
+                    let r = c
+                        .release(ReleaseRequest {
+                            node: format!("mx{}", 1 + n),
+                            epoch: "bench".into(),
+                            leases,
+                        })
+                        .await;
+                    (t.elapsed(), r)
+                }
+            });
+        for (took, r) in futures_util::future::join_all(calls).await {
+            match r {
+                Ok(_) => {
+                    let _ = local.record((took.as_micros() as u64).max(1));
+                    shared.release_calls.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => error(&shared, &e).await,
+            }
+        }
+        if last {
+            break;
+        }
+    }
+    let _ = shared.hists.lock().await[RELEASE].add(local);
 }
 
 fn record(h: &mut Took, i: usize, d: Duration) {
