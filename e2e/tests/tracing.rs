@@ -35,7 +35,9 @@ async fn one_smtp_session_is_one_trace_from_the_agent_to_the_limiter() {
     let (mut agent, milter) = common::spawn_agent(
         "mx1",
         &limiter,
-        &["--deadline", "2s"],
+        // A Disconnect per session, in the session's trace (batched releases are
+        // spans of their own: one Release serves many sessions).
+        &["--deadline", "2s", "--release-every", "0s"],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),

@@ -1214,16 +1214,32 @@ async fn admin_tokens_from_a_file_rotate_and_the_gauges_follow_bans_blocks_and_l
     );
 }
 
-#[tokio::test]
-async fn every_refusal_is_one_json_log_line_with_source_rule_reason_and_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let access = dir.path().join("access");
+/// A limiter that refuses 198.51.100.0/24 by its access file and logs JSON, ready.
+async fn refusing_json_logger(dir: &Path) -> Server {
+    let access = dir.join("access");
     std::fs::write(&access, "Connect:198.51.100\tREJECT\n").unwrap();
     let mut s = Server::start(
         &["--access", access.to_str().unwrap(), "--log-format", "json"],
-        dir.path(),
+        dir,
     );
     s.wait_ready().await;
+    s
+}
+
+/// The JSON lines a stopped server logged.
+fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_refusal_is_one_json_log_line_with_source_rule_reason_and_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = refusing_json_logger(dir.path()).await;
     let mut c = s.client().await;
     c.connect(connect_req("mx7", "s1", "198.51.100.9"))
         .await
@@ -1234,12 +1250,8 @@ async fn every_refusal_is_one_json_log_line_with_source_rule_reason_and_node() {
     s.signal("-TERM");
     s.wait_exit().await;
     let log = s.stderr();
-    let refusals: Vec<serde_json::Value> = log
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))
-        })
+    let refusals: Vec<serde_json::Value> = json_lines(&log)
+        .into_iter()
         .filter(|v| v["message"] == "refused")
         .collect();
     assert_eq!(refusals.len(), 1, "{log}");
@@ -1259,13 +1271,7 @@ async fn every_refusal_is_one_json_log_line_with_source_rule_reason_and_node() {
 #[tokio::test]
 async fn a_flood_of_refusals_is_logged_within_the_budget_and_summed_up() {
     let dir = tempfile::tempdir().unwrap();
-    let access = dir.path().join("access");
-    std::fs::write(&access, "Connect:198.51.100\tREJECT\n").unwrap();
-    let mut s = Server::start(
-        &["--access", access.to_str().unwrap(), "--log-format", "json"],
-        dir.path(),
-    );
-    s.wait_ready().await;
+    let mut s = refusing_json_logger(dir.path()).await;
     let mut c = s.client().await;
     const FLOOD: usize = 300;
     let start = std::time::Instant::now();
@@ -1283,10 +1289,7 @@ async fn a_flood_of_refusals_is_logged_within_the_budget_and_summed_up() {
     s.signal("-TERM");
     s.wait_exit().await;
     let log = s.stderr();
-    let lines: Vec<serde_json::Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let lines = json_lines(&log);
     let written = lines.iter().filter(|v| v["message"] == "refused").count() as u64;
     let suppressed: u64 = lines.iter().filter_map(|v| v["suppressed"].as_u64()).sum();
     assert!(

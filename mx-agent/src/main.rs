@@ -59,6 +59,14 @@ struct Cli {
     /// Deadline of every limiter call (e.g. 50ms).
     #[arg(long, env = "MXAGENT_DEADLINE", value_parser = parse)]
     deadline: Option<std::time::Duration>,
+    /// The longest a refusal the limiter said holds is answered here without asking
+    /// (e.g. 15s; 0s = ask every time).
+    #[arg(long, env = "MXAGENT_HOLD_MAX", value_parser = parse)]
+    hold_max: Option<std::time::Duration>,
+    /// Ended sessions' leases are released in one call this often (e.g. 100ms; 0s = a
+    /// call per session).
+    #[arg(long, env = "MXAGENT_RELEASE_EVERY", value_parser = parse)]
+    release_every: Option<std::time::Duration>,
     /// When the limiter does not answer: decide locally (open) or tempfail (closed).
     #[arg(long, env = "MXAGENT_FALLBACK", value_enum)]
     fallback: Option<FailMode>,
@@ -137,6 +145,12 @@ async fn main() -> Result<()> {
         if cli.tls_domain.is_some() {
             t.domain = cli.tls_domain.clone();
         }
+    }
+    if let Some(d) = cli.hold_max {
+        cfg.limiter.hold_max = Span(d);
+    }
+    if let Some(d) = cli.release_every {
+        cfg.limiter.release_every = Span(d);
     }
     if let Some(d) = cli.deadline {
         cfg.limiter.deadline = Span(d);

@@ -311,7 +311,7 @@ impl Limiter {
         ends: Ends,
     ) -> Admission {
         // A refusal the limiter said still holds: no call.
-        if let Some((verdict, policy)) = self.holds.check(ip) {
+        if let Some((verdict, policy)) = self.holds.check(ip, name) {
             counter!(m::HELD_REFUSALS).increment(1);
             let a = Admission {
                 verdict,
@@ -348,7 +348,7 @@ impl Limiter {
                     origin: Origin::Limiter,
                 };
                 if !a.admitted() {
-                    self.holds.remember(&a.verdict, &a.policy, sent);
+                    self.holds.remember(&a.verdict, &a.policy, name, sent);
                 }
                 a
             }
@@ -583,12 +583,11 @@ impl Limiter {
             };
             let _ = self.local.disconnect(ip, lease).await;
         }
-        if origin == Origin::Limiter || maybe_remote {
-            if self.releases.batching() {
-                self.releases.push(session, ip);
-            } else {
-                self.disconnect_now(session, ip).await;
-            }
+        // Batched unless batching is off or its sender has stopped.
+        if (origin == Origin::Limiter || maybe_remote)
+            && !(self.releases.batching() && self.releases.push(session, ip))
+        {
+            self.disconnect_now(session, ip).await;
         }
     }
 
@@ -625,15 +624,25 @@ impl Limiter {
                 _ = tokio::time::sleep(self.releases.every()) => {}
                 _ = self.releases.full() => {}
             }
-            self.release_pending().await;
+            let waiting = self.releases.take();
+            self.release_batches(waiting).await;
         }
-        self.release_pending().await;
+        // Sessions that end from now on are released by their own calls.
+        let last = self.releases.close();
+        self.release_batches(last).await;
     }
 
     /// One `Release` call per batch of what waits now.
     pub async fn release_pending(&self) {
         let waiting = self.releases.take();
-        for batch in waiting.chunks(releases::MAX_BATCH) {
+        self.release_batches(waiting).await;
+    }
+
+    /// One `Release` call per batch; a batch the limiter did not take waits again,
+    /// with those after it, for the next round.
+    async fn release_batches(&self, waiting: Vec<Lease>) {
+        let mut chunks = waiting.chunks(releases::MAX_BATCH);
+        while let Some(batch) = chunks.next() {
             let req = ReleaseRequest {
                 node: self.node.clone(),
                 epoch: self.epoch.clone(),
@@ -663,7 +672,11 @@ impl Limiter {
                     }
                 }
                 Err(why) => {
-                    tracing::debug!(leases = batch.len(), reason = %why, "leases not released; they will expire");
+                    tracing::debug!(leases = batch.len(), reason = %why, "leases not released yet; they wait for the next round");
+                    let mut rest = batch.to_vec();
+                    rest.extend(chunks.flatten().cloned());
+                    self.releases.put_back(rest);
+                    return;
                 }
             }
         }

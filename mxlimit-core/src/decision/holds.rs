@@ -66,11 +66,12 @@ pub struct Holding {
     pub ms_left: u64,
 }
 
-/// When a store call was sent, and under which clear: see [`Holds::ticket`].
+/// When a store call was sent, and under which clear and policy: see [`Holds::ticket`].
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket {
     sent_ms: u64,
     cleared: u64,
+    generation: u64,
 }
 
 /// The holds of one limiter.
@@ -87,6 +88,9 @@ pub struct Holds {
     /// Whether any hold exists: the check costs one atomic load when none does.
     any: AtomicU64,
     shard_cap: usize,
+    /// When a full shard was last searched for expired holds: a full table is searched
+    /// at most once a second, not on every new hold.
+    searched_full: AtomicU64,
 }
 
 impl Default for Holds {
@@ -106,6 +110,7 @@ impl Holds {
             cleared: AtomicU64::new(0),
             any: AtomicU64::new(0),
             shard_cap: (max / SHARDS).max(1),
+            searched_full: AtomicU64::new(0),
         }
     }
 
@@ -128,18 +133,24 @@ impl Holds {
         self.any.store(0, Ordering::Relaxed);
     }
 
-    /// Taken before a store call, given to [`Holds::remember`] with its answer.
-    pub fn ticket(&self) -> Ticket {
+    /// Taken before a decision reads the policy (of `generation`) and calls the store;
+    /// given to [`Holds::remember`] with the store's answer.
+    pub fn ticket(&self, generation: u64) -> Ticket {
         Ticket {
             cleared: self.cleared.load(Ordering::SeqCst),
             sent_ms: self.now_ms(),
+            generation,
         }
     }
 
-    /// Clears the holds if the policy generation changed since they were made.
+    /// Clears the holds when a newer policy generation is seen (an older one, from a
+    /// decision that started before a reload, changes nothing).
     pub fn policy_generation(&self, generation: u64) {
-        if self.policy_generation.load(Ordering::Relaxed) != generation
-            && self.policy_generation.swap(generation, Ordering::Relaxed) != generation
+        if self.policy_generation.load(Ordering::SeqCst) < generation
+            && self
+                .policy_generation
+                .fetch_max(generation, Ordering::SeqCst)
+                < generation
         {
             self.clear();
         }
@@ -242,9 +253,10 @@ impl Holds {
             Refusal::Rate { level, count } => (level, Held::Rate { count, window_ms }),
             Refusal::Conn { .. } => return None,
         };
-        let until = ticket.sent_ms.saturating_add(hold_ms);
+        // Less a millisecond: both clocks are cut to whole milliseconds.
+        let until = ticket.sent_ms.saturating_add(hold_ms.saturating_sub(1));
         let now = self.now_ms();
-        if hold_ms == 0 || until <= now {
+        if hold_ms <= 1 || until <= now || !self.current(ticket) {
             return None;
         }
         let key = match level {
@@ -253,19 +265,34 @@ impl Holds {
         };
         let mut s = self.shard(&key);
         if s.len() >= self.shard_cap && !s.contains_key(&key) {
-            s.retain(|_, h| h.until > now);
+            let last = self.searched_full.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= 1000
+                && self
+                    .searched_full
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                s.retain(|_, h| h.until > now);
+            }
             if s.len() >= self.shard_cap {
                 // Full of live holds: this one is not kept (the store still answers).
                 return Some((level, until - now));
             }
         }
-        // Cleared since the call was sent: the store may have lifted this already.
-        if self.cleared.load(Ordering::SeqCst) != ticket.cleared {
+        // Checked again under the shard lock: a clear takes every shard's lock.
+        if !self.current(ticket) {
             return None;
         }
         s.insert(key, Hold { until, what });
         self.any.store(1, Ordering::Relaxed);
         Some((level, until - now))
+    }
+
+    /// Whether nothing was cleared and no newer policy came since `ticket`: the store
+    /// may have lifted a refusal made before either.
+    fn current(&self, ticket: Ticket) -> bool {
+        self.cleared.load(Ordering::SeqCst) == ticket.cleared
+            && self.policy_generation.load(Ordering::SeqCst) <= ticket.generation
     }
 
     /// Holds kept now, expired ones included until they are looked at.
@@ -307,7 +334,7 @@ mod tests {
     fn a_rate_hold_covers_limits_up_to_the_count_refused() {
         let h = Holds::default();
         let s = src("192.0.2.1");
-        let t = h.ticket();
+        let t = h.ticket(0);
         let r = Refusal::Rate {
             level: Level::Address,
             count: 5,
@@ -328,7 +355,7 @@ mod tests {
     #[test]
     fn bans_come_before_rate_and_a_network_hold_covers_its_addresses() {
         let h = Holds::default();
-        let t = h.ticket();
+        let t = h.ticket(0);
         let a = src("192.0.2.1");
         let rate = Refusal::Rate {
             level: Level::Address,
@@ -359,7 +386,7 @@ mod tests {
     fn conn_refusals_and_spent_holds_are_not_kept() {
         let h = Holds::default();
         let s = src("192.0.2.1");
-        let t = h.ticket();
+        let t = h.ticket(0);
         let conn = Refusal::Conn {
             level: Level::Address,
             count: 1,
@@ -381,12 +408,12 @@ mod tests {
             level: Level::Address,
             remaining_ms: 60_000,
         };
-        h.remember(&s, ban, 60_000, W, h.ticket());
+        h.remember(&s, ban, 60_000, W, h.ticket(0));
         h.policy_generation(0);
         assert!(h.check(&s, &limits(0, 0), W).is_some(), "same generation");
         h.policy_generation(1);
         assert!(h.check(&s, &limits(0, 0), W).is_none());
-        h.remember(&s, ban, 60_000, W, h.ticket());
+        h.remember(&s, ban, 60_000, W, h.ticket(0));
         h.unblocks(7);
         assert!(h.check(&s, &limits(0, 0), W).is_none());
     }
@@ -399,13 +426,13 @@ mod tests {
             level: Level::Address,
             count: 2,
         };
-        h.remember(&s, rate, 60_000, W, h.ticket());
+        h.remember(&s, rate, 60_000, W, h.ticket(0));
         assert!(
             h.check(&s, &limits(2, 0), W / 2).is_none(),
             "a shorter window"
         );
         // Sent, then an unblock cleared everything, then the store's answer came.
-        let sent = h.ticket();
+        let sent = h.ticket(0);
         h.unblocks(1);
         assert_eq!(h.remember(&s, rate, 60_000, W, sent), None);
         assert!(h.check(&s, &limits(2, 0), W).is_none());
@@ -414,7 +441,7 @@ mod tests {
     #[test]
     fn memory_stays_bounded() {
         let h = Holds::with_capacity(SHARDS * 4);
-        let t = h.ticket();
+        let t = h.ticket(0);
         let ban = Refusal::Banned {
             level: Level::Address,
             remaining_ms: 60_000,

@@ -23,7 +23,7 @@ use crate::decision::tally::Tally;
 use crate::metrics::{HELD_REFUSALS, OFFENCES};
 use crate::names::NameResolver;
 use crate::offence::OffenceKind;
-use crate::policy::access::{ConnectAction, Value};
+use crate::policy::access::{ConnectAction, Tag, Value};
 use crate::policy::reload::PolicyHandle;
 use crate::policy::{ClientRules, Policy};
 use crate::source::{Level, Source};
@@ -177,6 +177,7 @@ impl<S: Store> Engine<S> {
     pub async fn connect(&self, req: &Connect<'_>) -> Result<ConnectReply, StoreError> {
         // Before the policy: holds made under an older one are then cleared.
         let generation = self.policy.generation();
+        let ticket = self.holds.ticket(generation);
         let policy = self.policy.get();
         let s = &policy.settings;
         let source = policy.source(req.ip);
@@ -209,7 +210,7 @@ impl<S: Store> Engine<S> {
             if let Some(h) = self.holds.check(&source, &limits, window_ms) {
                 counter!(HELD_REFUSALS).increment(1);
                 let v = connect_verdict(&policy, &rules, &source, Some(h.refusal));
-                return Ok(reply(held(v, &source, h.level, h.ms_left), 0));
+                return Ok(reply(held(v, &policy, &source, h.level, h.ms_left), 0));
             }
         }
 
@@ -224,7 +225,6 @@ impl<S: Store> Engine<S> {
             shadow: s.shadow,
             bad_window_ms: s.bad_rcpt.window.as_millis(),
         };
-        let ticket = self.holds.ticket();
         let outcome = self.store.connect(&op).await?;
 
         // 5. The verdict, the tarpit the session starts with, and how long a refusal
@@ -236,7 +236,7 @@ impl<S: Store> Engine<S> {
                 self.holds
                     .remember(&source, r, outcome.hold_ms, window_ms, ticket)
         {
-            v = held(v, &source, level, ms_left);
+            v = held(v, &policy, &source, level, ms_left);
         }
         Ok(reply(v, tarpit_ms(&policy, outcome.bad)))
     }
@@ -600,8 +600,19 @@ fn connect_verdict(
     }
 }
 
-/// A refusal that holds `ms_left` more for the source at `level`, as the verdict says.
-fn held(mut v: Verdict, source: &Source, level: Level, ms_left: u64) -> Verdict {
+/// A refusal that holds `ms_left` more for the source at `level`, as the verdict
+/// promises it to the caller, who may refuse `hold_source` itself without asking (and
+/// without the rules). So a network's hold is promised for the network only when no
+/// `Connect:` entry (an exemption above all) could tell its addresses apart, else for
+/// the address; an address's hold depends on the client's name too where name rules
+/// exist, which the caller keeps with it (mx-agent does).
+fn held(mut v: Verdict, policy: &Policy, source: &Source, level: Level, ms_left: u64) -> Verdict {
+    let level = match level {
+        Level::Network if policy.table(Tag::Connect).has_entries_within(source.net) => {
+            Level::Address
+        }
+        l => l,
+    };
     v.hold_ms = ms(ms_left);
     v.hold_source = source.at(level);
     v

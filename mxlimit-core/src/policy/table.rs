@@ -106,6 +106,20 @@ impl RuleTable {
         !self.names.is_empty()
     }
 
+    /// Whether an entry could match some address of `net` and not all of them: a
+    /// name, or a narrower network inside it.
+    pub fn has_entries_within(&self, net: IpNet) -> bool {
+        let list = match net {
+            IpNet::V4(_) => &self.v4,
+            IpNet::V6(_) => &self.v6,
+        };
+        self.has_names()
+            || list
+                .iter()
+                .filter(|(len, _)| *len > net.prefix_len())
+                .any(|(_, m)| m.keys().any(|k| net.contains(k)))
+    }
+
     /// Every entry, for reports and checks.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.any

@@ -360,12 +360,15 @@ impl Ledger for RedisStore {
             inv.key(key(log));
         }
         let had: i64 = self.invoke(&inv).await?;
-        // The ban's entry in the index lives on the ledger's shard: a second call.
+        // The ban's entry in the index lives on the ledger's shard: a second call. The
+        // unblock is counted again now that the ban is gone: a limiter that dropped its
+        // holds on the first count (in `remove_block`) may have held the ban again since.
         let mut pipe = redis::pipe();
         pipe.cmd("ZREM")
             .arg(self.ledger_key("bans"))
             .arg(ban_member(lvl, &source.at(lvl)));
-        let _: (i64,) = self.query(&pipe).await?;
+        pipe.cmd("INCR").arg(self.ledger_key("unblocks"));
+        let _: (i64, i64) = self.query(&pipe).await?;
         Ok(had == 1)
     }
 

@@ -245,7 +245,10 @@ impl Ledger for MemoryStore {
                 },
             }
         };
-        lock(&self.ledger).bans.remove(&(level, source.at(level)));
+        let mut l = lock(&self.ledger);
+        l.bans.remove(&(level, source.at(level)));
+        // Counted again once the ban is gone (see the Redis ledger's `clear_ban`).
+        l.unblocks += 1;
         Ok(had)
     }
 

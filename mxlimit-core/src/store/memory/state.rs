@@ -230,14 +230,32 @@ impl LevelState {
 /// whether a member being admitted may be in a rate log already (a session id that
 /// comes again after its lease ended). Without it every admission would search the
 /// logs for its member, and a log holds up to the limit's number of entries.
+/// Bounded: past [`Recent::MAX`] members (a flood in shadow mode, or a network
+/// without a network limit) a member is not noted and is searched for instead, which
+/// is always right, only slower.
 #[derive(Debug, Default)]
 pub struct Recent {
     until: HashMap<Arc<str>, u64>,
+    /// When expired members were last dropped because the map was full.
+    pruned: u64,
 }
 
 impl Recent {
-    /// Notes `member` as admitted now; whether it was admitted within the window before.
+    pub const MAX: usize = 65_536;
+
+    /// Notes `member` as admitted now; whether it may have been admitted within the
+    /// window before (true when the map is full and it cannot tell).
     pub fn note(&mut self, member: &Arc<str>, now: u64, window: u64) -> bool {
+        if self.until.len() >= Self::MAX && !self.until.contains_key(member) {
+            // Full: drop what expired, at most once a second.
+            if now.saturating_sub(self.pruned) >= 1000 {
+                self.pruned = now;
+                self.prune(now);
+            }
+            if self.until.len() >= Self::MAX {
+                return true;
+            }
+        }
         match self.until.insert(member.clone(), now + window) {
             Some(until) => until > now,
             None => false,

@@ -616,3 +616,18 @@ async fn offences_slide_out_of_their_window_and_a_network_counts_addresses_once(
     let o = st.offence(&offence_op(d, "n5", (0, 2))).await.unwrap();
     assert_eq!((o.ban, o.count.network), (None, 1));
 }
+
+#[test]
+fn the_rate_logs_recent_members_stay_bounded_and_answer_maybe_when_full() {
+    use super::state::Recent;
+    let mut r = Recent::default();
+    let m = |i: usize| -> Arc<str> { format!("m{i}").into() };
+    for i in 0..Recent::MAX {
+        assert!(!r.note(&m(i), 1_000, 60_000));
+    }
+    // Full of live members: a new one is not kept, and may have been logged.
+    assert!(r.note(&m(Recent::MAX), 1_000, 60_000));
+    assert!(r.note(&m(0), 2_000, 60_000), "a member noted before");
+    // Once they expire, room again (searched at most once a second).
+    assert!(!r.note(&m(Recent::MAX + 1), 62_000, 60_000));
+}

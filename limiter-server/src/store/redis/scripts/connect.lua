@@ -33,8 +33,8 @@ local function bad()
     redis.call('ZCOUNT', KEYS[9], bad_from, '+inf')
 end
 
-local held = redis.call('ZSCORE', KEYS[5], member)
-if held and tonumber(held) > now then
+local lease_until = redis.call('ZSCORE', KEYS[5], member)
+if lease_until and tonumber(lease_until) > now then
   local bad_a, bad_n = bad()
   return {1, 0, 0, bad_a, bad_n, 0}
 end
@@ -42,7 +42,7 @@ end
 -- Expired leases go where they could change the answer or pile up: a network with
 -- a session limit sweeps only when a count reaches a limit (so its sets never hold
 -- more than the limit); one without, or in shadow mode (which admits past limits),
--- on every admission.
+-- on every Connect.
 local swept = false
 local function sweep()
   swept = true
