@@ -1443,13 +1443,15 @@ async fn held_refusals_keep_rules_exemptions_and_shadow_mode_exact(backend: Back
         action(&connect(&mut p.a, "mx1", "s4", "10.7.7.2").await),
         Action::Accept
     );
+    // Promised to the caller for the address alone: an exempt address (and a name
+    // rule) could tell the network's addresses apart, which a caller does not know.
     let net = connect(&mut p.a, "mx1", "s5", "10.7.7.3").await;
     assert_eq!(
         (action(&net), net.hold_source.as_str()),
-        (Action::Disconnect, "10.7.7.0/24")
+        (Action::Disconnect, "10.7.7.3")
     );
     assert!(net.hold_ms > 0);
-    // Held for every address of the network but the exempt one.
+    // The limiter holds the whole network, for every address of it but the exempt one.
     let v = connect(&mut p.a, "mx1", "s6", "10.7.7.4").await;
     assert_eq!(
         (action(&v), v.rule.as_str()),
