@@ -1414,8 +1414,8 @@ async fn held_refusals_end_when_the_store_would_admit(backend: Backend) {
 }
 
 /// Holds never change who gets in: an exempt address of a held network, a host rule
-/// that lifts the limit, and shadow mode (which holds nothing) are all answered as
-/// without holds.
+/// that lifts the limit, a reload that raises it, and shadow mode (which holds
+/// nothing) are all answered as without holds.
 async fn held_refusals_keep_rules_exemptions_and_shadow_mode_exact(backend: Backend) {
     let toml = "[client_rate]\nwindow = \"1h\"\naddress = 1\nnetwork = 3\n[client_conn]\naddress = 0\nnetwork = 0\n";
     let access = "Connect:10.7.7.9\tOK\nClientRate:friendly.example\t0\n";
@@ -1460,6 +1460,15 @@ async fn held_refusals_keep_rules_exemptions_and_shadow_mode_exact(backend: Back
     assert_eq!(
         action(&connect(&mut p.a, "mx1", "s7", "10.7.7.9").await),
         Action::Accept
+    );
+
+    // A reload that raises the limit: the held address gets in at once.
+    let toml = "[client_rate]\nwindow = \"1h\"\naddress = 5\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n";
+    p.policy.set(policy(toml, ""));
+    assert_eq!(
+        action(&connect(&mut p.a, "mx1", "s8", "10.7.7.1").await),
+        Action::Accept,
+        "held under the old limit only"
     );
 
     // Shadow mode counts every connection: nothing is held, nothing refused.
