@@ -12,6 +12,14 @@ const LIMITS: &str = "[client_rate]\nwindow = \"1h\"\naddress = 2\nnetwork = 0\n
 [bad_rcpt]\ntarpit_after = 1\nblock_after = 3\nnetwork_tarpit_after = 0\nnetwork_block_after = 0\ntarpit_delay = \"300ms\"\n\
 [envelope]\nmax_rcpts_per_message = 2\nbad_rcpt_throttle = 0\ngreet_pause = \"0ms\"\n";
 
+/// The limiter calls the agent has made so far.
+fn limiter_calls(a: &mx_agent::agent::Agent) -> u64 {
+    a.limiter
+        .stats
+        .calls
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 async fn session(addr: std::net::SocketAddr, ip: &str) -> (MilterClient, Reply) {
     let mut c = MilterClient::open(addr).await.unwrap();
     let r = c
@@ -442,12 +450,7 @@ async fn a_held_refusal_costs_no_limiter_call_until_the_agents_bound() {
     let (_c, r) = session(addr, "10.0.9.3").await;
     assert_eq!(r, rate);
     let after_refusal = Instant::now();
-    let calls = || {
-        a.limiter
-            .stats
-            .calls
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let calls = || limiter_calls(&a);
     let before = calls();
     for i in 4..20 {
         let (_c, r) = session(addr, &format!("10.0.9.{i}")).await;
@@ -530,12 +533,7 @@ async fn an_exempt_address_in_a_held_network_still_gets_in() {
     let (_c, r) = session(addr, "10.0.12.3").await;
     assert_eq!(r, rate);
     assert_eq!(a.limiter.holds.len(), 1);
-    let calls = || {
-        a.limiter
-            .stats
-            .calls
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let calls = || limiter_calls(&a);
     let made = calls();
     let (_c, r) = session(addr, "10.0.12.9").await;
     assert_eq!(r, Reply::Continue, "the exempt address");
