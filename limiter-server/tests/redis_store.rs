@@ -303,6 +303,38 @@ async fn one_evalsha_per_decision_on_a_server_and_on_a_cluster() {
         let held = connect(&mut p.a, "mx1", "s4", "10.30.0.3").await;
         assert_eq!(held.reason, "client_rate");
         assert_eq!(seen(&monitors), Vec::<String>::new(), "{backend:?}: held");
+        // Ended sessions of three networks: one script on a server, one per network
+        // (each network's keys on its own slot) on a cluster.
+        let ips = ["10.30.0.9", "10.31.0.9", "10.32.0.9"];
+        for (i, ip) in ips.iter().enumerate() {
+            connect(&mut p.a, "mx1", &format!("r{i}"), ip).await;
+        }
+        seen(&monitors);
+        let leases = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| mxlimit_proto::v1::Lease {
+                session_id: format!("r{i}"),
+                client_ip: ip.to_string(),
+            })
+            .collect();
+        let released =
+            p.a.release(mxlimit_proto::v1::ReleaseRequest {
+                node: "mx1".into(),
+                epoch: "e1".into(),
+                leases,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .released;
+        assert_eq!(released, 3);
+        let want = if backend == Backend::Cluster { 3 } else { 1 };
+        assert_eq!(
+            seen(&monitors),
+            vec!["EVALSHA".to_string(); want],
+            "{backend:?}: Release"
+        );
     }
 }
 

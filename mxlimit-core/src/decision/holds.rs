@@ -45,6 +45,10 @@ struct Hold {
     /// Local monotonic ms, see [`Holds::now_ms`].
     until: u64,
     what: Held,
+    /// The level promised to callers (`Verdict.hold_source`), decided once when the
+    /// hold is made: the hold's own, or the address where rules tell a network's
+    /// addresses apart.
+    promise: Level,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +66,8 @@ enum Held {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Holding {
     pub refusal: Refusal,
-    pub level: Level,
+    /// The level promised to callers.
+    pub promise: Level,
     pub ms_left: u64,
 }
 
@@ -220,7 +225,7 @@ impl Holds {
         };
         Some(Holding {
             refusal,
-            level,
+            promise: hold.promise,
             ms_left,
         })
     }
@@ -238,8 +243,9 @@ impl Holds {
     }
 
     /// Remembers a refusal the store gave to a call sent with `ticket`, if it holds
-    /// (`hold_ms` from the store; `window_ms` the ClientRate window it counted in).
-    /// Returns the hold's level and ms left from now.
+    /// (`hold_ms` from the store; `window_ms` the ClientRate window it counted in;
+    /// `promise` gives the level promised to callers for the hold's level). Returns
+    /// the promised level and ms left from now.
     pub fn remember(
         &self,
         source: &Source,
@@ -247,6 +253,7 @@ impl Holds {
         hold_ms: u64,
         window_ms: u64,
         ticket: Ticket,
+        promise: impl FnOnce(Level) -> Level,
     ) -> Option<(Level, u64)> {
         let (level, what) = match refusal {
             Refusal::Banned { level, .. } => (level, Held::Banned),
@@ -263,6 +270,7 @@ impl Holds {
             Level::Address => Key::Address(source.ip),
             Level::Network => Key::Network(source.net),
         };
+        let promise = promise(level);
         let mut s = self.shard(&key);
         if s.len() >= self.shard_cap && !s.contains_key(&key) {
             let last = self.searched_full.load(Ordering::Relaxed);
@@ -276,16 +284,23 @@ impl Holds {
             }
             if s.len() >= self.shard_cap {
                 // Full of live holds: this one is not kept (the store still answers).
-                return Some((level, until - now));
+                return Some((promise, until - now));
             }
         }
         // Checked again under the shard lock: a clear takes every shard's lock.
         if !self.current(ticket) {
             return None;
         }
-        s.insert(key, Hold { until, what });
+        s.insert(
+            key,
+            Hold {
+                until,
+                what,
+                promise,
+            },
+        );
         self.any.store(1, Ordering::Relaxed);
-        Some((level, until - now))
+        Some((promise, until - now))
     }
 
     /// Whether nothing was cleared and no newer policy came since `ticket`: the store
@@ -339,7 +354,7 @@ mod tests {
             level: Level::Address,
             count: 5,
         };
-        assert!(h.remember(&s, r, 60_000, W, t).is_some());
+        assert!(h.remember(&s, r, 60_000, W, t, |l| l).is_some());
         assert_eq!(h.check(&s, &limits(5, 0), W).map(|x| x.refusal), Some(r));
         assert_eq!(h.check(&s, &limits(3, 0), W).map(|x| x.refusal), Some(r));
         assert_eq!(
@@ -361,12 +376,12 @@ mod tests {
             level: Level::Address,
             count: 2,
         };
-        h.remember(&a, rate, 60_000, W, t);
+        h.remember(&a, rate, 60_000, W, t, |l| l);
         let ban = Refusal::Banned {
             level: Level::Network,
             remaining_ms: 60_000,
         };
-        h.remember(&a, ban, 60_000, W, t);
+        h.remember(&a, ban, 60_000, W, t, |l| l);
         let got = h.check(&src("192.0.2.77"), &limits(2, 0), W).unwrap();
         assert!(matches!(
             got.refusal,
@@ -391,12 +406,12 @@ mod tests {
             level: Level::Address,
             count: 1,
         };
-        assert_eq!(h.remember(&s, conn, 60_000, W, t), None);
+        assert_eq!(h.remember(&s, conn, 60_000, W, t, |l| l), None);
         let rate = Refusal::Rate {
             level: Level::Address,
             count: 1,
         };
-        assert_eq!(h.remember(&s, rate, 0, W, t), None);
+        assert_eq!(h.remember(&s, rate, 0, W, t, |l| l), None);
         assert!(h.is_empty());
     }
 
@@ -408,12 +423,12 @@ mod tests {
             level: Level::Address,
             remaining_ms: 60_000,
         };
-        h.remember(&s, ban, 60_000, W, h.ticket(0));
+        h.remember(&s, ban, 60_000, W, h.ticket(0), |l| l);
         h.policy_generation(0);
         assert!(h.check(&s, &limits(0, 0), W).is_some(), "same generation");
         h.policy_generation(1);
         assert!(h.check(&s, &limits(0, 0), W).is_none());
-        h.remember(&s, ban, 60_000, W, h.ticket(0));
+        h.remember(&s, ban, 60_000, W, h.ticket(0), |l| l);
         h.unblocks(7);
         assert!(h.check(&s, &limits(0, 0), W).is_none());
     }
@@ -426,7 +441,7 @@ mod tests {
             level: Level::Address,
             count: 2,
         };
-        h.remember(&s, rate, 60_000, W, h.ticket(0));
+        h.remember(&s, rate, 60_000, W, h.ticket(0), |l| l);
         assert!(
             h.check(&s, &limits(2, 0), W / 2).is_none(),
             "a shorter window"
@@ -434,8 +449,29 @@ mod tests {
         // Sent, then an unblock cleared everything, then the store's answer came.
         let sent = h.ticket(0);
         h.unblocks(1);
-        assert_eq!(h.remember(&s, rate, 60_000, W, sent), None);
+        assert_eq!(h.remember(&s, rate, 60_000, W, sent, |l| l), None);
         assert!(h.check(&s, &limits(2, 0), W).is_none());
+    }
+
+    #[test]
+    fn the_promised_level_is_decided_once_and_kept_with_the_hold() {
+        let h = Holds::default();
+        let a = src("192.0.2.1");
+        let ban = Refusal::Banned {
+            level: Level::Network,
+            remaining_ms: 60_000,
+        };
+        let mut asked = 0;
+        let made = h.remember(&a, ban, 60_000, W, h.ticket(0), |_| {
+            asked += 1;
+            Level::Address
+        });
+        assert_eq!(made.map(|m| m.0), Some(Level::Address));
+        for _ in 0..3 {
+            let got = h.check(&src("192.0.2.9"), &limits(0, 0), W).unwrap();
+            assert_eq!(got.promise, Level::Address);
+        }
+        assert_eq!(asked, 1);
     }
 
     #[test]
@@ -454,6 +490,7 @@ mod tests {
                 60_000,
                 W,
                 t,
+                |l| l,
             );
         }
         assert!(h.len() <= SHARDS * 4);

@@ -210,7 +210,7 @@ impl<S: Store> Engine<S> {
             if let Some(h) = self.holds.check(&source, &limits, window_ms) {
                 counter!(HELD_REFUSALS).increment(1);
                 let v = connect_verdict(&policy, &rules, &source, Some(h.refusal));
-                return Ok(reply(held(v, &policy, &source, h.level, h.ms_left), 0));
+                return Ok(reply(held(v, &source, h.promise, h.ms_left), 0));
             }
         }
 
@@ -232,11 +232,13 @@ impl<S: Store> Engine<S> {
         let mut v = counted_verdict(&policy, &rules, &source, access, outcome.refusal);
         if let Some(r) = outcome.refusal
             && !s.shadow
-            && let Some((level, ms_left)) =
+            && let Some((promise, ms_left)) =
                 self.holds
-                    .remember(&source, r, outcome.hold_ms, window_ms, ticket)
+                    .remember(&source, r, outcome.hold_ms, window_ms, ticket, |level| {
+                        promised_level(&policy, &source, level)
+                    })
         {
-            v = held(v, &policy, &source, level, ms_left);
+            v = held(v, &source, promise, ms_left);
         }
         Ok(reply(v, tarpit_ms(&policy, outcome.bad)))
     }
@@ -600,22 +602,27 @@ fn connect_verdict(
     }
 }
 
-/// A refusal that holds `ms_left` more for the source at `level`, as the verdict
-/// promises it to the caller, who may refuse `hold_source` itself without asking (and
-/// without the rules). So a network's hold is promised for the network only when no
-/// `Connect:` entry (an exemption above all) could tell its addresses apart, else for
-/// the address; an address's hold depends on the client's name too where name rules
-/// exist, which the caller keeps with it (mx-agent does).
-fn held(mut v: Verdict, policy: &Policy, source: &Source, level: Level, ms_left: u64) -> Verdict {
-    let level = match level {
+/// A refusal that holds `ms_left` more for the source at the `promise` level, as the
+/// verdict tells the caller, who may refuse `hold_source` itself without asking.
+fn held(mut v: Verdict, source: &Source, promise: Level, ms_left: u64) -> Verdict {
+    v.hold_ms = ms(ms_left);
+    v.hold_source = source.at(promise);
+    v
+}
+
+/// The level a hold at `level` is promised for. A caller refuses `hold_source` without
+/// the rules, so a network's hold is promised for the network only when no `Connect:`
+/// entry (an exemption above all) could tell its addresses apart, else for the
+/// address; an address's hold depends on the client's name too where name rules
+/// exist, which the caller keeps with it (mx-agent does). Decided once per hold: the
+/// search goes over the access entries.
+fn promised_level(policy: &Policy, source: &Source, level: Level) -> Level {
+    match level {
         Level::Network if policy.table(Tag::Connect).has_entries_within(source.net) => {
             Level::Address
         }
         l => l,
-    };
-    v.hold_ms = ms(ms_left);
-    v.hold_source = source.at(level);
-    v
+    }
 }
 
 /// What [`Engine::before_counting`] leaves to the store.

@@ -2,7 +2,8 @@
 //! attack the limiter refuses thousands of connections a second, and a line each
 //! (~200 bytes) would fill disks and drown everything else. At most
 //! [`LINES_PER_SECOND`] lines a second are written; the rest are counted
-//! (`mxlimit_refusal_logs_suppressed_total`) and summed up in one line a second.
+//! (`mxlimit_refusal_logs_suppressed_total`) and summed up in one line, written with
+//! the first refusal of a later second.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -78,7 +79,7 @@ pub fn log(rpc: &str, node: &str, source: &Source, v: Option<&Verdict>) {
         tracing::info!(
             suppressed,
             per_second = LINES_PER_SECOND,
-            "refusals not logged in the last second (over the log budget; counted in metrics)"
+            "refusals not logged since the last refused line (over the log budget; counted in metrics)"
         );
     }
     if !write {
