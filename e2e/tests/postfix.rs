@@ -48,6 +48,7 @@ pub async fn cluster(toml: &str, access: &str, n: usize) -> Cluster {
             &PostfixOptions {
                 milter: Some(milter),
                 mailboxes: vec!["alice@mx.test".into()],
+                ipv6: true,
                 ..Default::default()
             },
         ));
@@ -374,4 +375,40 @@ async fn postfix_with_its_agent_gone_socketmap_tempfails_policy_dunno_passes() {
     ));
     let r = rcpt(&pf).await;
     assert!(r.code == 250 && r.took < Duration::from_secs(1), "{r:?}");
+}
+
+/// Through real Postfix, from IPv4 and IPv6: a source over its ClientRate is refused by
+/// the limiter once per MX; every reconnect after that is refused by that MX's agent
+/// from its hold, without a limiter call, with Postfix's same 421.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_refused_source_reconnecting_costs_its_mx_no_limiter_call_ipv4_and_ipv6() {
+    testkit::ipv6::route_on_lo("2001:db8:68::".parse().unwrap());
+    let toml = "[client_rate]\nwindow = \"1h\"\naddress = 1\nnetwork = 0\n[client_conn]\naddress = 0\nnetwork = 0\n";
+    let c = cluster(toml, "", 2).await;
+    let held = |n: usize| {
+        c.agents[n]
+            .limiter
+            .stats
+            .held
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    for (from, v6) in [("127.68.0.1", false), ("2001:db8:68::1", true)] {
+        let at = |n: usize| if v6 { c.mx[n].addr6() } else { c.mx[n].addr() };
+        // Admitted once, and kept open.
+        let (r, _open) = rcpts(at(0), from, &[]).await;
+        assert!(r.iter().all(|r| r.code < 300), "{from}: {r:?}");
+        for n in [0, 1] {
+            let before = held(n);
+            // The limiter refuses (on mx2 from its own hold: the agent asks it) ...
+            let first = refused_at_connect(at(n), from).await.expect("refused");
+            assert_eq!(first.code, 421, "{from} at mx{}: {first:?}", n + 1);
+            assert_eq!(held(n), before, "{from} at mx{}: asked the limiter", n + 1);
+            // ... and the agent holds it: the same reply, no call.
+            for _ in 0..3 {
+                let again = refused_at_connect(at(n), from).await.expect("refused");
+                assert_eq!(again.code, 421, "{from}: {again:?}");
+            }
+            assert_eq!(held(n), before + 3, "{from} at mx{}: held", n + 1);
+        }
+    }
 }

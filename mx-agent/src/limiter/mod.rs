@@ -91,6 +91,8 @@ pub struct Stats {
     pub calls: AtomicU64,
     pub fallbacks: AtomicU64,
     pub skipped: AtomicU64,
+    /// Connects refused from a hold, without a call.
+    pub held: AtomicU64,
     /// `Release` calls answered, and the leases they freed at the limiter.
     pub release_calls: AtomicU64,
     pub released: AtomicU64,
@@ -313,6 +315,7 @@ impl Limiter {
         // A refusal the limiter said still holds: no call.
         if let Some((verdict, policy)) = self.holds.check(ip, name) {
             counter!(m::HELD_REFUSALS).increment(1);
+            self.stats.held.fetch_add(1, Ordering::Relaxed);
             let a = Admission {
                 verdict,
                 policy,
