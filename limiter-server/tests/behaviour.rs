@@ -35,6 +35,7 @@ suite!(
     client_conn_leases_hold_across_instances_and_free_on_disconnect,
     leases_expire_without_heartbeat_and_live_with_it,
     a_new_epoch_frees_the_old_leases_at_once,
+    a_refused_first_connect_does_not_keep_a_network_out_of_the_registry,
     a_caller_without_epochs_keeps_its_leases_by_session_id,
     retried_calls_count_once,
     bad_recipients_spread_over_a_network_tarpit_then_ban_everywhere,
@@ -298,6 +299,46 @@ async fn a_new_epoch_frees_the_old_leases_at_once(backend: Backend) {
     assert_eq!(
         action(&connect(&mut p.b, "mx8", "y", ip).await),
         Action::Disconnect
+    );
+}
+
+/// The limiter writes a node's network registry once per lease TTL; a refused Connect
+/// writes no lease, so the node's next admitted Connect there must still register the
+/// network, or a restart (new epoch) would not find that lease to free it.
+async fn a_refused_first_connect_does_not_keep_a_network_out_of_the_registry(backend: Backend) {
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 1\nnetwork = 0\nlease_ttl = \"1h\"\n";
+    let mut p = Pair::start(backend, policy(toml, "")).await;
+    let (taken, other) = ("10.6.7.1", "10.6.7.2");
+    assert_eq!(
+        action(&connect(&mut p.b, "mx8", "s0", taken).await),
+        Action::Accept
+    );
+    // mx9's first Connect in 10.6.7.0/24 is refused (the address holds its one session).
+    assert_eq!(
+        action(&connect(&mut p.a, "mx9", "s1", taken).await),
+        Action::Disconnect
+    );
+    // Its second, on the same limiter, is admitted.
+    assert_eq!(
+        action(&connect(&mut p.a, "mx9", "s2", other).await),
+        Action::Accept
+    );
+    assert_eq!(
+        action(&connect(&mut p.b, "mx7", "s3", other).await),
+        Action::Disconnect
+    );
+    // mx9 restarts: the new epoch frees s2, found through the registry.
+    p.b.heartbeat(HeartbeatRequest {
+        node: "mx9".into(),
+        epoch: "e2".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        action(&connect(&mut p.b, "mx7", "s4", other).await),
+        Action::Accept,
+        "the restarted node's old lease was freed"
     );
 }
 

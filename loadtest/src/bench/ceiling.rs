@@ -83,21 +83,17 @@ pub fn measure(redis_url: &str, clients: u32, requests: u64) -> Result<Ceiling> 
     let tag = format!("{PREFIX}:{{n4:bench__rand_int__}}");
     let key = |k: &str| format!("{tag}:{k}");
     let member = "10.0.0.1\u{1f}bench\u{1f}e\u{1f}__rand_int__";
-    // One admitted connection with every limit on and none reached. KEYS 7 and 10 are
-    // the node registry a single server keeps; fixed, as a node's steady state is (the
-    // registry is written once per lease TTL, read on every Connect). KEYS 8 and 9 are
-    // the bad-recipient logs, read for the tarpit.
-    let mut connect: Vec<String> = ["x:a", "x", "r:a", "r", "c", "l"]
+    // One admitted connection with every limit on and none reached, as a node's steady
+    // state is: without the registry key (the limiter sends it once per lease TTL per
+    // node and network). KEYS 7 and 8 are the bad-recipient logs, read for the tarpit.
+    let mut connect: Vec<String> = ["x:a", "x", "r:a", "r", "c", "l", "b:a", "b"]
         .iter()
         .map(|k| key(k))
         .collect();
-    connect.push(format!("{PREFIX}:{{n4:bench}}:nodes"));
-    connect.extend(["b:a", "b"].iter().map(|k| key(k)));
-    connect.push(format!("{PREFIX}:node:bench:nets"));
     connect.extend(
         [
-            member, "1000000", "1000000", "60000", "1000000", "1000000", "30000", "0", "bench",
-            "n4:bench", "120000", "10.0.0.1", "60000",
+            member, "1000000", "1000000", "60000", "1000000", "1000000", "30000", "0", "10.0.0.1",
+            "60000",
         ]
         .map(String::from),
     );
@@ -107,7 +103,7 @@ pub fn measure(redis_url: &str, clients: u32, requests: u64) -> Result<Ceiling> 
         &server,
         "connect.lua",
         sources::CONNECT,
-        10,
+        8,
         &connect,
         clients,
         requests,

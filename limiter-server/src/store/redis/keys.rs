@@ -56,8 +56,6 @@ pub fn node_keys(prefix: &str, node: &str) -> (String, String) {
 pub const RATE: &str = "r";
 pub const LEASES: &str = "c";
 pub const INDEX: &str = "l";
-/// The nodes that registered this network.
-pub const NODES: &str = "nodes";
 
 /// Bans, ban counts for escalation (`offences`), bad-RCPT logs and the logs of each
 /// offence kind, at both levels. Shadow mode keeps its own, so that would-be bans never

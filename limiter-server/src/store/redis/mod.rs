@@ -13,7 +13,7 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{ConnectionInfo, FromRedisValue, IntoConnectionInfo, Script, ScriptInvocation};
 
-use keys::{INDEX, LEASES, NODES, NetKeys, RATE, net_base, node_keys, penalties};
+use keys::{INDEX, LEASES, NetKeys, RATE, net_base, node_keys, penalties};
 
 use mxlimit_core::source::{Level, Source};
 use mxlimit_core::store::{
@@ -199,8 +199,8 @@ pub struct RedisStore {
     registered: Registered,
 }
 
-/// On a cluster, which (node, network) this instance put in the node's registry
-/// lately, so that the registry write goes out with a Connect only once per lease TTL.
+/// Which (node, network) this instance put in the node's registry lately, so that the
+/// registry write goes out with a Connect only once per lease TTL.
 #[derive(Default)]
 struct Registered(Mutex<HashMap<(String, String), Instant>>);
 
@@ -452,7 +452,6 @@ impl Store for RedisStore {
     // then its reply read back.
     async fn connect(&self, op: &ConnectOp<'_>) -> Result<ConnectOutcome, StoreError> {
         let k = NetKeys::new(&self.prefix, op.source);
-        let (_, registry) = node_keys(&self.prefix, op.lease.node);
         let p = penalties(op.shadow);
         let mut inv = self.scripts.connect.key(k.addr(p.ban));
         inv.key(k.net(p.ban))
@@ -460,19 +459,8 @@ impl Store for RedisStore {
             .key(k.net(RATE))
             .key(k.net(LEASES))
             .key(k.net(INDEX))
-            .key(k.net(NODES))
             .key(k.addr(p.bad))
             .key(k.net(p.bad));
-        // One server: the node's registry is kept by the same script. A cluster keeps it
-        // on another shard: it is written alongside (at the same time, not after), once
-        // per lease TTL per node and network.
-        let register = if self.is_cluster() {
-            let ttl = Duration::from_millis(op.lease_ttl_ms);
-            self.registered.claim(op.lease.node, &op.source.tag, ttl)
-        } else {
-            inv.key(&registry);
-            false
-        };
         inv.arg(op.lease.member(&op.source.ip_text))
             .arg(op.rate.address)
             .arg(op.rate.network)
@@ -481,12 +469,22 @@ impl Store for RedisStore {
             .arg(op.conn.network)
             .arg(op.lease_ttl_ms)
             .arg(if op.shadow { "1" } else { "0" })
-            .arg(op.lease.node)
-            .arg(&op.source.tag)
-            .arg(registry_ttl_ms(op.lease_ttl_ms))
             .arg(&op.source.ip_text)
             .arg(op.bad_window_ms);
-        let r: Vec<i64> = if register {
+        // The node's registry is written once per lease TTL per node and network, not
+        // read on every Connect. One server: by the same script, with the lease. A
+        // cluster keeps it on another shard: it is written alongside (at the same time,
+        // not after).
+        let ttl = Duration::from_millis(op.lease_ttl_ms);
+        let register = self.registered.claim(op.lease.node, &op.source.tag, ttl);
+        let in_script = register && !self.is_cluster();
+        if in_script {
+            let (_, registry) = node_keys(&self.prefix, op.lease.node);
+            inv.key(registry)
+                .arg(&op.source.tag)
+                .arg(registry_ttl_ms(op.lease_ttl_ms));
+        }
+        let r: Vec<i64> = if register && !in_script {
             let tags = [op.source.tag.as_str()];
             let (r, reg) = futures_util::join!(
                 self.invoke(&inv),
@@ -500,7 +498,11 @@ impl Store for RedisStore {
             }
             r?
         } else {
-            self.invoke(&inv).await?
+            self.invoke(&inv).await.inspect_err(|_| {
+                if in_script {
+                    self.registered.forget(op.lease.node, &op.source.tag);
+                }
+            })?
         };
         let [code, lvl, value, bad_a, bad_n, hold] = r[..] else {
             return Err(StoreError::Reply(format!("connect returned {r:?}")));
@@ -526,6 +528,11 @@ impl Store for RedisStore {
             }),
             _ => return Err(StoreError::Reply(format!("connect returned code {code}"))),
         };
+        // A refusal (shadow mode admits past it) or a retry wrote no lease, and no
+        // registry either: the next Connect registers.
+        if in_script && (code == 1 || (code >= 2 && !op.shadow)) {
+            self.registered.forget(op.lease.node, &op.source.tag);
+        }
         Ok(ConnectOutcome {
             refusal,
             retry: code == 1,

@@ -6,11 +6,12 @@
 -- scored 0 (to count one address's leases by lexical range).
 --
 -- KEYS: 1 ban:address  2 ban:network  3 rate:address  4 rate:network  5 leases
---       6 index  7 nodes registered in this network  8 bad:address  9 bad:network
---       [10 the node's network registry: only when the server is not a cluster]
+--       6 index  7 bad:address  8 bad:network
+--       [9 the node's network registry: on one server, when the limiter has not
+--        registered this network for the node within the lease TTL]
 -- ARGV: 1 lease member  2 rate limit address  3 rate limit network  4 window ms
 --       5 conn limit address  6 conn limit network  7 lease ttl ms  8 shadow (0/1)
---       9 node  10 network tag  11 registry ttl ms  12 address  13 bad window ms
+--       9 address  10 bad window ms  [11 network tag  12 registry ttl ms: with KEYS[9]]
 -- Returns {code, level, value, bad address, bad network, hold}:
 --   code 0 admitted, 1 retry of an admitted session, 2 banned, 3 rate, 4 conn;
 --   level 1 address, 2 network; value: ban ms left, or the count that refused;
@@ -26,11 +27,11 @@ local window = tonumber(ARGV[4])
 local conn_a, conn_n = tonumber(ARGV[5]), tonumber(ARGV[6])
 local ttl = tonumber(ARGV[7])
 local shadow = ARGV[8] == '1'
-local ip = ARGV[12]
-local bad_from = '(' .. (now - tonumber(ARGV[13]))
+local ip = ARGV[9]
+local bad_from = '(' .. (now - tonumber(ARGV[10]))
 local function bad()
-  return redis.call('ZCOUNT', KEYS[8], bad_from, '+inf'),
-    redis.call('ZCOUNT', KEYS[9], bad_from, '+inf')
+  return redis.call('ZCOUNT', KEYS[7], bad_from, '+inf'),
+    redis.call('ZCOUNT', KEYS[8], bad_from, '+inf')
 end
 
 local lease_until = redis.call('ZSCORE', KEYS[5], member)
@@ -123,16 +124,12 @@ if redis.call('PEXPIRETIME', KEYS[5]) < now + ttl then
 end
 
 -- On one server the node's registry (which lets a heartbeat with a new epoch find this
--- network again) is kept here, once per lease TTL per node and network.
-if KEYS[10] then
-  local last = redis.call('HGET', KEYS[7], ARGV[9])
-  if not last or tonumber(last) <= now - ttl then
-    local reg_ttl = tonumber(ARGV[11])
-    redis.call('HSET', KEYS[7], ARGV[9], now)
-    redis.call('PEXPIRE', KEYS[7], reg_ttl)
-    redis.call('ZADD', KEYS[10], now, ARGV[10])
-    redis.call('PEXPIRE', KEYS[10], reg_ttl)
-  end
+-- network again) is written here, atomically with the lease; the limiter sends the key
+-- once per lease TTL per node and network.
+if KEYS[9] then
+  local reg_ttl = tonumber(ARGV[12])
+  redis.call('ZADD', KEYS[9], now, ARGV[11])
+  redis.call('PEXPIRE', KEYS[9], reg_ttl)
 end
 local bad_a, bad_n = bad()
 return {code, level, value, bad_a, bad_n, 0}
