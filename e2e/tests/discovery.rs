@@ -14,8 +14,10 @@ use mxlimit_core::store::memory::MemoryStore;
 use testkit::milter::{MilterClient, Reply};
 use testkit::{DnsServer, Limiter};
 
-/// A limiter on `ip:port` that refuses 10.50.0.0/24 (`refuse`) or not.
-async fn limiter_at(ip: &str, port: u16, refuse: bool) -> Limiter {
+/// A limiter on `ip:port` that refuses 10.50.0.0/24 (`refuse`) or not. Limiters share
+/// their store, as in production (one Redis behind every limiter): a session's
+/// release may reach another limiter than its Connect did.
+async fn limiter_at(ip: &str, port: u16, refuse: bool, store: Arc<MemoryStore>) -> Limiter {
     let access = if refuse {
         "Connect:10.50.0\tREJECT\n"
     } else {
@@ -25,12 +27,7 @@ async fn limiter_at(ip: &str, port: u16, refuse: bool) -> Limiter {
         "[client_rate]\naddress = 0\nnetwork = 0\n",
         access,
     )));
-    Limiter::start_at(
-        Arc::new(MemoryStore::new(Default::default())),
-        policy,
-        format!("{ip}:{port}").parse().unwrap(),
-    )
-    .await
+    Limiter::start_at(store, policy, format!("{ip}:{port}").parse().unwrap()).await
 }
 
 async fn verdict(milter: SocketAddr, i: u32) -> Reply {
@@ -47,8 +44,9 @@ async fn verdict(milter: SocketAddr, i: u32) -> Reply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_spread_over_every_address_and_follow_dns_changes() {
     let port = testkit::free_port();
-    let _a = limiter_at("127.0.0.1", port, true).await;
-    let _b = limiter_at("127.0.0.2", port, false).await;
+    let store = Arc::new(MemoryStore::new(Default::default()));
+    let _a = limiter_at("127.0.0.1", port, true, store.clone()).await;
+    let _b = limiter_at("127.0.0.2", port, false, store).await;
     let mut dns = DnsServer::start(&[
         "--host-record=limiters.test,127.0.0.1",
         "--host-record=limiters.test,127.0.0.2",
