@@ -23,6 +23,9 @@ use mxlimit_core::store::ledger::Ledger;
 
 /// The health-check name of the limiter service.
 pub const SERVICE_NAME: &str = "mxlimit.v1.Limiter";
+/// Largest Limiter request decoded: room for a heartbeat's 100 000 sessions with long
+/// ids (past it, `RESOURCE_EXHAUSTED` before anything is read).
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 
 /// Server settings beyond the engine.
 #[derive(Debug)]
@@ -109,7 +112,10 @@ pub async fn serve<S: Store + Ledger>(
         .timeout(options.request_timeout)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(LimiterServer::new(LimiterService::new(engine)))
+        .add_service(
+            LimiterServer::new(LimiterService::new(engine))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .add_service(admin);
     let stopping = async move {
         shutdown.await;

@@ -37,6 +37,8 @@ suite!(
     a_new_epoch_frees_the_old_leases_at_once,
     a_refused_first_connect_does_not_keep_a_network_out_of_the_registry,
     a_caller_without_epochs_keeps_its_leases_by_session_id,
+    bare_session_ids_are_found_by_index_not_by_visiting_networks,
+    a_heartbeat_over_the_cap_is_refused_whole,
     retried_calls_count_once,
     bad_recipients_spread_over_a_network_tarpit_then_ban_everywhere,
     a_tarpitted_source_s_new_sessions_are_tarpitted_from_the_start,
@@ -391,6 +393,117 @@ async fn a_caller_without_epochs_keeps_its_leases_by_session_id(backend: Backend
         (action(&v), v.reason.as_str()),
         (Action::Disconnect, "client_conn"),
         "the renewed lease still holds"
+    );
+}
+
+/// A contract caller's heartbeat names thousands of sessions in as many networks by id
+/// alone: each is found through the node's session index (in calls of at most 250),
+/// and all are renewed; ids the index does not hold are counted, not searched for.
+async fn bare_session_ids_are_found_by_index_not_by_visiting_networks(backend: Backend) {
+    const N: usize = 2500;
+    let toml = "[client_rate]\naddress = 0\nnetwork = 0\n[client_conn]\naddress = 1\nnetwork = 0\n";
+    let mut p = Pair::start(backend, policy(toml, "")).await;
+    let ip = |i: usize| format!("10.{}.{}.1", 100 + i / 256, i % 256);
+    for i in 0..N {
+        let mut req = connect_req("mta1", &format!("q{i}"), &ip(i));
+        req.epoch.clear();
+        let v = p
+            .inst(i)
+            .connect(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .verdict
+            .unwrap();
+        assert_eq!(action(&v), Action::Accept);
+    }
+    // One session with an epoch: the caller should send its address (`leases`).
+    assert_eq!(
+        action(&connect(&mut p.a, "mta1", "with-epoch", "10.99.0.1").await),
+        Action::Accept
+    );
+    let mut ids: Vec<String> = (0..N).map(|i| format!("q{i}")).collect();
+    ids.push("with-epoch".into());
+    ids.push("never-connected".into());
+    let reply =
+        p.b.heartbeat(HeartbeatRequest {
+            node: "mta1".into(),
+            epoch: "e1".into(),
+            session_ids: ids,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (reply.renewed, reply.unknown_sessions),
+        (N as u64, 2),
+        "every epoch-less session renewed, in {N} networks; the other two unknown"
+    );
+    // The same sessions with their addresses renew alike, the one with an epoch too.
+    let mut leases: Vec<Lease> = (0..N)
+        .map(|i| Lease {
+            session_id: format!("q{i}"),
+            client_ip: ip(i),
+        })
+        .collect();
+    leases.push(Lease {
+        session_id: "with-epoch".into(),
+        client_ip: "10.99.0.1".into(),
+    });
+    let reply =
+        p.a.heartbeat(HeartbeatRequest {
+            node: "mta1".into(),
+            epoch: "e1".into(),
+            leases,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((reply.renewed, reply.unknown_sessions), (N as u64 + 1, 0));
+}
+
+/// At most 100 000 sessions per heartbeat, bare and with address together: one over is
+/// refused as a whole, with a message that says so, and nothing is renewed.
+async fn a_heartbeat_over_the_cap_is_refused_whole(backend: Backend) {
+    let p = Pair::start(backend, policy("", "")).await;
+    let mut a = p.a.clone();
+    let e = a
+        .heartbeat(HeartbeatRequest {
+            node: "mta1".into(),
+            epoch: "e1".into(),
+            session_ids: (0..60_000).map(|i| format!("s{i}")).collect(),
+            leases: (0..40_001)
+                .map(|i| Lease {
+                    session_id: format!("l{i}"),
+                    client_ip: "192.0.2.1".into(),
+                })
+                .collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().contains("100001 entries, at most 100000"),
+        "{}",
+        e.message()
+    );
+    // A message over 16 MiB is refused before it is decoded (tonic's OUT_OF_RANGE).
+    let e = a
+        .heartbeat(HeartbeatRequest {
+            node: "mta1".into(),
+            epoch: "e1".into(),
+            session_ids: vec!["x".repeat(17 << 20)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{}", e.message());
+    assert!(
+        e.message().contains("the limit is: 16777216 bytes"),
+        "{}",
+        e.message()
     );
 }
 

@@ -40,6 +40,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The biggest heartbeat: N sessions in N networks renewed by bare id, by address,
+    /// and visited by an epoch change, timed, with the longest Redis command of the run
+    /// (starts its own redis-server or Redis Cluster).
+    Heartbeat {
+        /// memory, redis (one server) or cluster (three primaries).
+        #[arg(long, default_value = "redis")]
+        store: String,
+        /// Live sessions, each in its own IPv6 /64 (at most 100 000: one heartbeat).
+        #[arg(long, default_value_t = 100_000)]
+        sessions: usize,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Play an attack scenario against cluster-wide and per-host counting, side by side.
     Attack(AttackArgs),
     /// Self-contained: an embedded limiter, simulated MX nodes, the mixed attack with
@@ -203,6 +217,14 @@ async fn main() -> Result<()> {
                 print!("{}", c.text());
             }
             Ok(())
+        }
+        Cmd::Heartbeat {
+            store,
+            sessions,
+            json,
+        } => {
+            let h = bench::heartbeat::measure(&store, sessions).await?;
+            print_report(&h, json, bench::heartbeat::HeartbeatBench::text)
         }
         Cmd::Attack(a) => {
             let policy = match &a.policy {

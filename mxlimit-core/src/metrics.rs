@@ -28,6 +28,9 @@ pub const OFFENCES: &str = "mxlimit_offences_total";
 /// Connects refused from a hold (a ban's or ClientRate's refusal that still holds),
 /// with no store round trip.
 pub const HELD_REFUSALS: &str = "mxlimit_held_refusals_total";
+/// Bare session ids in heartbeats that the node's session index did not know (sessions
+/// admitted with an epoch, whose caller should send `leases`; or ended ones).
+pub const HEARTBEAT_UNKNOWN_SESSIONS: &str = "mxlimit_heartbeat_unknown_sessions_total";
 /// Refusal log lines not written because the log budget was spent (50 a second).
 pub const REFUSAL_LOGS_SUPPRESSED: &str = "mxlimit_refusal_logs_suppressed_total";
 /// Events not counted in the top lists because too many distinct sources came in one

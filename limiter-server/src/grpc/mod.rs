@@ -192,8 +192,10 @@ impl<S: Store> LimiterService<S> {
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
         let r = req.get_ref();
-        validate::count("session_ids", r.session_ids.len())?;
-        validate::count("leases", r.leases.len())?;
+        validate::count(
+            "session_ids and leases",
+            r.session_ids.len() + r.leases.len(),
+        )?;
         let mut leases = Vec::with_capacity(r.leases.len());
         for l in &r.leases {
             leases.push((

@@ -16,7 +16,7 @@ pub const MAX_NAME: usize = 253;
 pub const MAX_HELO: usize = 255;
 /// Longest recipient (RFC 5321 path, with room for brackets and parameters).
 pub const MAX_RECIPIENT: usize = 512;
-/// Most sessions in one heartbeat.
+/// Most sessions in one heartbeat (bare and with address together), or one release.
 pub const MAX_SESSIONS: usize = 100_000;
 
 fn bad(field: &str, why: impl std::fmt::Display) -> Status {

@@ -9,6 +9,7 @@
 
 pub mod ceiling;
 pub mod compare;
+pub mod heartbeat;
 pub mod jitter;
 pub mod rls;
 pub mod sweep;

@@ -20,7 +20,7 @@ use mxlimit_proto::v1::{
 use crate::decision::blocks::BlockTable;
 use crate::decision::holds::Holds;
 use crate::decision::tally::Tally;
-use crate::metrics::{HELD_REFUSALS, OFFENCES};
+use crate::metrics::{HEARTBEAT_UNKNOWN_SESSIONS, HELD_REFUSALS, OFFENCES};
 use crate::names::NameResolver;
 use crate::offence::OffenceKind;
 use crate::policy::access::{ConnectAction, Tag, Value};
@@ -30,8 +30,8 @@ use crate::source::{Level, Source};
 use crate::store::connect_order;
 use crate::store::ledger::Metric;
 use crate::store::{
-    BanPolicy, ConnectCounts, ConnectLimits, ConnectOp, HeartbeatOp, LeaseId, NetLeases,
-    NetSessions, OffenceOp, PerLevel, RecipientOp, Refusal, ReleaseOp, Store, StoreError,
+    BanPolicy, ConnectCounts, ConnectLimits, ConnectOp, HeartbeatOp, LeaseId, NetLeases, OffenceOp,
+    PerLevel, RecipientOp, Refusal, ReleaseOp, Store, StoreError,
 };
 use verdict::reason;
 
@@ -498,23 +498,10 @@ impl<S: Store> Engine<S> {
         leases: &[(&str, IpAddr)],
     ) -> Result<u64, StoreError> {
         let policy = self.policy.get();
-        let mut by_net: HashMap<IpNet, NetLeases<'_>> = HashMap::new();
-        for (session, ip) in leases {
-            let source = policy.source(*ip);
-            let ip_text = source.ip_text.clone();
-            by_net
-                .entry(source.net)
-                .or_insert_with(|| NetLeases {
-                    source,
-                    leases: Vec::new(),
-                })
-                .leases
-                .push((session, ip_text));
-        }
         let op = ReleaseOp {
             node,
             epoch,
-            by_net: by_net.into_values().collect(),
+            by_net: by_network(&policy, leases),
         };
         self.store.release(&op).await
     }
@@ -539,23 +526,37 @@ impl<S: Store> Engine<S> {
                 "leases of an earlier epoch freed"
             );
         }
-        Ok(HeartbeatReply { lease_ttl_ms })
+        if out.unknown > 0 {
+            counter!(HEARTBEAT_UNKNOWN_SESSIONS).increment(out.unknown);
+            tracing::debug!(
+                node = req.node,
+                unknown = out.unknown,
+                "heartbeat named sessions without address that no epoch-less Connect admitted"
+            );
+        }
+        Ok(HeartbeatReply {
+            lease_ttl_ms,
+            unknown_sessions: out.unknown,
+            renewed: out.renewed,
+        })
     }
 }
 
-/// Sessions grouped by their client's network, for the store.
-fn by_network<'a>(policy: &Policy, leases: &[(&'a str, IpAddr)]) -> Vec<NetSessions<'a>> {
-    let mut by_net: HashMap<IpNet, NetSessions<'a>> = HashMap::new();
+/// Sessions grouped by their client's network, each with its address as the lease
+/// member writes it.
+fn by_network<'a>(policy: &Policy, leases: &[(&'a str, IpAddr)]) -> Vec<NetLeases<'a>> {
+    let mut by_net: HashMap<IpNet, NetLeases<'a>> = HashMap::new();
     for (session, ip) in leases {
         let source = policy.source(*ip);
+        let ip_text = source.ip_text.clone();
         by_net
             .entry(source.net)
-            .or_insert_with(|| NetSessions {
+            .or_insert_with(|| NetLeases {
                 source,
-                sessions: Vec::new(),
+                leases: Vec::new(),
             })
-            .sessions
-            .push(session);
+            .leases
+            .push((session, ip_text));
     }
     by_net.into_values().collect()
 }

@@ -236,13 +236,6 @@ pub fn offence_event(node: &str, kind: OffenceKind, event: &str) -> String {
     format!("{node}{SEP}{kind}{SEP}{event}")
 }
 
-/// Live sessions of one network, for a heartbeat.
-#[derive(Debug, Clone)]
-pub struct NetSessions<'a> {
-    pub source: Source,
-    pub sessions: Vec<&'a str>,
-}
-
 /// A batch of ended sessions of one node, grouped by network: each lease freed as by
 /// `disconnect`.
 #[derive(Debug, Clone)]
@@ -252,7 +245,8 @@ pub struct ReleaseOp<'a> {
     pub by_net: Vec<NetLeases<'a>>,
 }
 
-/// Ended sessions of one network, for a release.
+/// Sessions of one network with their addresses: ended ones for a release, live ones
+/// for a heartbeat.
 #[derive(Debug, Clone)]
 pub struct NetLeases<'a> {
     /// A source of the network (its keys).
@@ -262,14 +256,20 @@ pub struct NetLeases<'a> {
 }
 
 /// A `Heartbeat`: renew the node's live leases; a new epoch frees the old ones.
+///
+/// The work it causes is bounded by what it names, not by what the node holds: each
+/// lease is renewed by its exact member (under this epoch, or none), and a session sent
+/// without its address is looked up in the node's session index, which holds only
+/// sessions admitted without an epoch (the design contract's callers; callers that
+/// send an epoch send `leases`). Only an epoch change visits every network the node
+/// took leases in.
 #[derive(Debug, Clone)]
 pub struct HeartbeatOp<'a> {
     pub node: &'a str,
     pub epoch: &'a str,
     /// Sessions whose client address is known, grouped by network.
-    pub by_net: Vec<NetSessions<'a>>,
-    /// Sessions sent without an address: looked for in every network the node holds
-    /// leases in.
+    pub by_net: Vec<NetLeases<'a>>,
+    /// Sessions sent without an address.
     pub bare: Vec<&'a str>,
     pub lease_ttl_ms: u64,
 }
@@ -280,7 +280,14 @@ pub struct HeartbeatOutcome {
     /// Leases of an older epoch, freed.
     pub freed: u64,
     pub epoch_changed: bool,
+    /// Bare session ids not in the node's session index (ended, expired, or admitted
+    /// with an epoch): nothing was renewed for them.
+    pub unknown: u64,
 }
+
+/// Most entries one store script of a heartbeat takes (session lookups or renewals), so
+/// that no single script runs long however big the heartbeat.
+pub const HEARTBEAT_CHUNK: usize = 250;
 
 /// The store behind the decisions. Every method is one atomic operation (one round
 /// trip on Redis) except `heartbeat`, which renews leases network by network.

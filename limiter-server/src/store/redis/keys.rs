@@ -51,6 +51,12 @@ pub fn node_keys(prefix: &str, node: &str) -> (String, String) {
     )
 }
 
+/// The node's session index entry of one session admitted without an epoch: its
+/// network tag and address, for a heartbeat that names it alone.
+pub fn node_session_key(prefix: &str, node: &str, session: &str) -> String {
+    format!("{prefix}:{{node:{node}}}:s:{session}")
+}
+
 // Kinds of keys. Admitted connections exist at both levels; leases only at network
 // level (an address's leases are a lexical range of the index).
 pub const RATE: &str = "r";

@@ -8,18 +8,19 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use futures_util::{StreamExt, stream};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{ConnectionInfo, FromRedisValue, IntoConnectionInfo, Script, ScriptInvocation};
 
-use keys::{INDEX, LEASES, NetKeys, RATE, net_base, node_keys, penalties};
+use keys::{INDEX, LEASES, NetKeys, RATE, net_base, node_keys, node_session_key, penalties};
 
 use mxlimit_core::source::{Level, Source};
 use mxlimit_core::store::{
-    Ban, ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, NetLeases, OffenceOp,
-    OffenceOutcome, PerLevel, RecipientOp, RecipientOutcome, Refusal, ReleaseOp, Store, StoreError,
-    registry_ttl_ms,
+    Ban, ConnectOp, ConnectOutcome, HEARTBEAT_CHUNK, HeartbeatOp, HeartbeatOutcome, LeaseId,
+    OffenceOp, OffenceOutcome, PerLevel, RecipientOp, RecipientOutcome, Refusal, ReleaseOp, Store,
+    StoreError, registry_ttl_ms,
 };
 
 /// How to reach Redis. Its `Debug` shows no password, from the fields or the URLs.
@@ -139,8 +140,14 @@ impl RedisConfig {
 pub mod sources {
     pub const CONNECT: &str = include_str!("scripts/connect.lua");
     pub const RELEASE: &str = include_str!("scripts/release.lua");
+    pub const RELEASE_MANY: &str = include_str!("scripts/release_many.lua");
     pub const RECIPIENT: &str = include_str!("scripts/recipient.lua");
     pub const OFFENCE: &str = include_str!("scripts/offence.lua");
+    pub const NODE: &str = include_str!("scripts/node.lua");
+    pub const REGISTER: &str = include_str!("scripts/register.lua");
+    pub const RESOLVE: &str = include_str!("scripts/resolve.lua");
+    pub const RENEW: &str = include_str!("scripts/renew.lua");
+    pub const SWEEP: &str = include_str!("scripts/sweep.lua");
 }
 
 #[derive(Clone)]
@@ -158,6 +165,8 @@ struct Scripts {
     release_many: Script,
     node: Script,
     register: Script,
+    resolve: Script,
+    renew: Script,
     sweep: Script,
 }
 
@@ -169,14 +178,16 @@ impl Scripts {
             recipient: Script::new(sources::RECIPIENT),
             offence: Script::new(sources::OFFENCE),
             release: Script::new(sources::RELEASE),
-            release_many: Script::new(include_str!("scripts/release_many.lua")),
-            node: Script::new(include_str!("scripts/node.lua")),
-            register: Script::new(include_str!("scripts/register.lua")),
-            sweep: Script::new(include_str!("scripts/sweep.lua")),
+            release_many: Script::new(sources::RELEASE_MANY),
+            node: Script::new(sources::NODE),
+            register: Script::new(sources::REGISTER),
+            resolve: Script::new(sources::RESOLVE),
+            renew: Script::new(sources::RENEW),
+            sweep: Script::new(sources::SWEEP),
         }
     }
 
-    fn all(&self) -> [&Script; 8] {
+    fn all(&self) -> [&Script; 10] {
         [
             &self.connect,
             &self.recipient,
@@ -185,6 +196,8 @@ impl Scripts {
             &self.release_many,
             &self.node,
             &self.register,
+            &self.resolve,
+            &self.renew,
             &self.sweep,
         ]
     }
@@ -373,30 +386,30 @@ impl RedisStore {
         })
     }
 
-    /// Renews and frees one node's leases in one network.
-    async fn sweep(
-        &self,
-        tag: &str,
-        op: &HeartbeatOp<'_>,
-        sessions: &[&str],
-    ) -> Result<(u64, u64), StoreError> {
-        let base = net_base(&self.prefix, tag);
-        let mut inv = self.scripts.sweep.key(format!("{base}{LEASES}"));
-        inv.key(format!("{base}{INDEX}"))
-            .arg(op.node)
-            .arg(op.epoch)
-            .arg(op.lease_ttl_ms);
-        for s in sessions {
-            inv.arg(*s);
+    /// Frees one node's leases of other epochs in networks that may share a call (one
+    /// server, or one hash slot), a budget of lease entries per call; how many.
+    async fn sweep(&self, tags: &[&str], node: &str, epoch: &str) -> Result<u64, StoreError> {
+        let mut freed = 0;
+        let mut rest = tags;
+        while !rest.is_empty() {
+            let mut inv = self.scripts.sweep.prepare_invoke();
+            for tag in rest {
+                let base = net_base(&self.prefix, tag);
+                inv.key(format!("{base}{LEASES}"))
+                    .key(format!("{base}{INDEX}"));
+            }
+            inv.arg(node).arg(epoch).arg(SWEEP_BUDGET);
+            let r: Vec<i64> = self.invoke(&inv).await?;
+            let [done, n] = r[..] else {
+                return Err(StoreError::Reply(format!("sweep returned {r:?}")));
+            };
+            let done = usize::try_from(done).unwrap_or(0).clamp(1, rest.len());
+            freed += n.max(0) as u64;
+            rest = &rest[done..];
         }
-        let r: Vec<i64> = self.invoke(&inv).await?;
-        match r.as_slice() {
-            [renewed, freed] => Ok((*renewed as u64, *freed as u64)),
-            other => Err(StoreError::Reply(format!("sweep returned {other:?}"))),
-        }
+        Ok(freed)
     }
 
-    /// Adds networks to a node's registry.
     async fn register(
         &self,
         node: &str,
@@ -412,6 +425,157 @@ impl RedisStore {
         let _: i64 = self.invoke(&inv).await?;
         Ok(())
     }
+}
+
+impl RedisStore {
+    /// Writes the session index entry of a session admitted without an epoch, on a
+    /// cluster (one server writes it in the Connect script).
+    async fn index_session(&self, op: &ConnectOp<'_>) -> Result<(), StoreError> {
+        let key = node_session_key(&self.prefix, op.lease.node, op.lease.session);
+        let value = format!("{}\u{1f}{}", op.source.tag, op.source.ip_text);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(registry_ttl_ms(op.lease_ttl_ms));
+        let _: () = match self.conn.clone() {
+            Conn::Single(mut c) => cmd.query_async(&mut c).await,
+            Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
+        }
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Every network in a node's registry, read a page at a time so that no command
+    /// runs long. Newest first: a network registered again meanwhile moves to the
+    /// front, so a page may repeat one but never skips one.
+    async fn registry(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut start = 0;
+        loop {
+            let mut cmd = redis::cmd("ZRANGE");
+            cmd.arg(key)
+                .arg(start)
+                .arg(start + HEARTBEAT_CHUNK - 1)
+                .arg("REV");
+            let page: Vec<String> = match self.conn.clone() {
+                Conn::Single(mut c) => cmd.query_async(&mut c).await,
+                Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
+            }
+            .map_err(unavailable)?;
+            let last = page.len() < HEARTBEAT_CHUNK;
+            seen.extend(page);
+            if last {
+                return Ok(seen.into_iter().collect());
+            }
+            start += HEARTBEAT_CHUNK;
+        }
+    }
+
+    /// Finds sessions named without their address in the node's session index: for
+    /// each, `Some((network tag, address))` or `None`.
+    async fn resolve(
+        &self,
+        node: &str,
+        sessions: &[&str],
+        registry_ttl: u64,
+    ) -> Result<Vec<Option<(String, String)>>, StoreError> {
+        let mut inv = self.scripts.resolve.prepare_invoke();
+        for s in sessions {
+            inv.key(node_session_key(&self.prefix, node, s));
+        }
+        inv.arg(registry_ttl);
+        let found: Vec<String> = self.invoke(&inv).await?;
+        if found.len() != sessions.len() {
+            return Err(StoreError::Reply(format!(
+                "resolve returned {} entries for {} sessions",
+                found.len(),
+                sessions.len()
+            )));
+        }
+        Ok(found
+            .into_iter()
+            .map(|v| {
+                v.split_once('\u{1f}')
+                    .map(|(tag, ip)| (tag.to_string(), ip.to_string()))
+            })
+            .collect())
+    }
+
+    /// Renews live sessions (each as its member, and another to try) in the networks
+    /// of one call (one hash slot on a cluster); the leases renewed in each.
+    async fn renew(
+        &self,
+        lease_ttl_ms: u64,
+        nets: &[(&str, &[(String, String)])],
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut inv = self.scripts.renew.prepare_invoke();
+        inv.arg(lease_ttl_ms);
+        for (tag, leases) in nets {
+            let base = net_base(&self.prefix, tag);
+            inv.key(format!("{base}{LEASES}"))
+                .key(format!("{base}{INDEX}"))
+                .arg(leases.len());
+            for (member, other) in *leases {
+                inv.arg(member.as_str()).arg(other.as_str());
+            }
+        }
+        let renewed: Vec<i64> = self.invoke(&inv).await?;
+        if renewed.len() != nets.len() {
+            return Err(StoreError::Reply(format!(
+                "renew returned {renewed:?} for {} networks",
+                nets.len()
+            )));
+        }
+        Ok(renewed)
+    }
+}
+
+/// Lease entries one `sweep.lua` call reads at most (past one network's whole set).
+const SWEEP_BUDGET: usize = 10_000;
+/// Store calls one heartbeat keeps in flight at a time, so that a big one shares the
+/// connection with the decisions instead of queueing ahead of them all: a decision
+/// waits for at most this many heartbeat scripts on one server. A cluster's calls are
+/// one hash slot each (a few networks, spread over the shards), so more go at once.
+const CALLS_IN_FLIGHT: usize = 2;
+const CLUSTER_CALLS_IN_FLIGHT: usize = 16;
+
+/// The Redis Cluster hash slot of a network's keys (`{tag}`), as Redis computes it.
+fn slot(tag: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384
+}
+
+/// Networks grouped by the calls they may share: on one server all of them, on a
+/// cluster those of one hash slot.
+fn share_calls<T>(items: Vec<(String, T)>, cluster: bool) -> Vec<Vec<(String, T)>> {
+    if !cluster {
+        return vec![items];
+    }
+    let mut by_slot: HashMap<u16, Vec<(String, T)>> = HashMap::new();
+    for (tag, v) in items {
+        by_slot.entry(slot(&tag)).or_default().push((tag, v));
+    }
+    by_slot.into_values().collect()
+}
+
+/// Per-network work cut into store calls of at most [`HEARTBEAT_CHUNK`] entries, each
+/// within one group of [`share_calls`].
+fn chunked_calls<T>(groups: &[Vec<(String, Vec<T>)>]) -> Vec<Vec<(&str, &[T])>> {
+    let mut calls: Vec<Vec<(&str, &[T])>> = Vec::new();
+    for group in groups {
+        let mut size = HEARTBEAT_CHUNK;
+        for (tag, entries) in group {
+            for part in entries.chunks(HEARTBEAT_CHUNK) {
+                if size + part.len() > HEARTBEAT_CHUNK {
+                    calls.push(Vec::new());
+                    size = 0;
+                }
+                calls.last_mut().expect("pushed above").push((tag, part));
+                size += part.len();
+            }
+        }
+    }
+    calls
 }
 
 /// Whether a single URL names a node of a Redis Cluster.
@@ -478,11 +642,26 @@ impl Store for RedisStore {
         let ttl = Duration::from_millis(op.lease_ttl_ms);
         let register = self.registered.claim(op.lease.node, &op.source.tag, ttl);
         let in_script = register && !self.is_cluster();
-        if in_script {
-            let (_, registry) = node_keys(&self.prefix, op.lease.node);
-            inv.key(registry)
-                .arg(&op.source.tag)
+        // A session admitted without an epoch goes into the node's session index, so
+        // that a heartbeat naming it without its address finds it (on a cluster, after
+        // the script: the index lives on the node's shard).
+        let index = op.lease.epoch.is_empty();
+        let index_in_script = index && !self.is_cluster();
+        inv.arg(if in_script { "1" } else { "0" })
+            .arg(if index_in_script { "1" } else { "0" });
+        if in_script || index_in_script {
+            inv.arg(&op.source.tag)
                 .arg(registry_ttl_ms(op.lease_ttl_ms));
+        }
+        if in_script {
+            inv.key(node_keys(&self.prefix, op.lease.node).1);
+        }
+        if index_in_script {
+            inv.key(node_session_key(
+                &self.prefix,
+                op.lease.node,
+                op.lease.session,
+            ));
         }
         let r: Vec<i64> = if register && !in_script {
             let tags = [op.source.tag.as_str()];
@@ -530,8 +709,12 @@ impl Store for RedisStore {
         };
         // A refusal (shadow mode admits past it) or a retry wrote no lease, and no
         // registry either: the next Connect registers.
-        if in_script && (code == 1 || (code >= 2 && !op.shadow)) {
+        let admitted = code == 0 || (code >= 2 && op.shadow);
+        if in_script && !admitted {
             self.registered.forget(op.lease.node, &op.source.tag);
+        }
+        if index && !index_in_script && admitted {
+            self.index_session(op).await?;
         }
         Ok(ConnectOutcome {
             refusal,
@@ -626,39 +809,58 @@ impl Store for RedisStore {
     }
 
     async fn release(&self, op: &ReleaseOp<'_>) -> Result<u64, StoreError> {
-        // One script for all networks on one server; one per network on a cluster (a
-        // network's keys share a slot), sent together.
-        let invocation = |nets: &[NetLeases<'_>]| {
-            let mut inv = self.scripts.release_many.prepare_invoke();
-            for ns in nets {
-                let k = NetKeys::new(&self.prefix, &ns.source);
-                inv.key(k.net(LEASES)).key(k.net(INDEX));
-                inv.arg(ns.leases.len());
-                for (session, ip_text) in &ns.leases {
-                    let lease = LeaseId {
-                        node: op.node,
-                        epoch: op.epoch,
-                        session,
-                    };
-                    inv.arg(lease.member(ip_text));
-                }
-            }
-            inv
-        };
-        if op.by_net.is_empty() {
-            return Ok(0);
-        }
-        if !self.is_cluster() {
-            let n: i64 = self.invoke(&invocation(&op.by_net)).await?;
-            return Ok(n.max(0) as u64);
-        }
-        let invs: Vec<_> = op
+        // Calls of at most a heartbeat chunk of leases: on one server several networks
+        // share one, on a cluster the networks of one hash slot.
+        let by_net: Vec<(String, Vec<String>)> = op
             .by_net
             .iter()
-            .map(|ns| invocation(std::slice::from_ref(ns)))
+            .map(|ns| {
+                let members = ns
+                    .leases
+                    .iter()
+                    .map(|(session, ip_text)| {
+                        LeaseId {
+                            node: op.node,
+                            epoch: op.epoch,
+                            session,
+                        }
+                        .member(ip_text)
+                    })
+                    .collect();
+                (ns.source.tag.clone(), members)
+            })
             .collect();
-        let results =
-            futures_util::future::join_all(invs.iter().map(|inv| self.invoke::<i64>(inv))).await;
+        let cluster = self.is_cluster();
+        let groups = share_calls(by_net, cluster);
+        let invocations: Vec<_> = chunked_calls(&groups)
+            .into_iter()
+            .map(|nets| {
+                let mut inv = self.scripts.release_many.prepare_invoke();
+                for (tag, members) in nets {
+                    let base = net_base(&self.prefix, tag);
+                    inv.key(format!("{base}{LEASES}"))
+                        .key(format!("{base}{INDEX}"))
+                        .arg(members.len());
+                    for m in members {
+                        inv.arg(m.as_str());
+                    }
+                }
+                inv
+            })
+            .collect();
+        let in_flight = if cluster {
+            CLUSTER_CALLS_IN_FLIGHT
+        } else {
+            CALLS_IN_FLIGHT
+        };
+        let calls: Vec<_> = invocations
+            .iter()
+            .map(|inv| self.invoke::<i64>(inv))
+            .collect();
+        let results = stream::iter(calls)
+            .buffer_unordered(in_flight)
+            .collect::<Vec<_>>()
+            .await;
         let mut freed = 0;
         for r in results {
             freed += r?.max(0) as u64;
@@ -666,60 +868,144 @@ impl Store for RedisStore {
         Ok(freed)
     }
 
+    // Long on purpose: a heartbeat's steps in order (epoch, lookups, frees and
+    // renewals, registry), each cut into calls of bounded work.
     async fn heartbeat(&self, op: &HeartbeatOp<'_>) -> Result<HeartbeatOutcome, StoreError> {
         let (epoch_key, registry) = node_keys(&self.prefix, op.node);
+        let registry_ttl = registry_ttl_ms(op.lease_ttl_ms);
+        let lease_ttl = Duration::from_millis(op.lease_ttl_ms);
         let mut inv = self.scripts.node.key(&epoch_key);
-        inv.key(&registry)
-            .arg(op.epoch)
-            .arg(registry_ttl_ms(op.lease_ttl_ms))
-            .arg(if op.bare.is_empty() { "0" } else { "1" });
-        for ns in &op.by_net {
-            inv.arg(&ns.source.tag);
-        }
-        let (state, registered): (i64, Vec<String>) = self.invoke(&inv).await?;
-
-        // Every network to visit once, with the sessions to renew there: its own leased
-        // sessions, plus (in every registered network) the sessions sent without address.
-        let mut visit: HashMap<&str, (Vec<&str>, bool)> = HashMap::new();
-        for ns in &op.by_net {
-            visit
-                .entry(&ns.source.tag)
-                .or_default()
-                .0
-                .extend(ns.sessions.iter().copied());
-        }
-        for tag in &registered {
-            let v = visit.entry(tag.as_str()).or_default();
-            v.0.extend(op.bare.iter().copied());
-            v.1 = !op.bare.is_empty();
-        }
-        // The multiplexed connection pipelines these; they run concurrently.
-        let visits: Vec<(&str, Vec<&str>, bool)> =
-            visit.into_iter().map(|(t, (s, b))| (t, s, b)).collect();
-        let sweeps = visits
-            .iter()
-            .map(|(tag, sessions, _)| self.sweep(tag, op, sessions));
+        inv.arg(op.epoch).arg(registry_ttl);
+        let state: i64 = self.invoke(&inv).await?;
+        let registered = if state != 0 {
+            self.registry(&registry).await?
+        } else {
+            Vec::new()
+        };
         let mut out = HeartbeatOutcome {
             epoch_changed: state == 2,
             ..Default::default()
         };
-        let mut refresh = Vec::new();
-        for (r, (tag, _, bare)) in futures_util::future::join_all(sweeps)
-            .await
-            .into_iter()
-            .zip(&visits)
-        {
-            let (renewed, freed) = r?;
-            out.renewed += renewed;
-            out.freed += freed;
-            // Networks found only through the registry stay in it while they hold live
-            // sessions (those with an address were registered by the first step).
-            if *bare && renewed > 0 {
-                refresh.push(*tag);
+
+        // Every lease to renew, by network: those sent with their address, and those
+        // sent alone that the node's session index knows.
+        // Each as its member under this epoch, and the one taken without an epoch.
+        let member = |epoch, session, ip: &str| {
+            LeaseId {
+                node: op.node,
+                epoch,
+                session,
+            }
+            .member(ip)
+        };
+        let mut renew: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for ns in &op.by_net {
+            renew
+                .entry(ns.source.tag.clone())
+                .or_default()
+                .extend(ns.leases.iter().map(|(session, ip)| {
+                    let other = if op.epoch.is_empty() {
+                        String::new()
+                    } else {
+                        member("", session, ip)
+                    };
+                    (member(op.epoch, session, ip), other)
+                }));
+        }
+        let chunks: Vec<&[&str]> = op.bare.chunks(HEARTBEAT_CHUNK).collect();
+        let lookups: Vec<_> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| async move { (i, self.resolve(op.node, c, registry_ttl).await) })
+            .collect();
+        let lookups = stream::iter(lookups)
+            .buffer_unordered(CALLS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        for (i, found) in lookups {
+            for (session, found) in chunks[i].iter().zip(found?) {
+                match found {
+                    Some((tag, ip)) => renew
+                        .entry(tag)
+                        .or_default()
+                        .push((member("", session, &ip), String::new())),
+                    None => out.unknown += 1,
+                }
             }
         }
-        if !refresh.is_empty() {
-            self.register(op.node, &refresh, op.lease_ttl_ms).await?;
+
+        // A new epoch frees the old one's leases in every registered network; renewals
+        // touch only this epoch's and epoch-less leases, so both go out at once, a few
+        // calls at a time.
+        let cluster = self.is_cluster();
+        let in_flight = if cluster {
+            CLUSTER_CALLS_IN_FLIGHT
+        } else {
+            CALLS_IN_FLIGHT
+        };
+        let free_groups = share_calls(registered.into_iter().map(|t| (t, ())).collect(), cluster);
+        let free_calls: Vec<Vec<&str>> = free_groups
+            .iter()
+            .flat_map(|g| g.chunks(HEARTBEAT_CHUNK))
+            .map(|c| c.iter().map(|(t, _)| t.as_str()).collect())
+            .collect();
+        // (Futures made first, then run a few at a time: a closure inside the stream
+        // would make this method's future not `Send`.)
+        let frees: Vec<_> = free_calls
+            .iter()
+            .map(|tags| self.sweep(tags, op.node, op.epoch))
+            .collect();
+        let frees = stream::iter(frees)
+            .buffer_unordered(in_flight)
+            .collect::<Vec<_>>();
+        let renew_groups = share_calls(renew.into_iter().collect(), cluster);
+        let calls = chunked_calls(&renew_groups);
+        let renewals: Vec<_> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| async move { (i, self.renew(op.lease_ttl_ms, c).await) })
+            .collect();
+        let renewals = stream::iter(renewals)
+            .buffer_unordered(in_flight)
+            .collect::<Vec<_>>();
+        let (frees, renewals) = futures_util::join!(frees, renewals);
+        for f in frees {
+            out.freed += f?;
+        }
+        // Networks with live sessions stay in the registry however long they last.
+        let mut refresh = Vec::new();
+        for (i, renewed) in renewals {
+            for ((tag, _), n) in calls[i].iter().zip(renewed?) {
+                out.renewed += n.max(0) as u64;
+                // At most once per lease TTL per network and limiter, as on Connect.
+                if n > 0
+                    && refresh.last() != Some(tag)
+                    && self.registered.claim(op.node, tag, lease_ttl)
+                {
+                    refresh.push(*tag);
+                }
+            }
+        }
+        // A failed registry write is tried again by the next heartbeat.
+        let forget = |tags: &[&str]| {
+            for t in tags {
+                self.registered.forget(op.node, t);
+            }
+        };
+        let registrations: Vec<_> = refresh
+            .chunks(HEARTBEAT_CHUNK)
+            .map(|tags| async move {
+                self.register(op.node, tags, op.lease_ttl_ms)
+                    .await
+                    .inspect_err(|_| forget(tags))
+            })
+            .collect();
+        let registrations = stream::iter(registrations)
+            .buffer_unordered(CALLS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        for r in registrations {
+            r?;
         }
         Ok(out)
     }
@@ -781,5 +1067,47 @@ mod tests {
         assert!(shown.contains("redis://***@10.0.0.1:6379"), "{shown}");
         assert!(shown.contains("redis://10.0.0.2:6379"), "{shown}");
         assert!(shown.contains("password: Some(\"***\")"), "{shown}");
+    }
+
+    #[test]
+    fn slots_are_redis_cluster_slots() {
+        // The example of the Redis Cluster specification, and a network tag.
+        assert_eq!(slot("123456789"), 12739);
+        assert_eq!(slot("n4:10.0.0.0/24"), slot("n4:10.0.0.0/24"));
+        let groups = share_calls(
+            (0..2000)
+                .map(|i| (format!("n6:2001:db8:{i:x}::/64"), ()))
+                .collect(),
+            true,
+        );
+        assert!(groups.len() > 1000, "{} slots", groups.len());
+        for g in &groups {
+            assert!(g.iter().all(|(t, _)| slot(t) == slot(&g[0].0)));
+        }
+        assert_eq!(share_calls(vec![("a".to_string(), ())], false).len(), 1);
+    }
+
+    #[test]
+    fn calls_hold_at_most_a_chunk_and_keep_every_entry() {
+        let groups = vec![
+            vec![
+                ("big".to_string(), (0..600).collect::<Vec<u32>>()),
+                ("small".to_string(), (0..10).collect()),
+            ],
+            vec![("other slot".to_string(), (0..5).collect())],
+        ];
+        let calls = chunked_calls(&groups);
+        let sizes: Vec<usize> = calls
+            .iter()
+            .map(|c| c.iter().map(|(_, e)| e.len()).sum())
+            .collect();
+        assert_eq!(sizes, vec![250, 250, 110, 5]);
+        assert!(
+            calls
+                .last()
+                .unwrap()
+                .iter()
+                .all(|(t, _)| *t == "other slot")
+        );
     }
 }

@@ -9,8 +9,8 @@ mod clock;
 mod ledger;
 mod state;
 
+use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,8 +57,17 @@ struct NodeState {
     epoch: Option<String>,
     /// Networks the node took leases in, with when it last did.
     nets: HashMap<IpNet, u64>,
+    /// Sessions admitted without an epoch, so that a heartbeat naming them without
+    /// their address finds their lease: session id -> (address text, network, until).
+    sessions: HashMap<Box<str>, Indexed>,
     registry_ttl: u64,
     seen: u64,
+}
+
+struct Indexed {
+    ip_text: Arc<str>,
+    net: IpNet,
+    until: u64,
 }
 
 /// The in-memory store.
@@ -135,7 +144,8 @@ impl MemoryStore {
         lock(&self.nodes).retain(|_, n| {
             let cut = now.saturating_sub(n.registry_ttl);
             n.nets.retain(|_, t| *t > cut);
-            !n.nets.is_empty() || n.seen > cut
+            n.sessions.retain(|_, i| i.until > now);
+            !n.nets.is_empty() || !n.sessions.is_empty() || n.seen > cut
         });
     }
 
@@ -166,6 +176,7 @@ impl MemoryStore {
                 NodeState {
                     epoch: None,
                     nets: HashMap::new(),
+                    sessions: HashMap::new(),
                     registry_ttl: 0,
                     seen: now,
                 },
@@ -315,10 +326,22 @@ impl Store for MemoryStore {
                 hold_ms: 0,
             }
         };
+        // Admitted (a refusal returned above, unless shadow mode admits past it): the
+        // node's registry, and its session index for a caller without epochs.
         let mut nodes = lock(&self.nodes);
-        MemoryStore::node(&mut nodes, op.lease.node, now, op.lease_ttl_ms)
-            .nets
-            .insert(src.net, now);
+        let node = MemoryStore::node(&mut nodes, op.lease.node, now, op.lease_ttl_ms);
+        node.nets.insert(src.net, now);
+        if op.lease.epoch.is_empty() {
+            let until = now + node.registry_ttl;
+            node.sessions.insert(
+                op.lease.session.into(),
+                Indexed {
+                    ip_text: src.ip_text.as_str().into(),
+                    net: src.net,
+                    until,
+                },
+            );
+        }
         Ok(outcome)
     }
 
@@ -473,8 +496,14 @@ impl Store for MemoryStore {
     async fn heartbeat(&self, op: &HeartbeatOp<'_>) -> Result<HeartbeatOutcome, StoreError> {
         let now = self.clock.now_ms();
         let mut out = HeartbeatOutcome::default();
-        // Which networks to visit, decided under the node lock, visited after it.
-        let visit: Vec<(IpNet, HashSet<&str>, bool)> = {
+        // What to renew, network by network (each lease by its address), and which
+        // networks to free older epochs in: decided under the node lock, done after it.
+        let mut renew: HashMap<IpNet, Vec<(Arc<str>, &str)>> = HashMap::new();
+        for ns in &op.by_net {
+            let v = renew.entry(ns.source.net).or_default();
+            v.extend(ns.leases.iter().map(|(s, ip)| (Arc::from(ip.as_str()), *s)));
+        }
+        let free: Vec<IpNet> = {
             let mut nodes = lock(&self.nodes);
             let node = MemoryStore::node(&mut nodes, op.node, now, op.lease_ttl_ms);
             let changed = node.epoch.as_deref() != Some(op.epoch);
@@ -482,39 +511,59 @@ impl Store for MemoryStore {
             node.epoch = Some(op.epoch.to_string());
             let cut = now.saturating_sub(node.registry_ttl);
             node.nets.retain(|_, t| *t > cut);
-            let mut visit: HashMap<IpNet, (HashSet<&str>, bool)> = HashMap::new();
-            for ns in &op.by_net {
-                node.nets.insert(ns.source.net, now);
-                visit
-                    .entry(ns.source.net)
-                    .or_default()
-                    .0
-                    .extend(ns.sessions.iter().copied());
-            }
-            if changed || !op.bare.is_empty() {
-                for net in node.nets.keys() {
-                    let v = visit.entry(*net).or_default();
-                    v.0.extend(op.bare.iter().copied());
-                    v.1 = !op.bare.is_empty();
+            for session in &op.bare {
+                match node.sessions.get_mut(*session) {
+                    Some(i) if i.until > now => {
+                        i.until = now + node.registry_ttl;
+                        renew
+                            .entry(i.net)
+                            .or_default()
+                            .push((i.ip_text.clone(), *session));
+                    }
+                    _ => out.unknown += 1,
                 }
             }
-            visit.into_iter().map(|(n, (s, b))| (n, s, b)).collect()
+            if changed {
+                node.nets.keys().copied().collect()
+            } else {
+                Vec::new()
+            }
         };
-        let mut refresh = Vec::new();
-        for (net, sessions, bare) in visit {
-            let mut shard = self.shard(&net);
-            if let Some(state) = shard.nets.get_mut(&net) {
-                let (renewed, freed) =
-                    state
-                        .leases
-                        .sweep_node(op.node, op.epoch, &sessions, now, op.lease_ttl_ms);
-                out.renewed += renewed;
-                out.freed += freed;
-                if bare && renewed > 0 {
-                    refresh.push(net);
-                }
+        for net in free {
+            if let Some(state) = self.shard(&net).nets.get_mut(&net) {
+                out.freed += state.leases.free_other_epochs(op.node, op.epoch);
             }
         }
+        let mut refresh = Vec::new();
+        for (net, leases) in renew {
+            let mut shard = self.shard(&net);
+            let Some(state) = shard.nets.get_mut(&net) else {
+                continue;
+            };
+            let mut renewed = 0;
+            for (ip, session) in leases {
+                for epoch in [op.epoch, ""] {
+                    let member = LeaseId {
+                        node: op.node,
+                        epoch,
+                        session,
+                    }
+                    .member(&ip);
+                    if state.leases.renew(&member, now, op.lease_ttl_ms) {
+                        renewed += 1;
+                        break;
+                    }
+                    if op.epoch.is_empty() {
+                        break;
+                    }
+                }
+            }
+            out.renewed += renewed;
+            if renewed > 0 {
+                refresh.push(net);
+            }
+        }
+        // Networks with live sessions stay in the registry however long they last.
         if !refresh.is_empty() {
             let mut nodes = lock(&self.nodes);
             let node = MemoryStore::node(&mut nodes, op.node, now, op.lease_ttl_ms);

@@ -1,7 +1,7 @@
 //! The counters of one address or one network, and the operations the Redis scripts
 //! perform on the matching keys.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -348,37 +348,32 @@ impl Leases {
         self.map.is_empty()
     }
 
-    /// Renews the listed sessions of `node` and frees its leases of other epochs (not
-    /// those taken without an epoch), as the Redis `sweep` script. Returns (renewed, freed).
-    pub fn sweep_node(
-        &mut self,
-        node: &str,
-        epoch: &str,
-        sessions: &HashSet<&str>,
-        now: u64,
-        ttl: u64,
-    ) -> (u64, u64) {
-        let (mut renewed, mut freed) = (0, 0);
-        let mut gone = Vec::new();
-        for (m, (exp, _)) in self.map.iter_mut() {
-            let Some((_, n, e, s)) = split_member(m) else {
-                continue;
-            };
-            if n != node {
-                continue;
-            }
-            if e != epoch && !e.is_empty() {
-                freed += 1;
-                gone.push(m.clone());
-            } else if *exp > now && sessions.contains(s) {
+    /// Renews one live lease; whether it was there.
+    pub fn renew(&mut self, member: &str, now: u64, ttl: u64) -> bool {
+        match self.map.get_mut(member) {
+            Some((exp, _)) if *exp > now => {
                 *exp = now + ttl;
-                renewed += 1;
+                true
             }
+            _ => false,
         }
-        for m in gone {
-            self.remove(&m);
+    }
+
+    /// Frees `node`'s leases of other epochs (not those taken without an epoch), as
+    /// the Redis `sweep` script does; how many.
+    pub fn free_other_epochs(&mut self, node: &str, epoch: &str) -> u64 {
+        let gone: Vec<Arc<str>> = self
+            .map
+            .keys()
+            .filter(|m| {
+                split_member(m).is_some_and(|(_, n, e, _)| n == node && e != epoch && !e.is_empty())
+            })
+            .cloned()
+            .collect();
+        for m in &gone {
+            self.remove(m);
         }
-        (renewed, freed)
+        gone.len() as u64
     }
 }
 

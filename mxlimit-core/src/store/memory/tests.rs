@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::source::{Aggregation, Source};
-use crate::store::{Ban, BanPolicy, NetSessions};
+use crate::store::{Ban, BanPolicy, NetLeases};
 
 fn src(ip: &str) -> Source {
     Source::new(ip.parse().unwrap(), Aggregation::default())
@@ -170,11 +170,11 @@ async fn heartbeats_renew_listed_leases_and_a_new_epoch_frees_the_old() {
     let hb = HeartbeatOp {
         node: "mx1",
         epoch: "e1",
-        by_net: vec![NetSessions {
+        by_net: vec![NetLeases {
             source: s.clone(),
-            sessions: vec!["a"],
+            leases: vec![("a", s.ip_text.clone()), ("b", s.ip_text.clone())],
         }],
-        bare: vec!["b"],
+        bare: vec![],
         lease_ttl_ms: 5000,
     };
     let out = st.heartbeat(&hb).await.unwrap();
@@ -439,7 +439,13 @@ async fn leases_of_unlimited_sources_expire_too() {
 async fn bare_session_ids_keep_leases_past_the_registry_ttl() {
     let (st, clock) = store();
     let s = src("10.0.0.1");
+    // The design contract's caller: no epoch on Connect, bare ids on Heartbeat.
     let o = |id| ConnectOp {
+        lease: LeaseId {
+            node: "mx1",
+            epoch: "",
+            session: id,
+        },
         conn: PerLevel {
             address: 1,
             network: 0,
@@ -630,4 +636,38 @@ fn the_rate_logs_recent_members_stay_bounded_and_answer_maybe_when_full() {
     assert!(r.note(&m(0), 2_000, 60_000), "a member noted before");
     // Once they expire, room again (searched at most once a second).
     assert!(!r.note(&m(Recent::MAX + 1), 62_000, 60_000));
+}
+
+#[tokio::test]
+async fn bare_ids_find_only_sessions_admitted_without_an_epoch() {
+    let (st, clock) = store();
+    let (s, t) = (src("10.0.0.1"), src("10.9.0.1"));
+    let no_epoch = |s, id| ConnectOp {
+        lease: LeaseId {
+            node: "mx1",
+            epoch: "",
+            session: id,
+        },
+        ..op(s, id)
+    };
+    assert!(admitted(&st, no_epoch(&s, "a")).await);
+    assert!(admitted(&st, no_epoch(&t, "b")).await);
+    assert!(admitted(&st, op(&s, "c")).await);
+    clock.advance(1000);
+    let hb = HeartbeatOp {
+        node: "mx1",
+        epoch: "e1",
+        by_net: vec![],
+        bare: vec!["a", "b", "c", "never"],
+        lease_ttl_ms: 30_000,
+    };
+    let out = st.heartbeat(&hb).await.unwrap();
+    assert_eq!(
+        (out.renewed, out.unknown),
+        (2, 2),
+        "a and b, in two networks, found; c (with an epoch) and an unknown id not"
+    );
+    // Another node's heartbeat does not find mx1's sessions.
+    let other = HeartbeatOp { node: "mx2", ..hb };
+    assert_eq!(st.heartbeat(&other).await.unwrap().unknown, 4);
 }

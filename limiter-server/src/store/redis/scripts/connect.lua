@@ -7,11 +7,14 @@
 --
 -- KEYS: 1 ban:address  2 ban:network  3 rate:address  4 rate:network  5 leases
 --       6 index  7 bad:address  8 bad:network
---       [9 the node's network registry: on one server, when the limiter has not
---        registered this network for the node within the lease TTL]
+--       then, on one server only, as ARGV 11 and 12 say:
+--       the node's network registry; the node's session index entry of this session
 -- ARGV: 1 lease member  2 rate limit address  3 rate limit network  4 window ms
 --       5 conn limit address  6 conn limit network  7 lease ttl ms  8 shadow (0/1)
---       9 address  10 bad window ms  [11 network tag  12 registry ttl ms: with KEYS[9]]
+--       9 address  10 bad window ms
+--       11 write the registry (1: the limiter has not registered this network for the
+--          node within the lease TTL)  12 write the session index (1: admitted
+--          without an epoch)  13 network tag  14 registry ttl ms
 -- Returns {code, level, value, bad address, bad network, hold}:
 --   code 0 admitted, 1 retry of an admitted session, 2 banned, 3 rate, 4 conn;
 --   level 1 address, 2 network; value: ban ms left, or the count that refused;
@@ -124,12 +127,19 @@ if redis.call('PEXPIRETIME', KEYS[5]) < now + ttl then
 end
 
 -- On one server the node's registry (which lets a heartbeat with a new epoch find this
--- network again) is written here, atomically with the lease; the limiter sends the key
--- once per lease TTL per node and network.
-if KEYS[9] then
-  local reg_ttl = tonumber(ARGV[12])
-  redis.call('ZADD', KEYS[9], now, ARGV[11])
-  redis.call('PEXPIRE', KEYS[9], reg_ttl)
+-- network again) is written here, atomically with the lease, and cut to the networks
+-- of the last registry TTL; and so is the session index (which lets a heartbeat that
+-- names a session without its address find it).
+local k = 9
+if ARGV[11] == '1' then
+  local reg_ttl = tonumber(ARGV[14])
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now - reg_ttl)
+  redis.call('ZADD', KEYS[k], now, ARGV[13])
+  redis.call('PEXPIRE', KEYS[k], reg_ttl)
+  k = k + 1
+end
+if ARGV[12] == '1' then
+  redis.call('SET', KEYS[k], ARGV[13] .. '\031' .. ip, 'PX', tonumber(ARGV[14]))
 end
 local bad_a, bad_n = bad()
 return {code, level, value, bad_a, bad_n, 0}

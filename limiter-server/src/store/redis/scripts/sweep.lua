@@ -1,35 +1,31 @@
--- sweep: renew one node's live leases in one network and free those of its other
--- epochs. Leases taken without an epoch (callers that send none on Connect) are never
--- freed by an epoch change; they are renewed by session id or expire by their TTL.
--- KEYS: 1 leases  2 index
--- ARGV: 1 node  2 epoch  3 lease ttl ms  4.. sessions
--- Returns {renewed, freed}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local node, epoch, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local want = {}
-for i = 4, #ARGV do want[ARGV[i]] = true end
-local held = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-local renewed, freed = 0, 0
-for i = 1, #held, 2 do
-  local m = held[i]
-  local n, e, s = string.match(m, '^[^\031]*\031([^\031]*)\031([^\031]*)\031(.*)$')
-  if n == node then
-    if e ~= epoch and e ~= '' then
-      redis.call('ZREM', KEYS[1], m)
-      redis.call('ZREM', KEYS[2], m)
-      freed = freed + 1
-    elseif want[s] and tonumber(held[i + 1]) > now then
-      redis.call('ZADD', KEYS[1], 'XX', now + ttl, m)
-      renewed = renewed + 1
+-- sweep: after a node's epoch changed, free its leases of other epochs, network by
+-- network, until the lease entries read reach a budget (the network that reaches it
+-- is finished; the caller sends the rest again). Leases taken without an epoch
+-- (callers that send none on Connect) are never freed by an epoch change; they are
+-- renewed by session id or expire by their TTL.
+-- KEYS: for each network, 1 leases  2 index
+-- ARGV: 1 node  2 epoch  3 budget (lease entries read)
+-- Returns {networks done, freed}
+local node, epoch, budget = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local read, freed, done = 0, 0, 0
+for k = 1, #KEYS, 2 do
+  local held = redis.call('ZRANGE', KEYS[k], 0, -1)
+  local gone = {}
+  for i = 1, #held do
+    local m = held[i]
+    local n, e = string.match(m, '^[^\031]*\031([^\031]*)\031([^\031]*)\031')
+    if n == node and e ~= epoch and e ~= '' then
+      gone[#gone + 1] = m
     end
   end
-end
-if renewed > 0 then
-  for k = 1, 2 do
-    if redis.call('PEXPIRETIME', KEYS[k]) < now + ttl then
-      redis.call('PEXPIREAT', KEYS[k], now + ttl)
-    end
+  for i = 1, #gone, 500 do
+    local last = math.min(i + 499, #gone)
+    redis.call('ZREM', KEYS[k], unpack(gone, i, last))
+    redis.call('ZREM', KEYS[k + 1], unpack(gone, i, last))
   end
+  freed = freed + #gone
+  done = done + 1
+  read = read + #held + 1
+  if read >= budget then break end
 end
-return {renewed, freed}
+return {done, freed}
