@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The contract's `Connect` RPC would clash with the generated client's
         // `connect(dst)` constructor; callers build a `Channel` and use `new`.
         .build_transport(false)
+        // Garbage from a caller is INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::codec::ProtoCodec")
         .file_descriptor_set_path(out.join("mxlimit_descriptor.bin"))
         .compile_protos(
             &["mxlimit/v1/limiter.proto", "mxlimit/v1/admin.proto"],

@@ -489,6 +489,41 @@ async fn blocks_with_bad_targets_or_reasons_are_refused() {
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{target}: {e:?}");
     }
+    // A megabyte of target is refused without being echoed back whole: the caller
+    // gets a short message, not RESOURCE_EXHAUSTED for an oversized error.
+    let e = a
+        .block(authed(BlockRequest {
+            target: "x".repeat(1 << 20),
+            ttl_ms: 1000,
+            reason: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().len() < 200, "{} bytes", e.message().len());
+    assert!(e.message().contains("xxxx…"), "{}", e.message());
+    let e = a
+        .unblock(authed(UnblockRequest {
+            target: "y".repeat(1 << 20),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().len() < 200, "{} bytes", e.message().len());
+    // Bytes that are no protobuf message, from an authenticated caller.
+    let s = support::raw_call(
+        ls[0].addr,
+        "/mxlimit.v1.Admin/Block",
+        vec![0x0a, 0xff, 0x01],
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    assert!(
+        s.message().starts_with("not a valid protobuf message"),
+        "{}",
+        s.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

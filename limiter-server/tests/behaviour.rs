@@ -922,6 +922,21 @@ async fn shadow_mode_reports_without_blocking(backend: Backend) {
 
 async fn bad_input_is_invalid_argument(backend: Backend) {
     let mut p = Pair::start(backend, policy("", "")).await;
+    // Bytes that are no protobuf message: field 1 says 255 bytes follow, none do.
+    let addr = p.limiters[0].addr;
+    for path in [
+        "/mxlimit.v1.Limiter/Connect",
+        "/mxlimit.v1.Limiter/Recipient",
+        "/mxlimit.v1.Limiter/Heartbeat",
+    ] {
+        let s = raw_call(addr, path, vec![0x0a, 0xff, 0x01], None).await;
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{path}: {s:?}");
+        assert!(
+            s.message().starts_with("not a valid protobuf message: "),
+            "{}",
+            s.message()
+        );
+    }
     let check = |r: Result<tonic::Response<_>, tonic::Status>, needle: &str| {
         let s = r.map(|_: tonic::Response<()>| ()).unwrap_err();
         assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");

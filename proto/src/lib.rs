@@ -2,6 +2,7 @@
 //! `Limiter` service. Every other mxlimit crate and any custom MTA in Rust uses this crate.
 //! It also holds the one duration syntax the servers and the `mxlimit` CLI share.
 
+pub mod codec;
 pub mod duration;
 
 /// Generated code of the `mxlimit.v1` package.

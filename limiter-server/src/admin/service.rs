@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::Identity;
 use crate::grpc::validate;
+use crate::grpc::validate::shown;
 use crate::metrics::ADMIN_CALLS;
 use mxlimit_core::decision::Engine;
 use mxlimit_core::policy::ClientRules;
@@ -86,7 +87,8 @@ pub fn parse_target(text: &str) -> Result<IpNet, Status> {
             .parse::<IpNet>()
             .map_err(|_| {
                 Status::invalid_argument(format!(
-                    "target {t:?} is neither an address nor a network (1.2.3.4, 206.81.85.0/24, 2001:db8::/64)"
+                    "target {} is neither an address nor a network (1.2.3.4, 206.81.85.0/24, 2001:db8::/64)",
+                    shown(t)
                 ))
             })?
             .trunc();
@@ -108,7 +110,7 @@ pub fn parse_target(text: &str) -> Result<IpNet, Status> {
     };
     if net.prefix_len() < shortest {
         return Err(Status::invalid_argument(format!(
-            "{t} is wider than /{shortest}: refusing to block that much of the Internet"
+            "{net} is wider than /{shortest}: refusing to block that much of the Internet"
         )));
     }
     Ok(net)

@@ -23,7 +23,8 @@ fn bad(field: &str, why: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {why}"))
 }
 
-fn shown(s: &str) -> String {
+/// A value as an error message quotes it: at most 40 characters, never echoed whole.
+pub(crate) fn shown(s: &str) -> String {
     let mut t: String = s.chars().take(40).collect();
     if t.len() < s.len() {
         t.push('…');

@@ -204,3 +204,67 @@ pub async fn offence(
 pub fn action(v: &Verdict) -> Action {
     Action::try_from(v.action).unwrap()
 }
+
+/// A codec that sends bytes as they are, for requests no generated client would send.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct NoDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawEncoder;
+    type Decoder = NoDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> NoDecoder {
+        NoDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for NoDecoder {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(&mut self, _: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+        Ok(Some(()))
+    }
+}
+
+/// Sends `body` as the request message of the unary method `path`
+/// (`/mxlimit.v1.Limiter/Connect`) to the limiter at `addr`, with a bearer token when
+/// given; the status it ends with.
+pub async fn raw_call(
+    addr: std::net::SocketAddr,
+    path: &'static str,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(testkit::channel(addr).await);
+    grpc.ready().await.expect("limiter ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    let mut req = tonic::Request::new(body);
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    match grpc.unary(req, path, RawCodec).await {
+        Ok(_) => tonic::Status::ok("answered"),
+        Err(s) => s,
+    }
+}
