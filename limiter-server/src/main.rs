@@ -27,7 +27,19 @@ use cli::{Cli, LogFormat};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with its causes, never a backtrace (whatever RUST_BACKTRACE
+            // says): an operator reads this.
+            eprintln!("limiter-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     let cli = Cli::parse();
     if let Some(addr) = &cli.health_check {
         return health_check(&health_target(&cli, addr)?).await;

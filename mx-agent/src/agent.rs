@@ -111,7 +111,7 @@ impl Agent {
     {
         let limiter = &self.limiter;
         for a in &cfg.milter.listen {
-            let listener = bind(a).await?;
+            let listener = bind("milter", a).await?;
             self.milter.push(listener.local_addr());
             let (lim, delay, max, stop) = (
                 limiter.clone(),
@@ -127,7 +127,7 @@ impl Agent {
         }
         let svc = PolicyService::new(limiter.clone(), cfg.policy.max_delay.0);
         for a in &cfg.policy.listen {
-            let listener = bind(a).await?;
+            let listener = bind("policy", a).await?;
             self.policy.push(listener.local_addr());
             self.tasks.push(tokio::spawn(svc.clone().serve(
                 listener,
@@ -154,7 +154,7 @@ impl Agent {
         }
         let map = Socketmap::new(limiter.clone());
         for a in &cfg.socketmap.listen {
-            let listener = bind(a).await?;
+            let listener = bind("socketmap", a).await?;
             self.socketmap.push(listener.local_addr());
             self.tasks.push(tokio::spawn(map.clone().serve(
                 listener,
@@ -236,8 +236,18 @@ fn local_fallback(
     Ok((engine, policy))
 }
 
-async fn bind(a: &str) -> Result<Listener, AgentError> {
+async fn bind(adapter: &str, a: &str) -> Result<Listener, AgentError> {
     let addr: ListenAddr = a.parse().map_err(AgentError::Config)?;
+    if addr.beyond_loopback() {
+        // These protocols carry no credentials: whoever reaches the port can ask about
+        // any source, and (milter) report recipients that count toward bans.
+        tracing::warn!(
+            adapter,
+            %addr,
+            "listening beyond loopback: the {adapter} protocol has no authentication; \
+             firewall the port to the MTA's hosts, or use 127.0.0.1 or a Unix socket"
+        );
+    }
     Listener::bind(&addr)
         .await
         .map_err(|source| AgentError::Listen { addr, source })

@@ -50,6 +50,13 @@ impl FromStr for ListenAddr {
     }
 }
 
+impl ListenAddr {
+    /// A TCP address that others than this host can reach (not loopback).
+    pub fn beyond_loopback(&self) -> bool {
+        matches!(self, ListenAddr::Tcp(a) if !a.ip().is_loopback())
+    }
+}
+
 fn unix(p: &str, orig: &str) -> Result<ListenAddr, String> {
     if p.is_empty() || !p.starts_with('/') {
         return Err(format!("{orig:?}: a Unix socket needs an absolute path"));
@@ -174,5 +181,20 @@ mod tests {
                 .unwrap_err()
                 .contains("not a listen address")
         );
+    }
+
+    #[test]
+    fn only_loopback_and_unix_sockets_stay_on_the_host() {
+        for (a, beyond) in [
+            ("inet:127.0.0.1:7000", false),
+            ("inet:7000@[::1]", false),
+            ("unix:/run/mxlimit/milter.sock", false),
+            ("inet:0.0.0.0:7000", true),
+            ("inet:[::]:7000", true),
+            ("inet:7000@192.0.2.10", true),
+        ] {
+            let addr: ListenAddr = a.parse().unwrap();
+            assert_eq!(addr.beyond_loopback(), beyond, "{a}");
+        }
     }
 }

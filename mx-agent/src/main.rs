@@ -110,7 +110,19 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with its causes, never a backtrace (whatever RUST_BACKTRACE
+            // says): an operator reads this.
+            eprintln!("mx-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     let cli = Cli::parse();
     let _telemetry = mxlimit_core::telemetry::init(
         "mx-agent",

@@ -42,6 +42,7 @@ fn configuration_errors_are_clear() {
     std::fs::write(&cfg, "[milter]\nlisten = [\"nowhere\"]\n").unwrap();
     let out = Command::new(BIN)
         .args(["--check", "--config", cfg.to_str().unwrap()])
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -49,6 +50,10 @@ fn configuration_errors_are_clear() {
     assert!(
         err.contains("milter.listen: \"nowhere\" is not a listen address"),
         "{err}"
+    );
+    assert!(
+        !err.to_lowercase().contains("backtrace"),
+        "an operator's error with a stack trace: {err}"
     );
     let out = Command::new(BIN).arg("--check").output().unwrap();
     assert!(!out.status.success());
@@ -66,13 +71,14 @@ fn configuration_errors_are_clear() {
 
 #[test]
 fn it_serves_until_sigterm() {
-    let port = testkit::free_port();
+    let (port, open_port) = (testkit::free_port(), testkit::free_port());
     let mut child = Command::new(BIN)
         .args([
             "--node",
             "mx-test",
+            // The second listens on every address: the agent warns of that one only.
             "--milter",
-            &format!("inet:127.0.0.1:{port}"),
+            &format!("inet:127.0.0.1:{port},inet:0.0.0.0:{open_port}"),
             "--limiter",
             "http://127.0.0.1:1",
         ])
@@ -103,4 +109,12 @@ fn it_serves_until_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let warned: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("listening beyond loopback"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{err}");
+    assert!(warned[0].contains(&format!("0.0.0.0:{open_port}")), "{err}");
 }

@@ -166,15 +166,54 @@ impl fmt::Display for LineError {
 
 /// Parses one access file. Every broken line is reported, not only the first.
 pub fn parse(text: &str, file: &Path) -> Result<AccessFile, Vec<LineError>> {
+    parse_bytes(text.as_bytes(), file)
+}
+
+/// Parses one access file as sendmail reads it: bytes, not necessarily UTF-8 (access
+/// files are often Latin-1). A line that is not UTF-8 is read as Latin-1: in a comment
+/// that is nothing, in a name key it makes a key no host name matches (skipped, with a
+/// warning), and in a value it is an error that names the line.
+pub fn parse_bytes(bytes: &[u8], file: &Path) -> Result<AccessFile, Vec<LineError>> {
     let mut out = AccessFile::default();
     let mut errors = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
+    for (i, raw) in bytes.split(|b| *b == b'\n').enumerate() {
         let origin = Origin {
             file: file.to_path_buf(),
             line: i + 1,
         };
-        let line = raw.trim();
+        let (text, utf8) = match std::str::from_utf8(raw) {
+            Ok(t) => (std::borrow::Cow::Borrowed(t), true),
+            Err(_) => (raw.iter().map(|&b| b as char).collect(), false),
+        };
+        let line = text.trim();
         if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key_text = line.split(char::is_whitespace).next().unwrap_or("");
+        if !key_text.is_ascii() {
+            out.warnings.push(format!(
+                "{origin}: key {} is not ASCII{}: no host name matches it (names are \
+                 matched in their ASCII form, xn-- for international ones); skipped",
+                shown(key_text),
+                if utf8 {
+                    ""
+                } else {
+                    " (and not UTF-8: read as Latin-1)"
+                }
+            ));
+            continue;
+        }
+        if !utf8 {
+            let at = raw.iter().position(|b| !b.is_ascii()).unwrap_or(0);
+            errors.push(LineError {
+                origin,
+                reason: format!(
+                    "byte 0x{:02X} at column {} is not UTF-8 (save the file as UTF-8, or \
+                     keep such bytes to comments)",
+                    raw[at],
+                    at + 1
+                ),
+            });
             continue;
         }
         match parse_line(line, &origin) {
@@ -210,6 +249,15 @@ pub fn parse(text: &str, file: &Path) -> Result<AccessFile, Vec<LineError>> {
     } else {
         Err(errors)
     }
+}
+
+/// A value as a message quotes it: at most 40 characters.
+fn shown(s: &str) -> String {
+    let mut t: String = s.chars().take(40).collect();
+    if t.len() < s.len() {
+        t.push('…');
+    }
+    format!("{t:?}")
 }
 
 enum Parsed {
@@ -691,5 +739,42 @@ mod tests {
             f.entries[0].value,
             Value::Connect(ConnectAction::Refuse { code: 550, .. })
         ));
+    }
+
+    #[test]
+    fn latin1_bytes_are_read_as_sendmail_reads_them() {
+        // "# Zugriff für Spammer verweigert" in Latin-1, a Latin-1 host name, and good lines.
+        let mut file = b"# Zugriff f\xfcr Spammer verweigert\n".to_vec();
+        file.extend_from_slice(b"Connect:m\xfcller.example REJECT\n");
+        file.extend_from_slice(b"Connect:192.0.2.1 REJECT\r\n");
+        file.extend_from_slice("Connect:bücher.example OK\n".as_bytes());
+        let f = parse_bytes(&file, Path::new("access")).unwrap();
+        assert_eq!(f.entries.len(), 1, "only the address entry stands");
+        assert_eq!(f.entries[0].origin.line, 3);
+        assert_eq!(f.warnings.len(), 2, "{:?}", f.warnings);
+        assert!(
+            f.warnings[0].starts_with("access:2: key "),
+            "{}",
+            f.warnings[0]
+        );
+        assert!(
+            f.warnings[0].contains("not UTF-8: read as Latin-1"),
+            "{}",
+            f.warnings[0]
+        );
+        assert!(f.warnings[1].starts_with("access:4: key \"Connect:bücher.example\""));
+
+        // In a value the byte is an error that names the line and the column.
+        let e = parse_bytes(
+            b"Connect:192.0.2.9 ERROR:550 Zugriff verweigert f\xfcr Sie\n",
+            Path::new("access"),
+        )
+        .unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert_eq!(
+            e[0].to_string(),
+            "access:1: byte 0xFC at column 49 is not UTF-8 (save the file as UTF-8, or keep \
+             such bytes to comments)"
+        );
     }
 }

@@ -130,7 +130,11 @@ impl Policy {
         let mut errors = Vec::new();
         for path in &paths {
             files.push(path.clone());
-            match access::parse(&read(path)?, path) {
+            let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
+                file: path.clone(),
+                source,
+            })?;
+            match access::parse_bytes(&bytes, path) {
                 Ok(f) => parsed.push(f),
                 Err(mut e) => errors.append(&mut e),
             }
