@@ -51,7 +51,7 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             request_timeout: Duration::from_secs(2),
-            health_interval: Duration::from_secs(5),
+            health_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(5),
             tls: None,
             health_listener: None,

@@ -12,6 +12,7 @@ use mxlimit_core::source::Level;
 use mxlimit_core::store::ledger::{Batch, Ledger};
 use mxlimit_proto::v1::{Action, HeartbeatRequest};
 use support::*;
+use testkit::{Limiter, RedisCluster, RedisServer};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -178,6 +179,244 @@ async fn a_redis_that_goes_away_fails_calls_fast_and_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Under load, every call answers within the Redis timeout (plus a margin for this
+/// shared machine) while Redis is killed, comes back empty, and hangs (SIGSTOP): never
+/// the request timeout's CANCELLED. Health follows the store both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_answer_within_the_redis_timeout_while_redis_dies_returns_and_hangs() {
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    const MARGIN: Duration = Duration::from_millis(400);
+    let mut redis = RedisServer::start();
+    let mut config = RedisConfig::new(vec![redis.url()]);
+    config.response_timeout = TIMEOUT;
+    let store = RedisStore::connect(&config).await.unwrap();
+    let l = Limiter::start(store, Arc::new(PolicyHandle::fixed(policy("", "")))).await;
+    let health = HealthClient::new(channel(l.addr).await);
+    let serving = |h: &mut HealthClient<tonic::transport::Channel>| {
+        let mut h = h.clone();
+        async move {
+            h.check(HealthCheckRequest {
+                service: limiter_server::server::SERVICE_NAME.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+                == ServingStatus::Serving as i32
+        }
+    };
+    let wait_health = |want: bool, within: Duration, what: &'static str| {
+        let mut h = health.clone();
+        async move {
+            let deadline = Instant::now() + within;
+            while serving(&mut h).await != want {
+                assert!(Instant::now() < deadline, "{what}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    let load = Load::start(&l).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    redis.kill();
+    let killed = Instant::now();
+    wait_health(
+        false,
+        Duration::from_secs(2),
+        "health never turned NOT_SERVING after a kill",
+    )
+    .await;
+    let to_not_serving = killed.elapsed();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    redis.restart();
+    let back = Instant::now();
+    wait_health(
+        true,
+        Duration::from_secs(10),
+        "health never turned SERVING after the restart",
+    )
+    .await;
+    let to_serving = back.elapsed();
+
+    redis.pause();
+    let paused = Instant::now();
+    wait_health(
+        false,
+        Duration::from_secs(2),
+        "health never turned NOT_SERVING while paused",
+    )
+    .await;
+    let paused_to_not_serving = paused.elapsed();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    redis.resume();
+    wait_health(
+        true,
+        Duration::from_secs(10),
+        "health never turned SERVING after the pause",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let all = load.stop().await;
+    eprintln!(
+        "{}; NOT_SERVING {to_not_serving:?} after the kill, {paused_to_not_serving:?} after \
+         the pause; SERVING {to_serving:?} after the restart",
+        Load::summary(&all)
+    );
+    Load::check(&all, TIMEOUT + MARGIN);
+}
+
+/// Every caller's calls: how long each took, and how it ended.
+type Calls = Vec<(Duration, tonic::Code)>;
+
+/// 16 callers, one Connect after another, each call's time and outcome kept.
+struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    callers: Vec<tokio::task::JoinHandle<Calls>>,
+}
+
+impl Load {
+    async fn start(l: &Limiter) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut callers = Vec::new();
+        for w in 0..16 {
+            let (mut c, stop) = (l.client().await, stop.clone());
+            callers.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut i = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let ip = format!("10.{}.{w}.{}", 9 + i % 50, i % 250);
+                    let req = connect_req("mx1", &format!("w{w}-{i}"), &ip);
+                    let t = Instant::now();
+                    let code = match c.connect(req).await {
+                        Ok(_) => tonic::Code::Ok,
+                        Err(e) => e.code(),
+                    };
+                    seen.push((t.elapsed(), code));
+                    i += 1;
+                }
+                seen
+            }));
+        }
+        Load { stop, callers }
+    }
+
+    async fn stop(self) -> Calls {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Vec::new();
+        for c in self.callers {
+            all.extend(c.await.unwrap());
+        }
+        all
+    }
+
+    fn summary(all: &Calls) -> String {
+        let slowest = all.iter().map(|(t, _)| *t).max().unwrap_or_default();
+        let failed = all.iter().filter(|(_, c)| *c != tonic::Code::Ok).count();
+        format!("{} calls, {failed} failed, slowest {slowest:?}", all.len())
+    }
+
+    /// The outage was seen; every call ended OK or UNAVAILABLE, within `bound`.
+    fn check(all: &Calls, bound: Duration) {
+        assert!(
+            all.iter().any(|(_, c)| *c != tonic::Code::Ok),
+            "the outage was seen"
+        );
+        for (t, code) in all {
+            assert!(
+                matches!(code, tonic::Code::Ok | tonic::Code::Unavailable),
+                "{code:?} after {t:?}"
+            );
+            assert!(*t <= bound, "a call took {t:?}");
+        }
+    }
+}
+
+/// A Cluster primary fails over, by hand (`CLUSTER FAILOVER`) and by dying (SIGKILL,
+/// its replica promoted after the node timeout), under load: calls stay within the
+/// Redis timeout, and the limiter follows the new primaries by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_stay_bounded_while_a_cluster_primary_fails_over() {
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    const MARGIN: Duration = Duration::from_millis(400);
+    let mut cluster = RedisCluster::start_with_replicas(3);
+    let mut config = RedisConfig::new(cluster.urls());
+    config.response_timeout = TIMEOUT;
+    let store = RedisStore::connect(&config).await.unwrap();
+    let l = Limiter::start(store, Arc::new(PolicyHandle::fixed(policy("", "")))).await;
+    let role = |n: &RedisServer| n.cmd(&["INFO", "replication"]);
+    let is_primary = |n: &RedisServer| role(n).contains("role:master");
+    let load = Load::start(&l).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // By hand: a replica takes over from its primary.
+    let r = (0..cluster.nodes.len())
+        .find(|&i| !is_primary(&cluster.nodes[i]))
+        .expect("a replica");
+    let old = role(&cluster.nodes[r])
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("master_port:").map(str::to_string))
+        .expect("its primary's port");
+    let old = (0..cluster.nodes.len())
+        .find(|&i| cluster.nodes[i].port.to_string() == old)
+        .expect("the primary among the nodes");
+    assert!(
+        cluster.nodes[r]
+            .cmd(&["CLUSTER", "FAILOVER"])
+            .contains("OK")
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !is_primary(&cluster.nodes[r]) || is_primary(&cluster.nodes[old]) {
+        assert!(Instant::now() < deadline, "the manual failover never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // By dying: the new primary is killed; its replica (the old one) is promoted.
+    cluster.nodes[r].kill();
+    let killed = Instant::now();
+    while !is_primary(&cluster.nodes[old]) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "the replica was never promoted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let promoted = killed.elapsed();
+    // Every network answers again (the load's addresses span all three shards).
+    let mut c = l.client().await;
+    let back = Instant::now();
+    let mut ok_in_a_row = 0;
+    let mut i = 0;
+    while ok_in_a_row < 50 {
+        let ip = format!("10.{}.1.{}", 9 + i % 50, i % 250);
+        match c
+            .connect(connect_req("mx2", &format!("after-{i}"), &ip))
+            .await
+        {
+            Ok(_) => ok_in_a_row += 1,
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+                ok_in_a_row = 0;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "the limiter never reached the new primary"
+        );
+        i += 1;
+    }
+    let recovered = back.elapsed();
+    let all = load.stop().await;
+    eprintln!(
+        "{}; replica promoted {promoted:?} after the kill, all networks answering \
+         {recovered:?} after that",
+        Load::summary(&all)
+    );
+    Load::check(&all, TIMEOUT + MARGIN);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

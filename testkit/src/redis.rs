@@ -53,6 +53,17 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
+    /// Freezes the process (SIGSTOP): connections stay open and nothing answers, as a
+    /// server that hangs or a network that drops packets.
+    pub fn pause(&self) {
+        signal(self.child.id(), "-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.child.id(), "-CONT");
+    }
+
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.kill();
@@ -70,6 +81,14 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid} failed");
 }
 
 impl Drop for RedisServer {
@@ -184,19 +203,27 @@ pub struct ClusterTls {
 
 impl RedisCluster {
     pub fn start(n: usize) -> RedisCluster {
-        RedisCluster::start_nodes(n, None)
+        RedisCluster::start_nodes(n, 0, None)
+    }
+
+    /// `n` primaries with one replica each (`nodes[n..]` are the replicas), for
+    /// failovers; nodes give up on a silent peer after 2 s.
+    pub fn start_with_replicas(n: usize) -> RedisCluster {
+        RedisCluster::start_nodes(n, 1, None)
     }
 
     /// Nodes that serve clients over TLS (requiring a client certificate of the CA) and
     /// talk to each other over TLS on the cluster bus; each keeps a plaintext port for
     /// the harness's own checks, and reports its TLS port to TLS clients.
     pub fn start_tls(n: usize, tls: &ClusterTls) -> RedisCluster {
-        RedisCluster::start_nodes(n, Some(tls))
+        RedisCluster::start_nodes(n, 0, Some(tls))
     }
 
-    fn start_nodes(n: usize, tls: Option<&ClusterTls>) -> RedisCluster {
+    fn start_nodes(n: usize, replicas: usize, tls: Option<&ClusterTls>) -> RedisCluster {
         let mut tls_ports = Vec::new();
-        let nodes: Vec<RedisServer> = (0..n)
+        let node_timeout = if replicas > 0 { "2000" } else { "5000" };
+        let total = n * (1 + replicas);
+        let nodes: Vec<RedisServer> = (0..total)
             .map(|_| {
                 let mut args: Vec<String> = [
                     "--cluster-enabled",
@@ -204,7 +231,7 @@ impl RedisCluster {
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
-                    "5000",
+                    node_timeout,
                 ]
                 .map(String::from)
                 .to_vec();
@@ -239,7 +266,7 @@ impl RedisCluster {
         let out = Command::new(cli)
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("run redis-cli --cluster create");
         assert!(
@@ -253,7 +280,7 @@ impl RedisCluster {
             loop {
                 let info = node.cmd(&["CLUSTER", "INFO"]);
                 if info.contains("cluster_state:ok")
-                    && info.contains(&format!("cluster_known_nodes:{n}"))
+                    && info.contains(&format!("cluster_known_nodes:{total}"))
                 {
                     break;
                 }

@@ -6,7 +6,7 @@ use ipnet::IpNet;
 use redis::Script;
 
 use super::keys::{INDEX, LEASES, NetKeys, RATE, penalties};
-use super::{Conn, RedisStore, unavailable};
+use super::{Conn, RedisStore};
 use mxlimit_core::source::{Level, Source};
 use mxlimit_core::store::ledger::{
     AdminBlock, AutoBan, Batch, HOUR_BUCKETS_KEEP_MS, HOUR_MS, Inspection, Ledger,
@@ -104,10 +104,10 @@ impl RedisStore {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, StoreError> {
-        Ok(match self.conn.clone() {
-            Conn::Single(mut c) => pipe.query_async(&mut c).await.map_err(unavailable)?,
-            Conn::Cluster(mut c) => pipe.query_async(&mut c).await.map_err(unavailable)?,
-        })
+        match self.conn.clone() {
+            Conn::Single(mut c) => self.bounded(pipe.query_async(&mut c)).await,
+            Conn::Cluster(mut c) => self.bounded(pipe.query_async(&mut c)).await,
+        }
     }
 
     async fn store_time_ms(&self) -> Result<u64, StoreError> {

@@ -206,6 +206,8 @@ impl Scripts {
 /// The Redis store.
 pub struct RedisStore {
     conn: Conn,
+    /// The response timeout: the longest any one call waits.
+    deadline: Duration,
     prefix: String,
     scripts: Scripts,
     ledger_scripts: ledger::Scripts,
@@ -317,6 +319,7 @@ impl RedisStore {
         }
         let store = RedisStore {
             conn,
+            deadline: config.response_timeout,
             prefix: config.prefix.clone(),
             scripts: Scripts::new(),
             ledger_scripts: ledger::Scripts::new(),
@@ -379,11 +382,35 @@ impl RedisStore {
         matches!(self.conn, Conn::Cluster(_))
     }
 
+    /// Every call to Redis ends within the response timeout, whatever the client
+    /// library is doing meanwhile: while Redis is gone it reconnects, with retries, and
+    /// the calls waiting for that would otherwise wait it out (issue 15: 2 s and more).
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.deadline, call).await {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(StoreError::Backend {
+                backend: "redis",
+                source: format!("no reply within {:?}", self.deadline).into(),
+            }),
+        }
+    }
+
     async fn invoke<T: FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> Result<T, StoreError> {
-        Ok(match self.conn.clone() {
-            Conn::Single(mut c) => inv.invoke_async(&mut c).await.map_err(unavailable)?,
-            Conn::Cluster(mut c) => inv.invoke_async(&mut c).await.map_err(unavailable)?,
-        })
+        match self.conn.clone() {
+            Conn::Single(mut c) => self.bounded(inv.invoke_async(&mut c)).await,
+            Conn::Cluster(mut c) => self.bounded(inv.invoke_async(&mut c)).await,
+        }
+    }
+
+    /// One command, bounded as [`RedisStore::invoke`].
+    async fn command<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        match self.conn.clone() {
+            Conn::Single(mut c) => self.bounded(cmd.query_async(&mut c)).await,
+            Conn::Cluster(mut c) => self.bounded(cmd.query_async(&mut c)).await,
+        }
     }
 
     /// Frees one node's leases of other epochs in networks that may share a call (one
@@ -438,11 +465,7 @@ impl RedisStore {
             .arg(value)
             .arg("PX")
             .arg(registry_ttl_ms(op.lease_ttl_ms));
-        let _: () = match self.conn.clone() {
-            Conn::Single(mut c) => cmd.query_async(&mut c).await,
-            Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
-        }
-        .map_err(unavailable)?;
+        let _: () = self.command(&cmd).await?;
         Ok(())
     }
 
@@ -458,11 +481,7 @@ impl RedisStore {
                 .arg(start)
                 .arg(start + HEARTBEAT_CHUNK - 1)
                 .arg("REV");
-            let page: Vec<String> = match self.conn.clone() {
-                Conn::Single(mut c) => cmd.query_async(&mut c).await,
-                Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
-            }
-            .map_err(unavailable)?;
+            let page: Vec<String> = self.command(&cmd).await?;
             let last = page.len() < HEARTBEAT_CHUNK;
             seen.extend(page);
             if last {
@@ -1028,16 +1047,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = match self.conn.clone() {
-            Conn::Single(mut c) => redis::cmd("PING")
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)?,
-            Conn::Cluster(mut c) => redis::cmd("PING")
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)?,
-        };
+        let _: String = self.command(&redis::cmd("PING")).await?;
         Ok(())
     }
 
