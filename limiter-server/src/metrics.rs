@@ -20,6 +20,13 @@ pub const LEASES_LIVE: &str = "mxlimit_leases_live";
 pub const LEDGER_FLUSHES: &str = "mxlimit_ledger_flushes_total";
 /// Admin calls by `rpc` and `result` (`ok`, `unauthenticated`, `error`).
 pub const ADMIN_CALLS: &str = "mxlimit_admin_calls_total";
+/// What the store holds, by `unit` (`bytes` on Redis: `used_memory`, summed over a
+/// cluster's nodes; `entries` in memory).
+pub const STORE_HELD: &str = "mxlimit_store_held";
+/// The bound on it, by `unit` (Redis `maxmemory`, `--memory-max-entries`); 0: none.
+pub const STORE_LIMIT: &str = "mxlimit_store_limit";
+/// Dropped to stay within the bound (Redis `evicted_keys`; networks in memory).
+pub const STORE_EVICTED: &str = "mxlimit_store_evicted_total";
 /// 1, with the `version` and the `store` kind as labels.
 pub const BUILD_INFO: &str = "mxlimit_build_info";
 
@@ -56,6 +63,18 @@ pub fn describe() {
         "Flushes of top-list counts and bans to the store, by result (ok, error)."
     );
     describe_counter!(ADMIN_CALLS, "Admin calls, by rpc and result.");
+    describe_gauge!(
+        STORE_HELD,
+        "What the store holds, by unit (bytes on Redis, entries in memory)."
+    );
+    describe_gauge!(
+        STORE_LIMIT,
+        "The store's bound, by unit (Redis maxmemory, --memory-max-entries); 0: none."
+    );
+    describe_counter!(
+        STORE_EVICTED,
+        "State the store dropped to stay within its bound (Redis evicted keys; networks in memory)."
+    );
     describe_gauge!(
         BUILD_INFO,
         "1, labelled with the version and the store kind."

@@ -160,7 +160,8 @@ pub async fn serve<S: Store + Ledger>(
     result
 }
 
-/// Pings the store every `every` and reports the limiter SERVING only while it answers.
+/// Pings the store every `every` and reports the limiter SERVING only while it answers;
+/// every tenth time, also how full the store is (metrics).
 async fn report_store_health<S: Store>(
     engine: Arc<Engine<S>>,
     health: tonic_health::server::HealthReporter,
@@ -168,8 +169,11 @@ async fn report_store_health<S: Store>(
 ) {
     let mut last = true;
     let mut tick = tokio::time::interval(every);
-    loop {
+    for round in 0u64.. {
         tick.tick().await;
+        if round % 10 == 0 {
+            report_store_usage(engine.store()).await;
+        }
         let ok = match tokio::time::timeout(every, engine.store().ping()).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
@@ -197,6 +201,19 @@ async fn report_store_health<S: Store>(
             health.set_service_status(SERVICE_NAME, status).await;
             last = ok;
         }
+    }
+}
+
+async fn report_store_usage<S: Store>(store: &S) {
+    use crate::metrics::{STORE_EVICTED, STORE_HELD, STORE_LIMIT};
+    match store.usage().await {
+        Ok(Some(u)) => {
+            metrics::gauge!(STORE_HELD, "unit" => u.unit).set(u.held as f64);
+            metrics::gauge!(STORE_LIMIT, "unit" => u.unit).set(u.limit as f64);
+            metrics::counter!(STORE_EVICTED).absolute(u.evicted);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!(error = %e, "store usage not read"),
     }
 }
 

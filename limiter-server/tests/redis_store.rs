@@ -419,6 +419,79 @@ async fn calls_stay_bounded_while_a_cluster_primary_fails_over() {
     Load::check(&all, TIMEOUT + MARGIN);
 }
 
+/// A flood of distinct IPv6 /64s against a Redis capped by `maxmemory` (volatile-ttl,
+/// as docs and chart set it): Redis stays within its cap by dropping the keys closest
+/// to their end, every decision is still answered, a ban (the longest-lived key)
+/// outlives the flood, and the store's usage reports the cap and the evictions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_stays_within_maxmemory_and_bans_outlive_it() {
+    let redis =
+        RedisServer::start_with(&["--maxmemory", "3mb", "--maxmemory-policy", "volatile-ttl"]);
+    let toml = "[client_rate]\nwindow = \"1h\"\naddress = 100\nnetwork = 1000\n\
+                [client_conn]\naddress = 10\nnetwork = 100\nlease_ttl = \"10m\"\n\
+                [bad_rcpt]\nblock_after = 1\nnetwork_block_after = 0\nblock_for = \"1d\"\n";
+    let store = RedisStore::connect(&RedisConfig::new(vec![redis.url()]))
+        .await
+        .unwrap();
+    let l = Limiter::start(store, Arc::new(PolicyHandle::fixed(policy(toml, "")))).await;
+    let mut c = l.client().await;
+    let banned = "192.0.2.66";
+    assert_eq!(
+        action(&connect(&mut c, "mx1", "b0", banned).await),
+        Action::Accept
+    );
+    bad_rcpt(&mut c, "mx1", "b0", banned, "nobody@example.org").await;
+    bad_rcpt(&mut c, "mx1", "b0", banned, "noone@example.org").await;
+    assert_eq!(
+        action(&connect(&mut c, "mx1", "b1", banned).await),
+        Action::Disconnect
+    );
+
+    let mut callers = Vec::new();
+    for w in 0..16u32 {
+        let mut c = l.client().await;
+        callers.push(tokio::spawn(async move {
+            for i in 0..800u32 {
+                let ip = format!("2001:db8:{w:x}:{i:x}::1");
+                let v = connect(&mut c, "mx2", &format!("f{w}-{i}"), &ip).await;
+                assert_eq!(action(&v), Action::Accept, "{ip}");
+            }
+        }));
+    }
+    for c in callers {
+        c.await.unwrap();
+    }
+    let used: u64 = redis
+        .cmd(&["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(used <= 3 * 1024 * 1024 + 256 * 1024, "used_memory {used}");
+    let probe = RedisStore::connect(&RedisConfig::new(vec![redis.url()]))
+        .await
+        .unwrap();
+    let u = mxlimit_core::store::Store::usage(&probe)
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "12 800 networks into 3 MB: used {used} bytes, {} keys evicted",
+        u.evicted
+    );
+    assert_eq!((u.unit, u.limit), ("bytes", 3 * 1024 * 1024));
+    assert!(u.evicted > 0, "12 800 networks do not fit in 3 MB: {u:?}");
+    let v = connect(&mut c, "mx1", "b2", banned).await;
+    assert_eq!(
+        (action(&v), v.reason.as_str()),
+        (Action::Disconnect, "banned"),
+        "the day-long ban outlived a flood that evicted {} keys",
+        u.evicted
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_redis_or_no_redis_is_a_clear_error() {
     let port = free_port();

@@ -96,6 +96,10 @@ impl<S: Store> Store for Instrumented<S> {
     fn kind(&self) -> &'static str {
         self.0.kind()
     }
+
+    async fn usage(&self) -> Result<Option<super::StoreUsage>, StoreError> {
+        self.0.usage().await
+    }
 }
 
 /// The ledger's operations, timed like the decisions' (op `ledger_*`).

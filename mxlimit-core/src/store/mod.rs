@@ -335,6 +335,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// `memory`, `redis` or `redis-cluster`.
     fn kind(&self) -> &'static str;
+
+    /// What the store holds against the bound its operator set, when it can tell.
+    fn usage(&self) -> impl Future<Output = Result<Option<StoreUsage>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+}
+
+/// How full a store is: bytes on Redis (`used_memory` against `maxmemory`, summed over
+/// a cluster's nodes), entries (addresses and networks) in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreUsage {
+    /// `bytes` or `entries`.
+    pub unit: &'static str,
+    pub held: u64,
+    /// 0: no bound set.
+    pub limit: u64,
+    /// Dropped to stay within the bound since the store started (Redis's
+    /// `evicted_keys`; networks in memory).
+    pub evicted: u64,
 }
 
 /// A shared store: several engines (limiter instances in one process, as in tests,
@@ -386,6 +405,9 @@ impl<T: Store> Store for std::sync::Arc<T> {
     }
     fn kind(&self) -> &'static str {
         (**self).kind()
+    }
+    fn usage(&self) -> impl Future<Output = Result<Option<StoreUsage>, StoreError>> + Send {
+        (**self).usage()
     }
 }
 

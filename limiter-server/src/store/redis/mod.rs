@@ -20,7 +20,7 @@ use mxlimit_core::source::{Level, Source};
 use mxlimit_core::store::{
     Ban, ConnectOp, ConnectOutcome, HEARTBEAT_CHUNK, HeartbeatOp, HeartbeatOutcome, LeaseId,
     OffenceOp, OffenceOutcome, PerLevel, RecipientOp, RecipientOutcome, Refusal, ReleaseOp, Store,
-    StoreError, registry_ttl_ms,
+    StoreError, StoreUsage, registry_ttl_ms,
 };
 
 /// How to reach Redis. Its `Debug` shows no password, from the fields or the URLs.
@@ -326,6 +326,7 @@ impl RedisStore {
             registered: Registered::default(),
         };
         store.check_version().await?;
+        store.warn_if_unbounded().await;
         for s in store
             .scripts
             .all()
@@ -340,6 +341,60 @@ impl RedisStore {
             };
         }
         Ok(store)
+    }
+
+    /// `used_memory`, `maxmemory` and `evicted_keys` summed over the nodes that answer
+    /// (a cluster answers `INFO` per node), and the eviction policy.
+    async fn memory(&self) -> Result<(StoreUsage, String), StoreError> {
+        let v: redis::Value = self
+            .command(redis::cmd("INFO").arg("memory").arg("stats"))
+            .await?;
+        let mut texts = Vec::new();
+        collect_text(&v, &mut texts);
+        let mut usage = StoreUsage {
+            unit: "bytes",
+            held: 0,
+            limit: 0,
+            evicted: 0,
+        };
+        let mut policy = String::new();
+        for text in &texts {
+            for line in text.lines() {
+                let Some((k, v)) = line.trim().split_once(':') else {
+                    continue;
+                };
+                let n = || v.parse::<u64>().unwrap_or(0);
+                match k {
+                    "used_memory" => usage.held += n(),
+                    "maxmemory" => usage.limit += n(),
+                    "evicted_keys" => usage.evicted += n(),
+                    "maxmemory_policy" => policy = v.to_string(),
+                    _ => {}
+                }
+            }
+        }
+        if texts.is_empty() {
+            return Err(StoreError::Reply(format!("INFO returned {v:?}")));
+        }
+        Ok((usage, policy))
+    }
+
+    /// Says at start when nothing bounds what a flood of sources can make Redis hold.
+    async fn warn_if_unbounded(&self) {
+        match self.memory().await {
+            Ok((u, _)) if u.limit == 0 => tracing::warn!(
+                "Redis has no maxmemory: a flood of distinct sources makes it hold rate × \
+                 window of keys, unbounded; set maxmemory with maxmemory-policy volatile-ttl"
+            ),
+            Ok((u, policy)) if policy == "noeviction" => tracing::warn!(
+                maxmemory = u.limit,
+                "Redis evicts nothing when full (maxmemory-policy noeviction): decisions \
+                 then fail and agents fall back; volatile-ttl drops the keys closest to \
+                 their end instead"
+            ),
+            Ok((u, policy)) => tracing::info!(maxmemory = u.limit, policy, "Redis memory bound"),
+            Err(e) => tracing::warn!(error = %e, "Redis memory settings not read"),
+        }
     }
 
     /// The scripts use `PEXPIRETIME`, new in Redis 7.0.
@@ -595,6 +650,20 @@ fn chunked_calls<T>(groups: &[Vec<(String, Vec<T>)>]) -> Vec<Vec<(&str, &[T])>> 
         }
     }
     calls
+}
+
+/// Every text in a reply: one server's `INFO`, or a cluster's, per node.
+fn collect_text(v: &redis::Value, out: &mut Vec<String>) {
+    match v {
+        redis::Value::BulkString(b) => out.push(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(t) => out.push(t.clone()),
+        redis::Value::VerbatimString { text, .. } => out.push(text.clone()),
+        redis::Value::Array(items) | redis::Value::Set(items) => {
+            items.iter().for_each(|i| collect_text(i, out))
+        }
+        redis::Value::Map(pairs) => pairs.iter().for_each(|(_, v)| collect_text(v, out)),
+        _ => {}
+    }
 }
 
 /// Whether a single URL names a node of a Redis Cluster.
@@ -1049,6 +1118,10 @@ impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let _: String = self.command(&redis::cmd("PING")).await?;
         Ok(())
+    }
+
+    async fn usage(&self) -> Result<Option<StoreUsage>, StoreError> {
+        Ok(Some(self.memory().await?.0))
     }
 
     fn kind(&self) -> &'static str {

@@ -60,9 +60,14 @@ struct NodeState {
     /// Sessions admitted without an epoch, so that a heartbeat naming them without
     /// their address finds their lease: session id -> (address text, network, until).
     sessions: HashMap<Box<str>, Indexed>,
+    /// When the full index was last cut to its live entries.
+    index_pruned: u64,
     registry_ttl: u64,
     seen: u64,
 }
+
+/// Sessions admitted without an epoch that one node's index keeps at most.
+const MAX_INDEXED_SESSIONS: usize = 100_000;
 
 struct Indexed {
     ip_text: Arc<str>,
@@ -177,6 +182,7 @@ impl MemoryStore {
                     epoch: None,
                     nets: HashMap::new(),
                     sessions: HashMap::new(),
+                    index_pruned: 0,
                     registry_ttl: 0,
                     seen: now,
                 },
@@ -333,14 +339,25 @@ impl Store for MemoryStore {
         node.nets.insert(src.net, now);
         if op.lease.epoch.is_empty() {
             let until = now + node.registry_ttl;
-            node.sessions.insert(
-                op.lease.session.into(),
-                Indexed {
-                    ip_text: src.ip_text.as_str().into(),
-                    net: src.net,
-                    until,
-                },
-            );
+            // Full: expired entries go, at most once a second (a search of the whole
+            // index per Connect would cost more than the Connect).
+            if node.sessions.len() >= MAX_INDEXED_SESSIONS && now >= node.index_pruned + 1000 {
+                node.sessions.retain(|_, i| i.until > now);
+                node.index_pruned = now;
+            }
+            // Past the bound (one heartbeat's worth of sessions), a session is not
+            // indexed: a heartbeat naming it alone does not find it, and its lease
+            // lives its TTL.
+            if node.sessions.len() < MAX_INDEXED_SESSIONS {
+                node.sessions.insert(
+                    op.lease.session.into(),
+                    Indexed {
+                        ip_text: src.ip_text.as_str().into(),
+                        net: src.net,
+                        until,
+                    },
+                );
+            }
         }
         Ok(outcome)
     }
@@ -585,6 +602,15 @@ impl Store for MemoryStore {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    async fn usage(&self) -> Result<Option<super::StoreUsage>, StoreError> {
+        Ok(Some(super::StoreUsage {
+            unit: "entries",
+            held: self.entries() as u64,
+            limit: (self.shard_cap * SHARDS) as u64,
+            evicted: self.evicted(),
+        }))
     }
 }
 

@@ -671,3 +671,36 @@ async fn bare_ids_find_only_sessions_admitted_without_an_epoch() {
     let other = HeartbeatOp { node: "mx2", ..hb };
     assert_eq!(st.heartbeat(&other).await.unwrap().unknown, 4);
 }
+
+#[tokio::test]
+async fn the_session_index_of_a_node_is_bounded() {
+    let (st, _) = store();
+    let ids: Vec<String> = (0..=100_000).map(|i| format!("s{i}")).collect();
+    let srcs: Vec<Source> = (0..=100_000u32)
+        .map(|i| src(&format!("10.{}.{}.1", i >> 8 & 0xff, i & 0xff)))
+        .collect();
+    for (id, s) in ids.iter().zip(&srcs) {
+        let o = ConnectOp {
+            lease: LeaseId {
+                node: "mx1",
+                epoch: "",
+                session: id,
+            },
+            ..op(s, id)
+        };
+        assert!(admitted(&st, o).await);
+    }
+    let hb = HeartbeatOp {
+        node: "mx1",
+        epoch: "e1",
+        by_net: vec![],
+        bare: vec!["s0", "s99999", "s100000"],
+        lease_ttl_ms: 30_000,
+    };
+    let out = st.heartbeat(&hb).await.unwrap();
+    assert_eq!(
+        (out.renewed, out.unknown),
+        (2, 1),
+        "the 100 001st live session is past the bound: not indexed"
+    );
+}
