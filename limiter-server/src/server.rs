@@ -23,9 +23,10 @@ use mxlimit_core::store::ledger::Ledger;
 
 /// The health-check name of the limiter service.
 pub const SERVICE_NAME: &str = "mxlimit.v1.Limiter";
-/// Largest Limiter request decoded: room for a heartbeat's 100 000 sessions with long
-/// ids (past it, `RESOURCE_EXHAUSTED` before anything is read).
-pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// Largest Limiter request decoded: room for a heartbeat's 100 000 leases with 128-byte
+/// ids and IPv6 addresses (about 18 MB; past it, tonic's `OUT_OF_RANGE` before anything
+/// is decoded).
+pub const MAX_REQUEST_BYTES: usize = 24 << 20;
 
 /// Server settings beyond the engine.
 #[derive(Debug)]

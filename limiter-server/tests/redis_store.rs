@@ -250,6 +250,39 @@ async fn calls_answer_within_the_redis_timeout_while_redis_dies_returns_and_hang
     )
     .await;
     let paused_to_not_serving = paused.elapsed();
+    // Calls of many store scripts end at the first that fails, not after them all.
+    let leases: Vec<mxlimit_proto::v1::Lease> = (0..2000)
+        .map(|i| mxlimit_proto::v1::Lease {
+            session_id: format!("r{i}"),
+            client_ip: format!("10.{}.{}.1", 100 + i / 250, i % 250),
+        })
+        .collect();
+    let mut c = l.client().await;
+    let t = Instant::now();
+    let e = c
+        .release(mxlimit_proto::v1::ReleaseRequest {
+            node: "mx1".into(),
+            epoch: "e1".into(),
+            leases: leases.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "Release: {e:?}");
+    let e = c
+        .heartbeat(HeartbeatRequest {
+            node: "mx1".into(),
+            epoch: "e1".into(),
+            leases,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "Heartbeat: {e:?}");
+    assert!(
+        t.elapsed() <= 2 * (TIMEOUT + MARGIN),
+        "a Release and a Heartbeat of 2 000 leases took {:?} with Redis hung",
+        t.elapsed()
+    );
     tokio::time::sleep(Duration::from_millis(1000)).await;
     redis.resume();
     wait_health(

@@ -110,7 +110,7 @@ pub fn parse_target(text: &str) -> Result<IpNet, Status> {
     };
     if net.prefix_len() < shortest {
         return Err(Status::invalid_argument(format!(
-            "{net} is wider than /{shortest}: refusing to block that much of the Internet"
+            "{t} is wider than /{shortest}: refusing to block that much of the Internet"
         )));
     }
     Ok(net)

@@ -417,6 +417,12 @@ pub fn registry_ttl_ms(lease_ttl_ms: u64) -> u64 {
     lease_ttl_ms.saturating_mul(4)
 }
 
+/// How long a session index entry lives without a heartbeat naming its session: two
+/// lease TTLs (heartbeats come every third of one), so ended sessions' entries go soon.
+pub fn index_ttl_ms(lease_ttl_ms: u64) -> u64 {
+    lease_ttl_ms.saturating_mul(2)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

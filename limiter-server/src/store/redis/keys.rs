@@ -51,6 +51,11 @@ pub fn node_keys(prefix: &str, node: &str) -> (String, String) {
     )
 }
 
+/// The mark of the node's last epoch sweep (one per sweep gap).
+pub fn node_sweep_key(prefix: &str, node: &str) -> String {
+    format!("{prefix}:{{node:{node}}}:swept")
+}
+
 /// The node's session index entry of one session admitted without an epoch: its
 /// network tag and address, for a heartbeat that names it alone.
 pub fn node_session_key(prefix: &str, node: &str, session: &str) -> String {

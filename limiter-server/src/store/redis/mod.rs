@@ -8,19 +8,21 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures_util::{StreamExt, stream};
+use futures_util::{StreamExt, TryStreamExt, stream};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{ConnectionInfo, FromRedisValue, IntoConnectionInfo, Script, ScriptInvocation};
 
-use keys::{INDEX, LEASES, NetKeys, RATE, net_base, node_keys, node_session_key, penalties};
+use keys::{
+    INDEX, LEASES, NetKeys, RATE, net_base, node_keys, node_session_key, node_sweep_key, penalties,
+};
 
 use mxlimit_core::source::{Level, Source};
 use mxlimit_core::store::{
     Ban, ConnectOp, ConnectOutcome, HEARTBEAT_CHUNK, HeartbeatOp, HeartbeatOutcome, LeaseId,
     OffenceOp, OffenceOutcome, PerLevel, RecipientOp, RecipientOutcome, Refusal, ReleaseOp, Store,
-    StoreError, StoreUsage, registry_ttl_ms,
+    StoreError, StoreUsage, index_ttl_ms, registry_ttl_ms,
 };
 
 /// How to reach Redis. Its `Debug` shows no password, from the fields or the URLs.
@@ -519,7 +521,7 @@ impl RedisStore {
         cmd.arg(key)
             .arg(value)
             .arg("PX")
-            .arg(registry_ttl_ms(op.lease_ttl_ms));
+            .arg(index_ttl_ms(op.lease_ttl_ms));
         let _: () = self.command(&cmd).await?;
         Ok(())
     }
@@ -546,19 +548,20 @@ impl RedisStore {
         }
     }
 
-    /// Finds sessions named without their address in the node's session index: for
+    /// Finds sessions named without their address in the node's session index (and
+    /// keeps the found entries another index TTL): for
     /// each, `Some((network tag, address))` or `None`.
     async fn resolve(
         &self,
         node: &str,
         sessions: &[&str],
-        registry_ttl: u64,
+        index_ttl: u64,
     ) -> Result<Vec<Option<(String, String)>>, StoreError> {
         let mut inv = self.scripts.resolve.prepare_invoke();
         for s in sessions {
             inv.key(node_session_key(&self.prefix, node, s));
         }
-        inv.arg(registry_ttl);
+        inv.arg(index_ttl);
         let found: Vec<String> = self.invoke(&inv).await?;
         if found.len() != sessions.len() {
             return Err(StoreError::Reply(format!(
@@ -607,6 +610,9 @@ impl RedisStore {
 
 /// Lease entries one `sweep.lua` call reads at most (past one network's whole set).
 const SWEEP_BUDGET: usize = 10_000;
+/// At most one epoch sweep (a visit of every network of the node) per node this often:
+/// a caller that changes epochs on every heartbeat causes no more.
+const SWEEP_GAP_MS: u64 = 5_000;
 /// Store calls one heartbeat keeps in flight at a time, so that a big one shares the
 /// connection with the decisions instead of queueing ahead of them all: a decision
 /// waits for at most this many heartbeat scripts on one server. A cluster's calls are
@@ -739,7 +745,8 @@ impl Store for RedisStore {
             .arg(if index_in_script { "1" } else { "0" });
         if in_script || index_in_script {
             inv.arg(&op.source.tag)
-                .arg(registry_ttl_ms(op.lease_ttl_ms));
+                .arg(registry_ttl_ms(op.lease_ttl_ms))
+                .arg(index_ttl_ms(op.lease_ttl_ms));
         }
         if in_script {
             inv.key(node_keys(&self.prefix, op.lease.node).1);
@@ -802,7 +809,11 @@ impl Store for RedisStore {
             self.registered.forget(op.lease.node, &op.source.tag);
         }
         if index && !index_in_script && admitted {
-            self.index_session(op).await?;
+            // The lease stands: only a heartbeat by bare id would miss the session (it
+            // then counts it unknown, and the lease lives its TTL).
+            if let Err(e) = self.index_session(op).await {
+                tracing::warn!(error = %e, node = op.lease.node, "session index not written");
+            }
         }
         Ok(ConnectOutcome {
             refusal,
@@ -941,19 +952,16 @@ impl Store for RedisStore {
         } else {
             CALLS_IN_FLIGHT
         };
+        // The first failure ends the call (with Redis hung, the rest would each wait).
         let calls: Vec<_> = invocations
             .iter()
             .map(|inv| self.invoke::<i64>(inv))
             .collect();
-        let results = stream::iter(calls)
+        let freed: Vec<i64> = stream::iter(calls)
             .buffer_unordered(in_flight)
-            .collect::<Vec<_>>()
-            .await;
-        let mut freed = 0;
-        for r in results {
-            freed += r?.max(0) as u64;
-        }
-        Ok(freed)
+            .try_collect()
+            .await?;
+        Ok(freed.iter().map(|n| (*n).max(0) as u64).sum())
     }
 
     // Long on purpose: a heartbeat's steps in order (epoch, lookups, frees and
@@ -961,15 +969,17 @@ impl Store for RedisStore {
     async fn heartbeat(&self, op: &HeartbeatOp<'_>) -> Result<HeartbeatOutcome, StoreError> {
         let (epoch_key, registry) = node_keys(&self.prefix, op.node);
         let registry_ttl = registry_ttl_ms(op.lease_ttl_ms);
+        let index_ttl = index_ttl_ms(op.lease_ttl_ms);
         let lease_ttl = Duration::from_millis(op.lease_ttl_ms);
         let mut inv = self.scripts.node.key(&epoch_key);
-        inv.arg(op.epoch).arg(registry_ttl);
+        inv.key(node_sweep_key(&self.prefix, op.node))
+            .arg(op.epoch)
+            .arg(registry_ttl)
+            .arg(SWEEP_GAP_MS);
+        // 1, 2: sweep now, then record the epoch; 3: changed, but the node was swept
+        // within the gap: the sweep waits (the epoch is not recorded yet either).
         let state: i64 = self.invoke(&inv).await?;
-        let registered = if state != 0 {
-            self.registry(&registry).await?
-        } else {
-            Vec::new()
-        };
+        let sweep_now = state == 1 || state == 2;
         let mut out = HeartbeatOutcome {
             epoch_changed: state == 2,
             ..Default::default()
@@ -1000,18 +1010,22 @@ impl Store for RedisStore {
                     (member(op.epoch, session, ip), other)
                 }));
         }
+        // Each step's calls go a few at a time, and the first failure ends the step
+        // (with Redis hung, the rest would each wait out the timeout).
+        // (Futures are made first, then run: a closure inside the stream would make this
+        // method's future not `Send`.)
         let chunks: Vec<&[&str]> = op.bare.chunks(HEARTBEAT_CHUNK).collect();
         let lookups: Vec<_> = chunks
             .iter()
             .enumerate()
-            .map(|(i, c)| async move { (i, self.resolve(op.node, c, registry_ttl).await) })
+            .map(|(i, c)| async move { Ok((i, self.resolve(op.node, c, index_ttl).await?)) })
             .collect();
-        let lookups = stream::iter(lookups)
+        let lookups: Vec<(usize, _)> = stream::iter(lookups)
             .buffer_unordered(CALLS_IN_FLIGHT)
-            .collect::<Vec<_>>()
-            .await;
+            .try_collect()
+            .await?;
         for (i, found) in lookups {
-            for (session, found) in chunks[i].iter().zip(found?) {
+            for (session, found) in chunks[i].iter().zip(found) {
                 match found {
                     Some((tag, ip)) => renew
                         .entry(tag)
@@ -1022,48 +1036,57 @@ impl Store for RedisStore {
             }
         }
 
-        // A new epoch frees the old one's leases in every registered network; renewals
-        // touch only this epoch's and epoch-less leases, so both go out at once, a few
-        // calls at a time.
+        // A new epoch frees the old one's leases in every registered network, and is
+        // recorded only once that is done.
         let cluster = self.is_cluster();
         let in_flight = if cluster {
             CLUSTER_CALLS_IN_FLIGHT
         } else {
             CALLS_IN_FLIGHT
         };
-        let free_groups = share_calls(registered.into_iter().map(|t| (t, ())).collect(), cluster);
-        let free_calls: Vec<Vec<&str>> = free_groups
-            .iter()
-            .flat_map(|g| g.chunks(HEARTBEAT_CHUNK))
-            .map(|c| c.iter().map(|(t, _)| t.as_str()).collect())
-            .collect();
-        // (Futures made first, then run a few at a time: a closure inside the stream
-        // would make this method's future not `Send`.)
-        let frees: Vec<_> = free_calls
-            .iter()
-            .map(|tags| self.sweep(tags, op.node, op.epoch))
-            .collect();
-        let frees = stream::iter(frees)
-            .buffer_unordered(in_flight)
-            .collect::<Vec<_>>();
+        if sweep_now {
+            let registered = self.registry(&registry).await?;
+            let groups = share_calls(registered.into_iter().map(|t| (t, ())).collect(), cluster);
+            let calls: Vec<Vec<&str>> = groups
+                .iter()
+                .flat_map(|g| g.chunks(HEARTBEAT_CHUNK))
+                .map(|c| c.iter().map(|(t, _)| t.as_str()).collect())
+                .collect();
+            let frees: Vec<_> = calls
+                .iter()
+                .map(|tags| self.sweep(tags, op.node, op.epoch))
+                .collect();
+            let frees: Vec<u64> = stream::iter(frees)
+                .buffer_unordered(in_flight)
+                .try_collect()
+                .await?;
+            out.freed = frees.iter().sum();
+            let _: () = self
+                .command(
+                    redis::cmd("SET")
+                        .arg(&epoch_key)
+                        .arg(op.epoch)
+                        .arg("PX")
+                        .arg(registry_ttl),
+                )
+                .await?;
+        }
+        // Renewals touch only this epoch's and epoch-less leases, never a freed one.
         let renew_groups = share_calls(renew.into_iter().collect(), cluster);
         let calls = chunked_calls(&renew_groups);
         let renewals: Vec<_> = calls
             .iter()
             .enumerate()
-            .map(|(i, c)| async move { (i, self.renew(op.lease_ttl_ms, c).await) })
+            .map(|(i, c)| async move { Ok((i, self.renew(op.lease_ttl_ms, c).await?)) })
             .collect();
-        let renewals = stream::iter(renewals)
+        let renewals: Vec<(usize, Vec<i64>)> = stream::iter(renewals)
             .buffer_unordered(in_flight)
-            .collect::<Vec<_>>();
-        let (frees, renewals) = futures_util::join!(frees, renewals);
-        for f in frees {
-            out.freed += f?;
-        }
+            .try_collect()
+            .await?;
         // Networks with live sessions stay in the registry however long they last.
         let mut refresh = Vec::new();
         for (i, renewed) in renewals {
-            for ((tag, _), n) in calls[i].iter().zip(renewed?) {
+            for ((tag, _), n) in calls[i].iter().zip(renewed) {
                 out.renewed += n.max(0) as u64;
                 // At most once per lease TTL per network and limiter, as on Connect.
                 if n > 0
@@ -1074,26 +1097,20 @@ impl Store for RedisStore {
                 }
             }
         }
-        // A failed registry write is tried again by the next heartbeat.
-        let forget = |tags: &[&str]| {
-            for t in tags {
-                self.registered.forget(op.node, t);
-            }
-        };
         let registrations: Vec<_> = refresh
             .chunks(HEARTBEAT_CHUNK)
-            .map(|tags| async move {
-                self.register(op.node, tags, op.lease_ttl_ms)
-                    .await
-                    .inspect_err(|_| forget(tags))
-            })
+            .map(|tags| self.register(op.node, tags, op.lease_ttl_ms))
             .collect();
-        let registrations = stream::iter(registrations)
+        let written: Result<Vec<()>, StoreError> = stream::iter(registrations)
             .buffer_unordered(CALLS_IN_FLIGHT)
-            .collect::<Vec<_>>()
+            .try_collect()
             .await;
-        for r in registrations {
-            r?;
+        if let Err(e) = written {
+            // Tried again by the next heartbeat (some may be written: harmless).
+            for t in &refresh {
+                self.registered.forget(op.node, t);
+            }
+            return Err(e);
         }
         Ok(out)
     }

@@ -24,7 +24,7 @@ use super::connect_order::{self, ConnectCounts};
 use super::{
     ConnectOp, ConnectOutcome, HeartbeatOp, HeartbeatOutcome, LeaseId, OffenceOp, OffenceOutcome,
     PerLevel, RecipientOp, RecipientOutcome, Refusal, ReleaseOp, SEP, Store, StoreError,
-    registry_ttl_ms,
+    index_ttl_ms, registry_ttl_ms,
 };
 use crate::source::{Level, Source};
 
@@ -62,9 +62,18 @@ struct NodeState {
     sessions: HashMap<Box<str>, Indexed>,
     /// When the full index was last cut to its live entries.
     index_pruned: u64,
+    /// When an epoch change last made every network be visited.
+    swept_at: Option<u64>,
     registry_ttl: u64,
     seen: u64,
 }
+
+/// A lease a heartbeat renews: address, session id, and whether it may be under the
+/// heartbeat's epoch (else only under none).
+type ToRenew<'a> = (Arc<str>, &'a str, bool);
+
+/// At most one epoch sweep per node this often, as on Redis.
+const SWEEP_GAP_MS: u64 = 5_000;
 
 /// Sessions admitted without an epoch that one node's index keeps at most.
 const MAX_INDEXED_SESSIONS: usize = 100_000;
@@ -183,6 +192,7 @@ impl MemoryStore {
                     nets: HashMap::new(),
                     sessions: HashMap::new(),
                     index_pruned: 0,
+                    swept_at: None,
                     registry_ttl: 0,
                     seen: now,
                 },
@@ -338,7 +348,7 @@ impl Store for MemoryStore {
         let node = MemoryStore::node(&mut nodes, op.lease.node, now, op.lease_ttl_ms);
         node.nets.insert(src.net, now);
         if op.lease.epoch.is_empty() {
-            let until = now + node.registry_ttl;
+            let until = now + index_ttl_ms(op.lease_ttl_ms);
             // Full: expired entries go, at most once a second (a search of the whole
             // index per Connect would cost more than the Connect).
             if node.sessions.len() >= MAX_INDEXED_SESSIONS && now >= node.index_pruned + 1000 {
@@ -515,32 +525,47 @@ impl Store for MemoryStore {
         let mut out = HeartbeatOutcome::default();
         // What to renew, network by network (each lease by its address), and which
         // networks to free older epochs in: decided under the node lock, done after it.
-        let mut renew: HashMap<IpNet, Vec<(Arc<str>, &str)>> = HashMap::new();
+        // Each lease with its address and whether it may be under this epoch (sent with
+        // its address) or only under none (found in the index: a Connect without epoch).
+        let mut renew: HashMap<IpNet, Vec<ToRenew>> = HashMap::new();
         for ns in &op.by_net {
             let v = renew.entry(ns.source.net).or_default();
-            v.extend(ns.leases.iter().map(|(s, ip)| (Arc::from(ip.as_str()), *s)));
+            v.extend(
+                ns.leases
+                    .iter()
+                    .map(|(s, ip)| (Arc::from(ip.as_str()), *s, true)),
+            );
         }
         let free: Vec<IpNet> = {
             let mut nodes = lock(&self.nodes);
             let node = MemoryStore::node(&mut nodes, op.node, now, op.lease_ttl_ms);
             let changed = node.epoch.as_deref() != Some(op.epoch);
-            out.epoch_changed = changed && node.epoch.is_some();
-            node.epoch = Some(op.epoch.to_string());
+            // As on Redis: one sweep per node per gap; a change within it waits (and is
+            // not recorded) until the next heartbeat past the gap.
+            let sweep_now = changed
+                && node
+                    .swept_at
+                    .is_none_or(|t| now >= t.saturating_add(SWEEP_GAP_MS));
+            out.epoch_changed = sweep_now && node.epoch.is_some();
+            if sweep_now {
+                node.epoch = Some(op.epoch.to_string());
+                node.swept_at = Some(now);
+            }
             let cut = now.saturating_sub(node.registry_ttl);
             node.nets.retain(|_, t| *t > cut);
             for session in &op.bare {
                 match node.sessions.get_mut(*session) {
                     Some(i) if i.until > now => {
-                        i.until = now + node.registry_ttl;
+                        i.until = now + index_ttl_ms(op.lease_ttl_ms);
                         renew
                             .entry(i.net)
                             .or_default()
-                            .push((i.ip_text.clone(), *session));
+                            .push((i.ip_text.clone(), *session, false));
                     }
                     _ => out.unknown += 1,
                 }
             }
-            if changed {
+            if sweep_now {
                 node.nets.keys().copied().collect()
             } else {
                 Vec::new()
@@ -558,8 +583,13 @@ impl Store for MemoryStore {
                 continue;
             };
             let mut renewed = 0;
-            for (ip, session) in leases {
-                for epoch in [op.epoch, ""] {
+            for (ip, session, this_epoch) in leases {
+                let epochs: &[&str] = if this_epoch && !op.epoch.is_empty() {
+                    &[op.epoch, ""]
+                } else {
+                    &[""]
+                };
+                for epoch in epochs {
                     let member = LeaseId {
                         node: op.node,
                         epoch,
@@ -568,9 +598,6 @@ impl Store for MemoryStore {
                     .member(&ip);
                     if state.leases.renew(&member, now, op.lease_ttl_ms) {
                         renewed += 1;
-                        break;
-                    }
-                    if op.epoch.is_empty() {
                         break;
                     }
                 }

@@ -175,11 +175,11 @@ async fn heartbeats_renew_listed_leases_and_a_new_epoch_frees_the_old() {
             leases: vec![("a", s.ip_text.clone()), ("b", s.ip_text.clone())],
         }],
         bare: vec![],
-        lease_ttl_ms: 5000,
+        lease_ttl_ms: 6000,
     };
     let out = st.heartbeat(&hb).await.unwrap();
     assert_eq!((out.renewed, out.freed), (2, 0));
-    clock.advance(4000); // 8000: both renewed at 4000 live to 9000
+    clock.advance(5000); // 9000: both renewed at 4000 live to 10000; past the sweep gap
     assert!(!admitted(&st, conn(op(&s, "c"))).await);
     let restart = HeartbeatOp {
         epoch: "e2",
@@ -703,4 +703,31 @@ async fn the_session_index_of_a_node_is_bounded() {
         (2, 1),
         "the 100 001st live session is past the bound: not indexed"
     );
+}
+
+#[tokio::test]
+async fn an_epoch_that_flaps_sweeps_at_most_once_per_gap() {
+    let (st, clock) = store();
+    let s = src("10.0.0.1");
+    let hb = |epoch| HeartbeatOp {
+        node: "mx1",
+        epoch,
+        by_net: vec![],
+        bare: vec![],
+        lease_ttl_ms: 60_000,
+    };
+    let long = |o| ConnectOp {
+        lease_ttl_ms: 60_000,
+        ..conn2(o)
+    };
+    assert!(admitted(&st, long(op(&s, "a"))).await); // under e1, the op's epoch
+    assert_eq!(st.heartbeat(&hb("e1")).await.unwrap().freed, 0);
+    clock.advance(1000);
+    // A new epoch within 5 s of the last sweep: not swept, not recorded yet.
+    let out = st.heartbeat(&hb("e2")).await.unwrap();
+    assert_eq!((out.freed, out.epoch_changed), (0, false));
+    clock.advance(4000);
+    // Past the gap, the next heartbeat of the new epoch sweeps.
+    let out = st.heartbeat(&hb("e2")).await.unwrap();
+    assert_eq!((out.freed, out.epoch_changed), (1, true));
 }

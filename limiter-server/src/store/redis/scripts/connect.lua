@@ -14,7 +14,7 @@
 --       9 address  10 bad window ms
 --       11 write the registry (1: the limiter has not registered this network for the
 --          node within the lease TTL)  12 write the session index (1: admitted
---          without an epoch)  13 network tag  14 registry ttl ms
+--          without an epoch)  13 network tag  14 registry ttl ms  15 index ttl ms
 -- Returns {code, level, value, bad address, bad network, hold}:
 --   code 0 admitted, 1 retry of an admitted session, 2 banned, 3 rate, 4 conn;
 --   level 1 address, 2 network; value: ban ms left, or the count that refused;
@@ -139,7 +139,7 @@ if ARGV[11] == '1' then
   k = k + 1
 end
 if ARGV[12] == '1' then
-  redis.call('SET', KEYS[k], ARGV[13] .. '\031' .. ip, 'PX', tonumber(ARGV[14]))
+  redis.call('SET', KEYS[k], ARGV[13] .. '\031' .. ip, 'PX', tonumber(ARGV[15]))
 end
 local bad_a, bad_n = bad()
 return {code, level, value, bad_a, bad_n, 0}

@@ -1,8 +1,8 @@
 -- resolve: find sessions a heartbeat names without their address, in the node's
 -- session index (written by Connects without an epoch), and keep the found entries
--- as long as the registry. At most a heartbeat chunk of sessions per call.
+-- another index TTL. At most a heartbeat chunk of sessions per call.
 -- KEYS: the index entries of the sessions (all under the node's hash tag)
--- ARGV: 1 registry ttl ms
+-- ARGV: 1 index ttl ms
 -- Returns, per key, "network tag␟address", or "" when the session is not indexed.
 local ttl = ARGV[1]
 local out = {}
