@@ -212,7 +212,12 @@ impl LogSettings {
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<AgentConfig, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let cfg: AgentConfig = toml::from_str(&text).map_err(|e| {
+        AgentConfig::parse(&text, path)
+    }
+
+    /// The configuration in `text` (read from `path`, named in errors), validated.
+    pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, String> {
+        let cfg: AgentConfig = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
                 .map(|s| text[..s.start].matches('\n').count() + 1)

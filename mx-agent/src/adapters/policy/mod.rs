@@ -89,39 +89,21 @@ impl PolicyService {
     async fn connection(&self, stream: Box<dyn Stream>) -> std::io::Result<()> {
         let (r, mut w) = tokio::io::split(stream);
         let mut r = BufReader::new(r);
-        let mut line = Vec::new();
         loop {
-            let mut attrs: HashMap<String, String> = HashMap::new();
-            let mut size = 0;
-            loop {
-                line.clear();
-                let mut limited = (&mut r).take((MAX_REQUEST - size + 1) as u64);
-                let read = limited.read_until(b'\n', &mut line);
-                let n = match tokio::time::timeout(CONNECTION_IDLE, read).await {
-                    Ok(n) => n?,
-                    Err(_) => return Ok(()), // idle: Postfix reconnects when it needs to
-                };
-                if n == 0 {
-                    return Ok(()); // Postfix closed the connection.
-                }
-                size += n;
-                if size > MAX_REQUEST {
+            let read = read_request(&mut r);
+            let attrs = match tokio::time::timeout(CONNECTION_IDLE, read).await {
+                Err(_) => return Ok(()), // idle: Postfix reconnects when it needs to
+                Ok(Request::Closed) => return Ok(()),
+                Ok(Request::TooLarge) => {
                     w.write_all(b"action=DUNNO\n\n").await?;
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
                         "request too large",
                     ));
                 }
-                // Values may carry any bytes (a HELO name, an SMTPUTF8 address).
-                let text = String::from_utf8_lossy(&line);
-                let l = text.trim_end_matches(['\r', '\n']);
-                if l.is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = l.split_once('=') {
-                    attrs.insert(k.to_string(), v.to_string());
-                }
-            }
+                Ok(Request::Failed(e)) => return Err(e),
+                Ok(Request::Attributes(a)) => a,
+            };
             let answer = self.decide(&attrs).await;
             w.write_all(format!("action={answer}\n\n").as_bytes())
                 .await?;
@@ -366,6 +348,49 @@ fn truncate_for_log(s: &str) -> &str {
 fn reply(v: &Verdict) -> String {
     let (code, enhanced, text) = smtp_reply(v);
     format!("{code} {enhanced} {}", text.replace(['\r', '\n'], " "))
+}
+
+/// One policy delegation request, as read from Postfix.
+#[derive(Debug)]
+pub enum Request {
+    /// `name=value` lines up to the empty line (a line without `=` is ignored).
+    Attributes(HashMap<String, String>),
+    /// The connection ended before a request began or ended.
+    Closed,
+    /// Over 64 KiB before its empty line.
+    TooLarge,
+    Failed(std::io::Error),
+}
+
+/// Reads one request: never more than 64 KiB of it, whatever bytes come.
+pub async fn read_request<R: AsyncBufReadExt + Unpin>(r: &mut R) -> Request {
+    let mut attrs = HashMap::new();
+    let mut line = Vec::new();
+    let mut size = 0;
+    loop {
+        line.clear();
+        let mut limited = (&mut *r).take((MAX_REQUEST - size + 1) as u64);
+        let n = match limited.read_until(b'\n', &mut line).await {
+            Ok(n) => n,
+            Err(e) => return Request::Failed(e),
+        };
+        if n == 0 {
+            return Request::Closed; // Postfix closed the connection.
+        }
+        size += n;
+        if size > MAX_REQUEST {
+            return Request::TooLarge;
+        }
+        // Values may carry any bytes (a HELO name, an SMTPUTF8 address).
+        let text = String::from_utf8_lossy(&line);
+        let l = text.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            return Request::Attributes(attrs);
+        }
+        if let Some((k, v)) = l.split_once('=') {
+            attrs.insert(k.to_string(), v.to_string());
+        }
+    }
 }
 
 /// The address Postfix names the client by, for tests and logs.
