@@ -28,15 +28,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            // One line with its causes, never a backtrace (whatever RUST_BACKTRACE
-            // says): an operator reads this.
-            eprintln!("limiter-server: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    mxlimit_core::exit::code("limiter-server", run().await)
 }
 
 async fn run() -> Result<()> {

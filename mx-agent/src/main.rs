@@ -111,15 +111,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            // One line with its causes, never a backtrace (whatever RUST_BACKTRACE
-            // says): an operator reads this.
-            eprintln!("mx-agent: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    mxlimit_core::exit::code("mx-agent", run().await)
 }
 
 async fn run() -> Result<()> {

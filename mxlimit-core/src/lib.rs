@@ -12,6 +12,7 @@
 //!   Prometheus listener, the signals that stop a process.
 
 pub mod decision;
+pub mod exit;
 pub mod metrics;
 pub mod names;
 pub mod offence;
