@@ -51,7 +51,7 @@ pub fn node_keys(prefix: &str, node: &str) -> (String, String) {
     )
 }
 
-/// The mark of the node's last epoch sweep (one per sweep gap).
+/// The node's epoch sweeps in the current window.
 pub fn node_sweep_key(prefix: &str, node: &str) -> String {
     format!("{prefix}:{{node:{node}}}:swept")
 }

@@ -610,9 +610,11 @@ impl RedisStore {
 
 /// Lease entries one `sweep.lua` call reads at most (past one network's whole set).
 const SWEEP_BUDGET: usize = 10_000;
-/// At most one epoch sweep (a visit of every network of the node) per node this often:
-/// a caller that changes epochs on every heartbeat causes no more.
-const SWEEP_GAP_MS: u64 = 5_000;
+/// At most this many epoch sweeps (visits of every network of the node) per node in a
+/// minute: restarts get theirs at once, a caller that changes epochs on every heartbeat
+/// no more than that.
+const MAX_SWEEPS: u32 = 3;
+const SWEEP_WINDOW_MS: u64 = 60_000;
 /// Store calls one heartbeat keeps in flight at a time, so that a big one shares the
 /// connection with the decisions instead of queueing ahead of them all: a decision
 /// waits for at most this many heartbeat scripts on one server. A cluster's calls are
@@ -975,9 +977,10 @@ impl Store for RedisStore {
         inv.key(node_sweep_key(&self.prefix, op.node))
             .arg(op.epoch)
             .arg(registry_ttl)
-            .arg(SWEEP_GAP_MS);
-        // 1, 2: sweep now, then record the epoch; 3: changed, but the node was swept
-        // within the gap: the sweep waits (the epoch is not recorded yet either).
+            .arg(SWEEP_WINDOW_MS)
+            .arg(MAX_SWEEPS);
+        // 1, 2: sweep now, then record the epoch; 3: changed, but the node's sweeps of
+        // the window are spent: the sweep waits (the epoch is not recorded yet either).
         let state: i64 = self.invoke(&inv).await?;
         let sweep_now = state == 1 || state == 2;
         let mut out = HeartbeatOutcome {

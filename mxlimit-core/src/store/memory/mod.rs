@@ -62,8 +62,8 @@ struct NodeState {
     sessions: HashMap<Box<str>, Indexed>,
     /// When the full index was last cut to its live entries.
     index_pruned: u64,
-    /// When an epoch change last made every network be visited.
-    swept_at: Option<u64>,
+    /// The start of the current sweep window and the epoch sweeps in it.
+    sweeps: (u64, u32),
     registry_ttl: u64,
     seen: u64,
 }
@@ -72,8 +72,9 @@ struct NodeState {
 /// heartbeat's epoch (else only under none).
 type ToRenew<'a> = (Arc<str>, &'a str, bool);
 
-/// At most one epoch sweep per node this often, as on Redis.
-const SWEEP_GAP_MS: u64 = 5_000;
+/// At most this many epoch sweeps per node in a minute, as on Redis.
+const MAX_SWEEPS: u32 = 3;
+const SWEEP_WINDOW_MS: u64 = 60_000;
 
 /// Sessions admitted without an epoch that one node's index keeps at most.
 const MAX_INDEXED_SESSIONS: usize = 100_000;
@@ -192,7 +193,7 @@ impl MemoryStore {
                     nets: HashMap::new(),
                     sessions: HashMap::new(),
                     index_pruned: 0,
-                    swept_at: None,
+                    sweeps: (0, 0),
                     registry_ttl: 0,
                     seen: now,
                 },
@@ -540,16 +541,19 @@ impl Store for MemoryStore {
             let mut nodes = lock(&self.nodes);
             let node = MemoryStore::node(&mut nodes, op.node, now, op.lease_ttl_ms);
             let changed = node.epoch.as_deref() != Some(op.epoch);
-            // As on Redis: one sweep per node per gap; a change within it waits (and is
-            // not recorded) until the next heartbeat past the gap.
-            let sweep_now = changed
-                && node
-                    .swept_at
-                    .is_none_or(|t| now >= t.saturating_add(SWEEP_GAP_MS));
+            // As on Redis: at most MAX_SWEEPS per node in a window; a change past them
+            // waits (and is not recorded) until a heartbeat in the next window.
+            let mut sweep_now = false;
+            if changed {
+                if node.sweeps.1 == 0 || now >= node.sweeps.0.saturating_add(SWEEP_WINDOW_MS) {
+                    node.sweeps = (now, 0);
+                }
+                node.sweeps.1 += 1;
+                sweep_now = node.sweeps.1 <= MAX_SWEEPS;
+            }
             out.epoch_changed = sweep_now && node.epoch.is_some();
             if sweep_now {
                 node.epoch = Some(op.epoch.to_string());
-                node.swept_at = Some(now);
             }
             let cut = now.saturating_sub(node.registry_ttl);
             node.nets.retain(|_, t| *t > cut);
