@@ -217,36 +217,71 @@ pub struct RedisStore {
 }
 
 /// Which (node, network) this instance put in the node's registry lately, so that the
-/// registry write goes out with a Connect only once per lease TTL.
+/// registry write goes out with a Connect only once per lease TTL. Asked on every
+/// Connect: looked up by `&str`, nothing allocated unless a pair is new.
 #[derive(Default)]
-struct Registered(Mutex<HashMap<(String, String), Instant>>);
+struct Registered(Mutex<Claims>);
+
+#[derive(Default)]
+struct Claims {
+    by_node: HashMap<Box<str>, HashMap<Box<str>, Instant>>,
+    len: usize,
+}
 
 impl Registered {
     const MAX: usize = 100_000;
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Claims> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Whether to write the registry now (and remember that it is being written).
     fn claim(&self, node: &str, tag: &str, ttl: Duration) -> bool {
         let now = Instant::now();
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if m.get(&(node.to_string(), tag.to_string()))
+        let mut c = self.lock();
+        if c.by_node
+            .get(node)
+            .and_then(|tags| tags.get(tag))
             .is_some_and(|t| now.duration_since(*t) < ttl)
         {
             return false;
         }
-        if m.len() >= Self::MAX {
-            m.retain(|_, t| now.duration_since(*t) < ttl);
-            if m.len() >= Self::MAX {
-                m.clear();
+        if c.len >= Self::MAX {
+            for tags in c.by_node.values_mut() {
+                tags.retain(|_, t| now.duration_since(*t) < ttl);
+            }
+            c.by_node.retain(|_, tags| !tags.is_empty());
+            c.len = c.by_node.values().map(HashMap::len).sum();
+            if c.len >= Self::MAX {
+                *c = Claims::default();
             }
         }
-        m.insert((node.to_string(), tag.to_string()), now);
+        let tags = match c.by_node.get_mut(node) {
+            Some(tags) => tags,
+            None => c.by_node.entry(node.into()).or_default(),
+        };
+        let fresh = match tags.get_mut(tag) {
+            Some(t) => {
+                *t = now;
+                false
+            }
+            None => {
+                tags.insert(tag.into(), now);
+                true
+            }
+        };
+        c.len += usize::from(fresh);
         true
     }
 
     /// The write failed: the next Connect tries again.
     fn forget(&self, node: &str, tag: &str) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.remove(&(node.to_string(), tag.to_string()));
+        let mut c = self.lock();
+        let gone = c
+            .by_node
+            .get_mut(node)
+            .is_some_and(|tags| tags.remove(tag).is_some());
+        c.len -= usize::from(gone);
     }
 }
 
@@ -1212,5 +1247,26 @@ mod tests {
                 .iter()
                 .all(|(t, _)| *t == "other slot")
         );
+    }
+
+    #[test]
+    fn a_registry_claim_holds_for_its_ttl_and_a_forgotten_one_is_claimed_again() {
+        let r = Registered::default();
+        let ttl = Duration::from_secs(60);
+        assert!(r.claim("mx1", "n4:10.0.0.0/24", ttl));
+        assert!(
+            !r.claim("mx1", "n4:10.0.0.0/24", ttl),
+            "claimed within the TTL"
+        );
+        assert!(r.claim("mx2", "n4:10.0.0.0/24", ttl), "another node");
+        assert!(r.claim("mx1", "n4:10.0.1.0/24", ttl), "another network");
+        r.forget("mx1", "n4:10.0.0.0/24");
+        assert!(r.claim("mx1", "n4:10.0.0.0/24", ttl), "forgotten");
+        assert_eq!(r.lock().len, 3);
+        assert!(
+            r.claim("mx1", "n4:10.0.1.0/24", Duration::ZERO),
+            "past its TTL"
+        );
+        assert_eq!(r.lock().len, 3);
     }
 }
